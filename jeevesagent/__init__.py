@@ -1,0 +1,1 @@
+"""jeevesagent: durable execution for Python agent workflows (see :mod:`jeevesagent.runtime`)."""

@@ -1,0 +1,52 @@
+"""jeevesagent.runtime: durable execution for agent workflows, on asyncio and trio.
+
+Wrap each side effect in ``await runtime.step(name, fn, *args)`` inside
+``async with runtime.session(session_id)``; when the same session runs again, recorded steps
+replay from the journal instead of running again.
+"""
+
+from ._errors import JournalCorruptError as JournalCorruptError
+from ._errors import JournalMismatchError as JournalMismatchError
+from ._errors import RuntimeJournalError as RuntimeJournalError
+from ._errors import SessionBusyError as SessionBusyError
+from ._errors import StoreClosedError as StoreClosedError
+from ._errors import StoreError as StoreError
+from ._errors import ValueEncodingError as ValueEncodingError
+from ._inproc import InProcRuntime as InProcRuntime
+from ._inproc import InProcSession as InProcSession
+from ._journaled import JournaledRuntime as JournaledRuntime
+from ._journaled import JournaledSession as JournaledSession
+from ._postgres import PostgresJournalStore as PostgresJournalStore
+from ._runtimes import PostgresRuntime as PostgresRuntime
+from ._runtimes import SqliteRuntime as SqliteRuntime
+from ._sqlite import SqliteJournalStore as SqliteJournalStore
+from ._store import InMemoryJournalStore as InMemoryJournalStore
+from ._store import JournalEntry as JournalEntry
+from ._store import JournalStore as JournalStore
+
+__all__ = (
+    "InMemoryJournalStore",
+    "InProcRuntime",
+    "InProcSession",
+    "JournalCorruptError",
+    "JournalEntry",
+    "JournalMismatchError",
+    "JournalStore",
+    "JournaledRuntime",
+    "JournaledSession",
+    "PostgresJournalStore",
+    "PostgresRuntime",
+    "RuntimeJournalError",
+    "SessionBusyError",
+    "SqliteJournalStore",
+    "SqliteRuntime",
+    "StoreClosedError",
+    "StoreError",
+    "ValueEncodingError",
+)
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("jeevesagent.runtime._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,452 @@
+"""What every runtime shares: sessions as task groups, the current-session context variable, the
+in-process signal mailbox, and closing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._errors import StoreClosedError
+
+__all__ = [
+    "BaseRuntime",
+    "BaseSession",
+    "Mailbox",
+    "SessionState",
+    "StreamStep",
+    "call_step_fn",
+]
+
+S = TypeVar("S", bound="SessionState")
+
+
+async def call_step_fn(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call a step function, sync or async; a returned awaitable is awaited."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def open_producer(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Any]:
+    """Turn what a stream step's ``fn`` returns into an async iterator."""
+    produced = fn(*args, **kwargs)
+    if inspect.isawaitable(produced) and not hasattr(produced, "__aiter__"):
+        produced = await produced
+    if hasattr(produced, "__aiter__"):
+        return produced.__aiter__()  # type: ignore[no-any-return]
+    if hasattr(produced, "__iter__"):
+        return _SyncIterator(iter(produced))
+    raise TypeError(
+        f"stream_step expects fn to return an async iterable (an async generator), "
+        f"got {type(produced).__qualname__}"
+    )
+
+
+class _SyncIterator:
+    __slots__ = ("_it",)
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self._it = it
+
+    def __aiter__(self) -> _SyncIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
+
+
+class StreamStep:
+    """The async iterator ``stream_step`` returns.
+
+    A plain class rather than an async generator: it holds no frame of its own that could be left
+    suspended, and no cancel scope can ever span a ``yield``. ``start`` decides, on the first pull,
+    whether to replay recorded chunks or run the producer; ``complete`` records the chunk list,
+    and runs only when the producer is exhausted. ``aclose()`` (used by ``contextlib.aclosing``)
+    closes the producer at once; a consumer that simply drops the iterator leaves the producer to
+    the event loop's async-generator finalizer, which closes it too.
+    """
+
+    __slots__ = ("_chunks", "_complete", "_done", "_producer", "_replay", "_start")
+
+    def __init__(
+        self,
+        start: Callable[[], Awaitable[tuple[list[Any] | None, AsyncIterator[Any] | None]]],
+        complete: Callable[[list[Any]], Awaitable[None]] | None,
+    ) -> None:
+        self._start: Callable[[], Awaitable[Any]] | None = start
+        self._complete = complete
+        self._replay: Iterator[Any] | None = None
+        self._producer: AsyncIterator[Any] | None = None
+        self._chunks: list[Any] = []
+        self._done = False
+
+    def __aiter__(self) -> StreamStep:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        if self._start is not None:
+            start, self._start = self._start, None
+            try:
+                recorded, self._producer = await start()
+            except BaseException:
+                self._done = True
+                raise
+            if recorded is not None:
+                self._replay = iter(recorded)
+        if self._replay is not None:
+            try:
+                return next(self._replay)
+            except StopIteration:
+                self._done = True
+                raise StopAsyncIteration from None
+        assert self._producer is not None
+        try:
+            chunk = await self._producer.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            await close_producer(self._producer)
+            if self._complete is not None:
+                await self._complete(self._chunks)
+            raise
+        except BaseException:
+            self._done = True
+            await close_producer(self._producer)
+            raise
+        if self._complete is not None:
+            self._chunks.append(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop early: close the producer; nothing is recorded."""
+        if not self._done:
+            self._done = True
+            self._start = None
+            if self._producer is not None:
+                await close_producer(self._producer)
+
+
+async def close_producer(producer: Any) -> None:
+    aclose = getattr(producer, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+class Mailbox:
+    """Per-(session, signal name) FIFO queues over anyio memory object streams.
+
+    A signal sent before anyone waits stays queued; each signal is received by exactly one waiter.
+    The queues are unbounded (a signal must never be dropped or block its sender); a queue with
+    nothing buffered and nobody waiting is dropped, so idle names cost nothing.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[
+            tuple[str, str], tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]
+        ] = {}
+        self._waiting: dict[tuple[str, str], int] = {}  # callers inside get(), per queue
+
+    def _queue(
+        self, key: tuple[str, str]
+    ) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = anyio.create_memory_object_stream[Any](math.inf)
+        return q
+
+    def _drop_if_idle(self, key: tuple[str, str]) -> None:
+        q = self._queues.get(key)
+        idle = q is not None and q[1].statistics().current_buffer_used == 0
+        if q is not None and idle and not self._waiting.get(key):
+            del self._queues[key]
+            q[0].close()
+            q[1].close()
+
+    def put(self, session_id: str, name: str, item: Any) -> None:
+        self._queue((session_id, name))[0].send_nowait(item)
+
+    async def get(self, session_id: str, name: str, timeout: float | None) -> Any:
+        key = (session_id, name)
+        receive = self._queue(key)[1]
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            with anyio.fail_after(timeout):
+                return await receive.receive()
+        except (anyio.ClosedResourceError, anyio.EndOfStream):
+            raise StoreClosedError(
+                f"the runtime was closed while session {session_id!r} waited for signal "
+                f"{name!r}; the wait did not consume anything.",
+                session_id=session_id,
+                step=name,
+            ) from None
+        finally:
+            n = self._waiting.pop(key) - 1
+            if n:
+                self._waiting[key] = n
+            self._drop_if_idle(key)
+
+    def get_nowait(self, session_id: str, name: str) -> tuple[bool, Any]:
+        key = (session_id, name)
+        q = self._queues.get(key)
+        if q is None:
+            return False, None
+        try:
+            return True, q[1].receive_nowait()
+        except anyio.WouldBlock:
+            return False, None
+        finally:
+            self._drop_if_idle(key)
+
+    def pending(self, session_id: str) -> int:
+        return sum(
+            q[1].statistics().current_buffer_used
+            for (sid, _), q in self._queues.items()
+            if sid == session_id
+        )
+
+    def close(self) -> None:
+        for send, receive in self._queues.values():
+            send.close()
+            receive.close()
+        self._queues.clear()
+
+
+class SessionState:
+    """State shared by every open ``session(sid)`` context of one id in one runtime."""
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.refs = 0
+        self.ready = anyio.Event()
+        self.error: BaseException | None = None
+        self.task_groups: list[TaskGroup] = []
+
+    def spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run background work in the task group of an open context of this session."""
+        self.task_groups[-1].start_soon(fn)
+
+
+class BaseSession:
+    """What ``async with runtime.session(id)`` yields. Sessions are made by their runtime."""
+
+    def __init__(self, session_id: str, runtime: BaseRuntime[Any] | None = None) -> None:
+        self.id = session_id
+        self._runtime = runtime
+
+    async def deliver(self, name: str, payload: Any) -> None:
+        """Queue a signal for this session (same as ``runtime.signal(self.id, name, payload)``)."""
+        if self._runtime is None:
+            raise RuntimeError(
+                f"session {self.id!r} is not bound to a runtime; open it with "
+                f"`async with runtime.session({self.id!r}) as session:`"
+            )
+        await self._runtime.signal(self.id, name, payload)
+
+    def __repr__(self) -> str:
+        pending = self._runtime._mailbox.pending(self.id) if self._runtime else 0
+        return f"<{type(self).__name__} id={self.id!r} pending_signals={pending}>"
+
+
+class _SessionContext(Generic[S]):
+    """``async with runtime.session(sid)``: an anyio task group whose body sees ``sid`` as the
+    current session. A body exception comes out unchanged (not in an ExceptionGroup): the task
+    group is exited separately from the body's exception, which is then re-raised as it was.
+    """
+
+    def __init__(self, runtime: BaseRuntime[S], session_id: str) -> None:
+        self._runtime = runtime
+        self._session_id = session_id
+        self._state: S | None = None
+        self._tg: TaskGroup | None = None
+        self._token: Token[S | None] | None = None
+
+    async def __aenter__(self) -> Any:
+        if self._state is not None:
+            raise RuntimeError("a session context cannot be entered twice")
+        rt = self._runtime
+        state = await rt._acquire(self._session_id)
+        tg = anyio.create_task_group()
+        try:
+            await tg.__aenter__()
+        except BaseException:
+            await rt._release(state)
+            raise
+        state.task_groups.append(tg)
+        self._state, self._tg = state, tg
+        self._token = rt._current.set(state)
+        return rt._session_object(state)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._state is not None
+        assert self._tg is not None
+        assert self._token is not None
+        rt, state, tg = self._runtime, self._state, self._tg
+        rt._current.reset(self._token)
+        try:
+            if exc_val is not None and isinstance(exc_val, anyio.get_cancelled_exc_class()):
+                # The task group's own scope (or an outer one) decides where it stops.
+                return await tg.__aexit__(exc_type, exc_val, exc_tb)
+            # Background work (listeners, heartbeats) ends with the body; writes it started are
+            # shielded and finish first.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            return None  # the body's exception, if any, propagates unchanged
+        finally:
+            state.task_groups.remove(tg)
+            with anyio.CancelScope(shield=True):
+                await rt._release(state, exc_val)
+
+
+class BaseRuntime(Generic[S]):
+    """Sessions, signals and closing, shared by the in-process and journaled runtimes."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self._current: ContextVar[S | None] = ContextVar(
+            f"jeevesagent_session_{id(self):x}", default=None
+        )
+        self._states: dict[str, S] = {}
+        self._mailbox = Mailbox()
+        self._closed = False
+
+    # -- to implement ----------------------------------------------------------------------------
+    def _new_state(self, session_id: str) -> S:
+        raise NotImplementedError
+
+    async def _load_state(self, state: S) -> None:
+        """Fill a new state (e.g. from the journal) before the first context uses it."""
+
+    async def _finish_state(self, state: S, exc: BaseException | None) -> None:
+        """Called when the last context of a session exits."""
+
+    def _session_object(self, state: S) -> Any:
+        raise NotImplementedError
+
+    # -- sessions --------------------------------------------------------------------------------
+    def _check_open(self, session_id: str | None = None, step: str | None = None) -> None:
+        if self._closed:
+            raise StoreClosedError(
+                f"{type(self).__name__} is closed; create a new runtime to open sessions.",
+                session_id=session_id,
+                step=step,
+            )
+
+    def session(self, session_id: str) -> _SessionContext[S]:
+        """Open a session: ``async with runtime.session("order-42") as session: ...``.
+
+        Inside, ``step``/``stream_step``/signal waits belong to this session, in this task and in
+        every task started from it. Nested or concurrent contexts of one id share one state.
+        """
+        if not isinstance(session_id, str) or not session_id:
+            raise TypeError(f"session_id must be a non-empty str, got {session_id!r}")
+        return _SessionContext(self, session_id)
+
+    def current_session_id(self) -> str | None:
+        """The id of the session the calling task runs in, or ``None``."""
+        state = self._current.get()
+        return None if state is None else state.id
+
+    async def _acquire(self, session_id: str) -> S:
+        while True:
+            self._check_open(session_id)
+            state = self._states.get(session_id)
+            if state is None:
+                break
+            # Another context of this id exists (or is loading): share its state.
+            state.refs += 1
+            try:
+                await state.ready.wait()
+            except BaseException:
+                state.refs -= 1
+                raise
+            if state.error is None:
+                return state
+            # Its load failed (or was cancelled) in another task. Never re-raise that task's
+            # exception object here: try the load again, in this task.
+            state.refs -= 1
+        state = self._new_state(session_id)
+        state.refs = 1
+        self._states[session_id] = state
+        try:
+            await self._load_state(state)
+        except BaseException as exc:
+            state.error = exc
+            if self._states.get(session_id) is state:
+                del self._states[session_id]
+            raise
+        finally:
+            state.ready.set()
+        return state
+
+    async def _release(self, state: S, exc: BaseException | None = None) -> None:
+        state.refs -= 1
+        if state.refs == 0:
+            if self._states.get(state.id) is state:
+                del self._states[state.id]
+            await self._finish_state(state, exc)
+
+    # -- signals ---------------------------------------------------------------------------------
+    async def signal(self, session_id: str, name: str, payload: Any) -> None:
+        """Send a signal: queued per (session, name), received by exactly one waiter, FIFO."""
+        self._check_open(session_id, name)
+        self._mailbox.put(session_id, name, payload)
+
+    async def wait_for_signal(
+        self, session_id: str, name: str, *, timeout: float | None = None
+    ) -> Any:
+        """Wait for the next signal ``name`` of the session; ``TimeoutError`` after ``timeout``."""
+        self._check_open(session_id, name)
+        return await self._mailbox.get(session_id, name, timeout)
+
+    def poll_signal(self, session_id: str, name: str) -> Any:
+        """Take the next queued signal ``name`` without waiting, or ``None`` if none is queued."""
+        self._check_open(session_id, name)
+        return self._mailbox.get_nowait(session_id, name)[1]
+
+    # -- closing ---------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Release what the runtime owns. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mailbox.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,75 @@
+"""The runtime's exception hierarchy.
+
+Every error carries the ids it is about as attributes (``session_id``, ``step``) so that a caller
+can act on them without parsing messages, and every error pickles (they cross process boundaries in
+worker pools and are themselves valid journaled values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "JournalCorruptError",
+    "JournalMismatchError",
+    "RuntimeJournalError",
+    "SessionBusyError",
+    "StoreClosedError",
+    "StoreError",
+    "ValueEncodingError",
+]
+
+
+class RuntimeJournalError(Exception):
+    """Base class of every error raised by :mod:`jeevesagent.runtime`.
+
+    :ivar session_id: the session the error is about, or ``None``
+    :ivar step: the journal key or step name the error is about, or ``None``
+    """
+
+    def __init__(
+        self, message: str, *, session_id: str | None = None, step: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.session_id = session_id
+        self.step = step
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.session_id, self.step))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(
+    cls: type[RuntimeJournalError], message: str, session_id: str | None, step: str | None
+) -> RuntimeJournalError:
+    return cls(message, session_id=session_id, step=step)
+
+
+class SessionBusyError(RuntimeJournalError):
+    """The session is already owned by a live runtime elsewhere."""
+
+
+class JournalMismatchError(RuntimeJournalError):
+    """The code asked for a step the journal does not match (strict replay)."""
+
+
+class JournalCorruptError(RuntimeJournalError):
+    """A journal row could not be decoded or failed its integrity check; it was not used."""
+
+
+class ValueEncodingError(RuntimeJournalError, TypeError):
+    """A step result, stream chunk, signal payload or step argument could not be encoded.
+
+    Nothing was written to the journal.
+    """
+
+
+class StoreError(RuntimeJournalError):
+    """The journal store failed (the driver's exception is the ``__cause__``)."""
+
+
+class StoreClosedError(StoreError):
+    """The store (or runtime) was used after ``aclose()``."""

@@ -1,0 +1,228 @@
+"""The SQLite journal store: one long-lived connection on one thread the store owns.
+
+Why not aiosqlite: it is asyncio-only (under trio it fails with "trio.run received unrecognized
+yield message <Future pending>"). A dedicated thread per store works under any anyio backend, keeps
+one connection (so ``":memory:"`` works and the page cache stays warm), and ends on ``aclose()``.
+
+Durability: WAL mode with ``synchronous=FULL``, so a committed step survives power loss; writes take
+the write lock up front (``BEGIN IMMEDIATE``) so two stores on one file queue on the busy timeout
+instead of failing half-way through a transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from ._errors import JournalCorruptError, StoreError
+from ._store import STEP, NativeStore, Record, Row, SessionJournal
+from ._thread import WorkerThread
+
+__all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
+
+T = TypeVar("T")
+
+# Ordered migrations: index i brings the schema from version i to i + 1. Applied on open, inside
+# one BEGIN IMMEDIATE transaction, so two processes opening one file at once apply them once.
+_MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE IF NOT EXISTS jrt_journal (
+            session_id TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (session_id, kind, key)
+        ) WITHOUT ROWID""",
+    ],
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
+_SELECT_ONE = (
+    "SELECT value, created_at FROM jrt_journal WHERE session_id = ? AND kind = ? AND key = ?"
+)
+_SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """Fetch one row and finalize the statement at once: a statement left open keeps its read
+    snapshot, and a later write from that snapshot fails with SQLITE_BUSY_SNAPSHOT immediately,
+    without waiting on the busy timeout."""
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
+def _open(path: str, busy_timeout: float) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        if path != ":memory:":
+            _enable_wal(conn, busy_timeout)
+        conn.execute("PRAGMA synchronous = FULL")
+        _migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    # Switching a new file to WAL needs an exclusive lock, and SQLite reports "database is locked"
+    # at once, without its busy handler, when another connection is doing the same. Retry for up
+    # to the busy timeout (this runs on the store's own thread, never on the event loop).
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            mode = _one(conn, "PRAGMA journal_mode")[0]
+            if str(mode).lower() != "wal":
+                mode = _one(conn, "PRAGMA journal_mode = WAL")[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"could not switch to WAL mode (got {mode!r})")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS jrt_schema_version (version INTEGER NOT NULL)")
+        row = _one(conn, "SELECT max(version) FROM jrt_schema_version")
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise JournalCorruptError(
+                f"the journal's schema is version {version}, newer than this jeevesagent "
+                f"understands ({SCHEMA_VERSION}); upgrade jeevesagent to open it."
+            )
+        for v in range(version, SCHEMA_VERSION):
+            for ddl in _MIGRATIONS[v]:
+                conn.execute(ddl)
+            conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (v + 1,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
+    steps: dict[str, Row] = {}
+    streams: dict[str, Row] = {}
+    for kind, key, value, created_at in conn.execute(_SELECT_SESSION, (session_id,)):
+        (steps if kind == STEP else streams)[key] = Row(value, created_at)
+    return SessionJournal(steps, streams)
+
+
+def _insert(conn: sqlite3.Connection, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    conflicts: dict[tuple[str, int, str], Row] = {}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        before = conn.total_changes
+        conn.executemany(_INSERT, records)
+        if conn.total_changes - before != len(records):
+            # Some keys were already recorded (by another store on this file, or a duplicate in
+            # the batch): report what was there first, which is what everyone must see.
+            for r in records:
+                row = _one(conn, _SELECT_ONE, (r.session_id, r.kind, r.key))
+                if row is not None and (row[0] != r.data or row[1] != r.created_at):
+                    conflicts[(r.session_id, r.kind, r.key)] = Row(row[0], row[1])
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return conflicts
+
+
+def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
+    row = _one(conn, _SELECT_ONE, (session_id, kind, key))
+    return None if row is None else Row(row[0], row[1])
+
+
+class SqliteJournalStore(NativeStore):
+    """A journal in one SQLite file (WAL, ``synchronous=FULL``): the embedded default.
+
+    :param path: the database file; parent folders are created. ``":memory:"`` keeps the journal
+        in this store's connection only.
+    :param busy_timeout: seconds a write waits for another connection's lock before failing
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        super().__init__()
+        raw = os.fspath(path)
+        self.path = pathlib.Path(raw)
+        if raw != ":memory:":
+            self.path = self.path.expanduser()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = raw if raw == ":memory:" else str(self.path)
+        self._worker: WorkerThread[sqlite3.Connection] = WorkerThread(
+            f"jeevesagent-sqlite:{self.path.name}",
+            lambda: _open(target, busy_timeout),
+            lambda conn: conn.close(),
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<SqliteJournalStore path={str(self.path)!r} {state}>"
+
+    async def _call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        session_id: str | None = None,
+        step: str | None = None,
+    ) -> T:
+        with self._translate(session_id, step):
+            return await self._worker.run(fn, *args)
+
+    @contextlib.contextmanager
+    def _translate(self, session_id: str | None, step: str | None) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            where = f"session {session_id!r}, step {step!r}: " if session_id else ""
+            msg = str(exc)
+            if "locked" in msg or "busy" in msg:
+                hint = (
+                    "another connection held the write lock longer than the busy timeout; "
+                    "retry, or raise busy_timeout"
+                )
+            elif isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+                hint = "check that the path is writable and the disk is not full"
+            else:
+                hint = "the file may not be a jeevesagent journal, or is damaged"
+            raise StoreError(
+                f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {msg} "
+                f"({hint}). Nothing was recorded by this call.",
+                session_id=session_id,
+                step=step,
+            ) from exc
+
+    async def _load(self, session_id: str) -> SessionJournal:
+        return await self._call(_load, session_id, session_id=session_id)
+
+    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+        first = records[0] if records else None
+        return await self._call(
+            _insert,
+            records,
+            session_id=first.session_id if first else None,
+            step=first.key if first else None,
+        )
+
+    async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
+        return await self._call(_get, session_id, kind, key, session_id=session_id, step=key)
+
+    async def _close(self) -> None:
+        await self._worker.aclose()

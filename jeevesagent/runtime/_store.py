@@ -1,0 +1,255 @@
+"""The journal store contract, the shared base of the bundled stores, and the in-memory store.
+
+``JournalStore`` is the published five-method protocol; any object with those methods works with
+``JournaledRuntime`` (one store call per step). The bundled stores derive from :class:`NativeStore`,
+which adds what the runtime uses to go fast: a bulk load of a whole session and batched inserts of
+already-encoded rows in one transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
+
+from ._codec import PickleCodec, decode_value, encode_value
+from ._errors import StoreClosedError
+
+__all__ = [
+    "STEP",
+    "STREAM",
+    "InMemoryJournalStore",
+    "JournalEntry",
+    "JournalStore",
+    "NativeStore",
+    "Record",
+    "Row",
+    "SessionJournal",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A recorded step result.
+
+    :ivar value: the value the step returned (``None`` is a valid recorded value)
+    :ivar created_at: when it was recorded, in epoch seconds
+    """
+
+    value: Any
+    created_at: float
+
+
+@runtime_checkable
+class JournalStore(Protocol):
+    """Where a journaled runtime keeps its records.
+
+    Keys are journal keys derived by the runtime (see ``JournaledRuntime``), not bare step names.
+    A record, once written, is never replaced: a second ``put_step`` for the same key keeps the
+    first value, so every reader sees one recorded value per step.
+    """
+
+    async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
+        """Return the recorded entry for the key, or ``None`` if there is none."""
+        ...
+
+    async def put_step(self, session_id: str, step_name: str, value: Any) -> None:
+        """Record a step's value (committed when this returns)."""
+        ...
+
+    async def get_stream(self, session_id: str, step_name: str) -> list[Any] | None:
+        """Return the recorded chunks of a completed stream step, or ``None``."""
+        ...
+
+    async def put_stream(self, session_id: str, step_name: str, chunks: list[Any]) -> None:
+        """Record the complete chunk list of a stream step."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's threads, connections and files. Idempotent."""
+        ...
+
+
+STEP = 0
+STREAM = 1
+
+
+class Record(NamedTuple):
+    """One encoded journal row on its way to a store."""
+
+    session_id: str
+    kind: int  # STEP or STREAM
+    key: str
+    data: bytes
+    created_at: float
+
+
+class Row(NamedTuple):
+    data: bytes
+    created_at: float
+
+
+@dataclass(slots=True)
+class SessionJournal:
+    """Everything recorded for one session, as loaded in one round trip."""
+
+    steps: dict[str, Row]
+    streams: dict[str, Row]
+
+
+class NativeStore(abc.ABC):
+    """Base of the bundled stores: encoding, closed-state checks and the public protocol methods,
+    on top of four primitives a backend implements (``_load``, ``_insert``, ``_get``, ``_close``).
+    """
+
+    codec: PickleCodec
+    _closed: bool = False
+
+    def __init__(self) -> None:
+        self.codec = PickleCodec()
+        self._closed = False
+
+    # -- primitives ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def _load(self, session_id: str) -> SessionJournal:
+        """Load every row of one session (one round trip)."""
+
+    @abc.abstractmethod
+    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+        """Insert rows in one transaction; first writer wins.
+
+        Returns the rows already present for keys that conflicted, so the caller can adopt the
+        value that was recorded first.
+        """
+
+    @abc.abstractmethod
+    async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
+        """Read one row."""
+
+    @abc.abstractmethod
+    async def _close(self) -> None:
+        """Release resources (called once)."""
+
+    # -- used by the runtime ---------------------------------------------------------------------
+    def check_open(self, session_id: str | None = None, step: str | None = None) -> None:
+        if self._closed:
+            where = f" (session {session_id!r}, step {step!r})" if session_id else ""
+            raise StoreClosedError(
+                f"{type(self).__name__} is closed{where}; open a new store and runtime to go on.",
+                session_id=session_id,
+                step=step,
+            )
+
+    async def load_session(self, session_id: str) -> SessionJournal:
+        self.check_open(session_id)
+        return await self._load(session_id)
+
+    async def append(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+        if records:
+            self.check_open(records[0].session_id, records[0].key)
+        return await self._insert(records)
+
+    # -- the published protocol ------------------------------------------------------------------
+    async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
+        self.check_open(session_id, step_name)
+        row = await self._get(session_id, STEP, step_name)
+        if row is None:
+            return None
+        value = decode_value(self.codec, row.data, session_id=session_id, step=step_name)
+        return JournalEntry(value, row.created_at)
+
+    async def put_step(self, session_id: str, step_name: str, value: Any) -> None:
+        self.check_open(session_id, step_name)
+        data = encode_value(self.codec, value, session_id=session_id, step=step_name)
+        await self._insert([Record(session_id, STEP, step_name, data, time.time())])
+
+    async def get_stream(self, session_id: str, step_name: str) -> list[Any] | None:
+        self.check_open(session_id, step_name)
+        row = await self._get(session_id, STREAM, step_name)
+        if row is None:
+            return None
+        chunks: list[Any] = decode_value(
+            self.codec, row.data, session_id=session_id, step=step_name
+        )
+        return chunks
+
+    async def put_stream(self, session_id: str, step_name: str, chunks: list[Any]) -> None:
+        self.check_open(session_id, step_name)
+        data = encode_value(
+            self.codec, list(chunks), session_id=session_id, step=step_name, what="stream chunks"
+        )
+        await self._insert([Record(session_id, STREAM, step_name, data, time.time())])
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class InMemoryJournalStore(NativeStore):
+    """A dict-backed store: nothing survives the process. For tests and prototyping.
+
+    Values are kept encoded, exactly as a durable store would keep them, so a test on this store
+    sees the same encoding errors and the same copy-on-replay behaviour as production.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows: dict[str, SessionJournal] = {}
+
+    def __repr__(self) -> str:
+        n = sum(len(j.steps) + len(j.streams) for j in self._rows.values())
+        state = "closed" if self._closed else "open"
+        return f"<InMemoryJournalStore {state} sessions={len(self._rows)} rows={n}>"
+
+    def step_keys(self) -> list[tuple[str, str]]:
+        """Every recorded ``(session_id, journal key)`` of steps (signal receipts included)."""
+        return [(sid, key) for sid, j in self._rows.items() for key in j.steps]
+
+    def stream_keys(self) -> list[tuple[str, str]]:
+        """Every recorded ``(session_id, journal key)`` of stream steps."""
+        return [(sid, key) for sid, j in self._rows.items() for key in j.streams]
+
+    async def _load(self, session_id: str) -> SessionJournal:
+        j = self._rows.get(session_id)
+        if j is None:
+            return SessionJournal({}, {})
+        return SessionJournal(dict(j.steps), dict(j.streams))
+
+    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+        conflicts: dict[tuple[str, int, str], Row] = {}
+        for r in records:
+            j = self._rows.get(r.session_id)
+            if j is None:
+                j = self._rows[r.session_id] = SessionJournal({}, {})
+            table = j.steps if r.kind == STEP else j.streams
+            existing = table.get(r.key)
+            if existing is not None:
+                conflicts[(r.session_id, r.kind, r.key)] = existing
+            else:
+                table[r.key] = Row(r.data, r.created_at)
+        return conflicts
+
+    async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
+        j = self._rows.get(session_id)
+        if j is None:
+            return None
+        return (j.steps if kind == STEP else j.streams).get(key)
+
+    async def _close(self) -> None:
+        pass
