@@ -156,9 +156,10 @@ def run_demo(path: str = DEFAULT_PATH, *, reset: bool = False, crash: bool = Tru
     started = time.perf_counter()
     anyio.run(main)
     total = (time.perf_counter() - started) * 1000
-    replayed = 5 - len(log.ran)
+    ran, replayed = len(log.ran), 5 - len(log.ran)
     print(
-        f"\nSession complete in {total:.0f} ms: {len(log.ran)} steps ran, {replayed} replayed "
+        f"\nSession complete in {total:.0f} ms: {ran} step{'' if ran == 1 else 's'} ran, "
+        f"{replayed} replayed "
         "from the journal. The flight was booked exactly once."
     )
     if not log.ran:

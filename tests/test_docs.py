@@ -1,0 +1,82 @@
+"""The README's examples and the demo (the project's main job) run as documented."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_opens_with_the_demo_and_test_commands() -> None:
+    first_block = re.search(r"```sh\n(.*?)```", README, flags=re.S)
+    assert first_block is not None
+    lines = first_block.group(1).splitlines()
+    assert "python -m jeevesagent.runtime demo" in lines[0]
+    assert "nox -s tests" in lines[1]
+
+
+@pytest.mark.parametrize("index", range(len(readme_python_blocks())))
+def test_readme_python_example_runs_and_replays(index: int, tmp_path: Path) -> None:
+    script = tmp_path / "example.py"
+    script.write_text(readme_python_blocks()[index])
+    first = python(str(script), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = python(str(script), cwd=tmp_path)  # the second run replays from the journal
+    assert second.returncode == 0, second.stderr
+
+
+def test_quickstart_second_run_calls_nothing(tmp_path: Path) -> None:
+    code = readme_python_blocks()[0]
+    # Count calls of the step functions across two runs.
+    code = code.replace(
+        "async def call_model(prompt: str) -> str:\n",
+        "async def call_model(prompt: str) -> str:\n    print('CALLED call_model')\n",
+    ).replace(
+        "async def send_email(to: str, body: str) -> bool:\n",
+        "async def send_email(to: str, body: str) -> bool:\n    print('CALLED send_email')\n",
+    )
+    script = tmp_path / "quickstart.py"
+    script.write_text(code)
+    first = python(str(script), cwd=tmp_path)
+    second = python(str(script), cwd=tmp_path)
+    assert first.stdout.count("CALLED") == 2, first.stderr
+    assert second.stdout.count("CALLED") == 0, second.stderr
+
+
+def test_demo_crashes_then_resumes_with_replay(tmp_path: Path) -> None:
+    journal = str(tmp_path / "demo.sqlite3")
+    first = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
+    # A real crash: the process killed itself with SIGKILL part way through.
+    assert first.returncode in (-signal.SIGKILL, 137), (first.returncode, first.stderr)
+    assert "RAN       book_flight" in first.stdout
+    assert "send_email" not in first.stdout.split("dies here")[0]
+
+    second = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    for step in ("plan", "reply", "search_flights", "book_flight"):
+        assert re.search(rf"replayed\s+{step}\b", second.stdout), second.stdout
+    assert re.search(r"RAN\s+send_email\b", second.stdout)
+    assert "1 step ran, 4 replayed" in second.stdout
+
+    third = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert "0 steps ran, 5 replayed" in third.stdout
