@@ -32,6 +32,13 @@ def typing(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks of DESIGN.md §5 (``nox -s bench -- --quick`` for a smoke run)."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job twice on a fresh journal: a crash, then a resume that replays."""
     session.install("-e", ".")

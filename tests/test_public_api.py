@@ -368,7 +368,10 @@ def test_postgres_connect_signature(cls: type[Any]) -> None:
     assert inspect.iscoroutinefunction(cls.connect)
     assert isinstance(inspect.getattr_static(cls, "connect"), classmethod)
     params = inspect.signature(cls.connect).parameters
-    assert list(params) == ["dsn", "min_size", "max_size"]
+    assert list(params)[:3] == ["dsn", "min_size", "max_size"]
+    for extra in list(params)[3:]:  # later options: keyword-only, with defaults
+        assert params[extra].kind is Parameter.KEYWORD_ONLY
+        assert params[extra].default is not Parameter.empty
     assert params["min_size"].kind is Parameter.KEYWORD_ONLY
     assert params["min_size"].default == 1
     assert params["max_size"].kind is Parameter.KEYWORD_ONLY

@@ -297,6 +297,7 @@ class _SessionContext(Generic[S]):
         state.task_groups.append(tg)
         self._state, self._tg = state, tg
         self._token = rt._current.set(state)
+        rt._context_entered(state, tg)
         return rt._session_object(state)
 
     async def __aexit__(
@@ -310,19 +311,31 @@ class _SessionContext(Generic[S]):
         assert self._token is not None
         rt, state, tg = self._runtime, self._state, self._tg
         rt._current.reset(self._token)
+        # Commit what the session still holds before its background work stops. A failure here
+        # is raised after the task group has ended (chained to the body's exception, if any).
+        exit_error: Exception | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                await rt._context_exiting(state)
+        except Exception as exc:
+            exit_error = exc
         try:
             if exc_val is not None and isinstance(exc_val, anyio.get_cancelled_exc_class()):
                 # The task group's own scope (or an outer one) decides where it stops.
-                return await tg.__aexit__(exc_type, exc_val, exc_tb)
-            # Background work (listeners, heartbeats) ends with the body; writes it started are
-            # shielded and finish first.
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
-            return None  # the body's exception, if any, propagates unchanged
+                suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
+            else:
+                # Background work (listeners, flushers) ends with the body.
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+                suppressed = None  # the body's exception, if any, propagates unchanged
         finally:
             state.task_groups.remove(tg)
             with anyio.CancelScope(shield=True):
                 await rt._release(state, exc_val)
+        if exit_error is not None:
+            exit_error.__context__ = exc_val
+            raise exit_error
+        return suppressed
 
 
 class BaseRuntime(Generic[S]):
@@ -347,6 +360,12 @@ class BaseRuntime(Generic[S]):
 
     async def _finish_state(self, state: S, exc: BaseException | None) -> None:
         """Called when the last context of a session exits."""
+
+    def _context_entered(self, state: S, tg: TaskGroup) -> None:
+        """Called when a ``session()`` context is entered, with its task group."""
+
+    async def _context_exiting(self, state: S) -> None:
+        """Called (shielded) when a ``session()`` context exits, before its task group ends."""
 
     def _session_object(self, state: S) -> Any:
         raise NotImplementedError

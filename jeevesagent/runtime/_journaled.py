@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import anyio
+from anyio.abc import TaskGroup
 
 from ._base import (
     BaseRuntime,
@@ -27,6 +29,7 @@ from ._codec import (
     signal_journal_key,
     step_journal_key,
 )
+from ._errors import StoreError
 from ._store import (
     STEP,
     STREAM,
@@ -66,6 +69,9 @@ class _JState(SessionState):
         self.streams: dict[str, Row | list[Any]] = {}
         self.inflight: dict[str, anyio.Event] = {}
         self.signals_received: dict[str, int] = {}
+        self.buffer: list[Record] = []  # recorded here, not yet handed to the store
+        self.write_error: BaseException | None = None  # a buffered commit failed: stop
+        self.flusher = False
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
 
@@ -75,6 +81,14 @@ class JournaledRuntime(BaseRuntime[_JState]):
 
     :param store: any :class:`JournalStore`; the default is a new :class:`InMemoryJournalStore`.
         A store passed in stays the caller's: ``aclose()`` closes only a store the runtime made.
+    :param durability: ``"commit"`` (default): ``step`` returns only after its record is
+        committed, so a crash never loses a step whose result the caller has seen.
+        ``"buffered"`` (opt-in, bundled stores only): ``step`` returns at once and records are
+        committed in batches -- when ``flush_interval`` seconds have passed, when 256 are
+        waiting, before a signal wait blocks, and when the session context exits. A crash loses
+        at most the records not yet committed, and the journal always stays a consistent prefix
+        (records commit in order; a later record never survives without the earlier ones).
+    :param flush_interval: the longest a buffered record waits, in seconds.
 
     Step identity: a step is found in the journal by its name plus a fingerprint of its arguments,
     or by ``idempotency_key`` alone. A loop that calls the same step with the same arguments
@@ -84,14 +98,30 @@ class JournaledRuntime(BaseRuntime[_JState]):
 
     name = "journaled"
 
-    def __init__(self, store: JournalStore | None = None) -> None:
+    def __init__(
+        self,
+        store: JournalStore | None = None,
+        *,
+        durability: Literal["commit", "buffered"] = "commit",
+        flush_interval: float = 0.05,
+    ) -> None:
         super().__init__()
+        if durability not in ("commit", "buffered"):
+            raise ValueError(f"durability must be 'commit' or 'buffered', not {durability!r}")
+        self.durability = durability
+        self.flush_interval = flush_interval
         self._owns_store = store is None
         self.store: JournalStore = store if store is not None else InMemoryJournalStore()
         self._native: NativeStore | None = (
             self.store if isinstance(self.store, NativeStore) else None
         )
         self._codec: PickleCodec = self._native.codec if self._native else PickleCodec()
+        if durability == "buffered" and self._native is None:
+            raise ValueError(
+                "durability='buffered' needs a bundled store (InMemoryJournalStore, "
+                "SqliteJournalStore, PostgresJournalStore); a third-party store commits per call"
+            )
+        self._buffered = durability == "buffered"
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -114,6 +144,62 @@ class JournaledRuntime(BaseRuntime[_JState]):
         self._check_open(state.id, step)
         if self._native is not None:
             self._native.check_open(state.id, step)
+        if state.write_error is not None:
+            raise StoreError(
+                f"session {state.id!r}, step {step!r}: an earlier buffered journal commit of "
+                f"this session failed ({state.write_error}); the session cannot go on without "
+                "it. Open the session again to resume from what was committed.",
+                session_id=state.id,
+                step=step,
+            ) from state.write_error
+
+    def _context_entered(self, state: _JState, tg: TaskGroup) -> None:
+        if self._buffered and not state.flusher:
+            state.flusher = True
+            tg.start_soon(self._flush_periodically, state)
+
+    async def _flush_periodically(self, state: _JState) -> None:
+        try:
+            while state.write_error is None:
+                await anyio.sleep(self.flush_interval)
+                if state.buffer:
+                    with anyio.CancelScope(shield=True):
+                        await self._flush(state)
+        except StoreError:
+            pass  # recorded in state.write_error; the session's next step raises it
+        finally:
+            state.flusher = False
+
+    async def _context_exiting(self, state: _JState) -> None:
+        await self._flush(state)
+
+    async def _flush(self, state: _JState) -> None:
+        """Commit the session's buffered records (in order, in one transaction)."""
+        records, state.buffer = state.buffer, []
+        if not records or self._native is None:
+            return
+        try:
+            conflicts = await self._native.append(records)
+        except Exception as exc:
+            if not self._buffered:
+                state.buffer[:0] = records  # nobody saw them as committed: keep for the next try
+                raise
+            state.write_error = exc
+            raise StoreError(
+                f"session {state.id!r}: {len(records)} buffered journal records could not be "
+                f"committed ({exc}). The journal keeps what was committed before them; open the "
+                "session again to resume from there.",
+                session_id=state.id,
+                step=records[0].key,
+            ) from exc
+        self._adopt(state, conflicts)
+
+    @staticmethod
+    def _adopt(state: _JState, conflicts: dict[tuple[str, int, str], Row]) -> None:
+        # Someone else recorded these keys first (another runtime on the same store): everyone
+        # sees the first record.
+        for (_, kind, key), row in conflicts.items():
+            (state.steps if kind == STEP else state.streams)[key] = row
 
     # -- journal access --------------------------------------------------------------------------
     def _decode(self, state: _JState, key: str, row: Row | JournalEntry) -> Any:
@@ -140,15 +226,23 @@ class JournaledRuntime(BaseRuntime[_JState]):
         if native is None:
             return await self._record_foreign(state, kind, key, value)
         record = Record(state.id, kind, key, data, time.time())
-        with anyio.CancelScope(shield=True):
-            conflicts = await native.append([record])
-        first = conflicts.get((state.id, kind, key))
-        if first is not None:
-            # Someone else recorded this key first (another runtime on the same store):
-            # everyone sees the first record.
-            table[key] = first
-            return decode_value(self._codec, first.data, session_id=state.id, step=key)
-        table[key] = Row(data, record.created_at)
+        table[key] = Row(data, record.created_at)  # visible to this run at once
+        if self._buffered:
+            state.buffer.append(record)
+            if len(state.buffer) >= 256:
+                await self._flush(state)
+            return value
+        # Commit mode: the record (and any receipt poll_signal buffered) commits now, shielded.
+        state.buffer.append(record)
+        try:
+            await self._flush(state)
+        except BaseException:
+            del table[key]
+            state.buffer = [r for r in state.buffer if r is not record]
+            raise
+        row = table[key]
+        if isinstance(row, Row) and row.data != data:
+            return decode_value(self._codec, row.data, session_id=state.id, step=key)
         return value
 
     async def _record_foreign(self, state: _JState, kind: int, key: str, value: Any) -> Any:
@@ -319,6 +413,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
         replayed, value = self._replay_signal(state, name)
         if replayed:
             return value
+        if state.buffer:
+            await self._flush(state)  # do not hold records back while blocked
         data = await self._mailbox.get(session_id, name, timeout)
         key, value = self._receipt(state, name, data)
         await self._record(state, STEP, key, value, data)
@@ -328,7 +424,9 @@ class JournaledRuntime(BaseRuntime[_JState]):
         """Take the next queued signal ``name`` without waiting; ``None`` if nothing is queued.
 
         In a session open in this runtime a replay returns the journaled payload; a live receipt
-        is journaled by a background write in the session's task group.
+        is journaled with the session's next record, or when the session context exits. With a
+        third-party store (no bulk load), a replay cannot be read here: ``wait_for_signal``
+        replays such receipts.
         """
         self._check_open(session_id, name)
         state = self._states.get(session_id)
@@ -342,16 +440,17 @@ class JournaledRuntime(BaseRuntime[_JState]):
         if state is None:
             return decode_value(self._codec, data, session_id=session_id, step=name)
         key, value = self._receipt(state, name, data)
-        # Visible to this run at once; committed in the background (poll_signal is synchronous).
-        state.steps[key] = (
-            Row(data, time.time()) if self._native else JournalEntry(value, time.time())
-        )
-
-        async def commit() -> None:
-            await self._record(state, STEP, key, value, data)
-
-        if state.task_groups:
-            state.spawn(commit)
+        if self._native is None:
+            # A third-party store has no buffer: commit in the session's task group.
+            state.steps[key] = JournalEntry(value, time.time())
+            if state.task_groups:
+                state.spawn(partial(self._record, state, STEP, key, value, data))
+            return value
+        # Visible to this run at once; committed with the session's next record, by the next
+        # flush, or when the session context exits (poll_signal is synchronous).
+        record = Record(state.id, STEP, key, data, time.time())
+        state.steps[key] = Row(data, record.created_at)
+        state.buffer.append(record)
         return value
 
     # -- closing ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from ._journaled import JournaledRuntime
 from ._sqlite import SqliteJournalStore
@@ -18,8 +18,16 @@ class SqliteRuntime(JournaledRuntime):
 
     name = "sqlite"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(SqliteJournalStore(path))
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["commit", "buffered"] = "commit",
+        flush_interval: float = 0.05,
+    ) -> None:
+        super().__init__(
+            SqliteJournalStore(path), durability=durability, flush_interval=flush_interval
+        )
         self._owns_store = True
         self.path: pathlib.Path = self.store.path  # type: ignore[attr-defined]
 
@@ -33,21 +41,39 @@ class PostgresRuntime(JournaledRuntime):
 
     name = "postgres"
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        durability: Literal["commit", "buffered"] = "commit",
+        flush_interval: float = 0.05,
+    ) -> None:
         from ._postgres import PostgresJournalStore
 
-        super().__init__(PostgresJournalStore(pool))
+        self._init(PostgresJournalStore(pool), durability, flush_interval)
+
+    def _init(
+        self, store: Any, durability: Literal["commit", "buffered"], flush_interval: float
+    ) -> None:
+        JournaledRuntime.__init__(self, store, durability=durability, flush_interval=flush_interval)
         self._owns_store = True
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> Self:
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        durability: Literal["commit", "buffered"] = "commit",
+        flush_interval: float = 0.05,
+    ) -> Self:
         """Connect a pool to ``dsn`` and return a runtime that owns it."""
         from ._postgres import PostgresJournalStore
 
         store = await PostgresJournalStore.connect(dsn, min_size=min_size, max_size=max_size)
         runtime = cls.__new__(cls)
-        JournaledRuntime.__init__(runtime, store)
-        runtime._owns_store = True
+        runtime._init(store, durability, flush_interval)
         return runtime
 
     async def init_schema(self) -> None:

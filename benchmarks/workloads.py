@@ -1,0 +1,204 @@
+"""The five workloads of DESIGN.md §5. Each ``*_round`` measures the floor, then the workload,
+and returns every metric of the round; ``run.py`` runs the rounds and builds the table.
+
+Each function also checks that the runtime did what was measured (``fn`` ran on record and did
+not run on replay), so a broken replay cannot pass as a fast one. Nothing checks timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from harness import now_ns, run_rounds, settle
+from stores import BenchStore, floor_rows
+
+from jeevesagent.runtime import JournaledRuntime
+
+__all__ = [
+    "Config",
+    "concurrent_round",
+    "record_round",
+    "replay_rounds",
+    "scale_rounds",
+    "stream_round",
+]
+
+CHUNKS = [f"chunk {i:04d} ".encode().ljust(50, b".") for i in range(200)]
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: int = 500
+    sessions: int = 50
+    steps_per_session: int = 20
+    scale_rows: int = 1_000_000
+
+
+class Calls:
+    """How many times the step function and the stream producer actually ran."""
+
+    step = 0
+    stream = 0
+
+
+async def step_fn(arg: dict[str, Any]) -> dict[str, Any]:
+    Calls.step += 1
+    return {"i": arg["i"], "text": arg["text"], "ok": True}
+
+
+async def producer() -> AsyncIterator[bytes]:
+    Calls.stream += 1
+    for chunk in CHUNKS:
+        yield chunk
+
+
+def _expect(what: str, got: int, want: int) -> None:
+    if got != want:
+        raise RuntimeError(f"{what}: expected {want}, got {got}")
+
+
+@contextlib.asynccontextmanager
+async def _runtime(store: BenchStore, journal: str) -> AsyncIterator[JournaledRuntime]:
+    rt = await store.open_runtime(journal)
+    try:
+        yield rt
+    finally:
+        await rt.aclose()
+
+
+async def record_steps(rt: JournaledRuntime, session_id: str, n: int) -> float:
+    """µs per step of ``n`` sequential new steps in one session (session open not timed)."""
+    before = Calls.step
+    async with rt.session(session_id):
+        settle()
+        start = now_ns()
+        for i in range(n):
+            await rt.step(f"s{i}", step_fn, {"i": i, "text": "hello"})
+        elapsed = now_ns() - start
+    _expect("record: step function calls", Calls.step - before, n)
+    return elapsed / n / 1000
+
+
+async def replay_steps(rt: JournaledRuntime, session_id: str, n: int) -> tuple[float, float]:
+    """(ms to open the session, µs per replayed step)."""
+    before = Calls.step
+    settle()
+    start = now_ns()
+    async with rt.session(session_id):
+        opened = now_ns()
+        for i in range(n):
+            await rt.step(f"s{i}", step_fn, {"i": i, "text": "hello"})
+        elapsed = now_ns() - opened
+    _expect("replay: step function calls", Calls.step - before, 0)
+    return (opened - start) / 1e6, elapsed / n / 1000
+
+
+async def direct_calls(n: int) -> float:
+    """µs per call of the step function itself, in the same loop shape as a step."""
+    settle()
+    start = now_ns()
+    for i in range(n):
+        await step_fn({"i": i, "text": "hello"})
+    return (now_ns() - start) / n / 1000
+
+
+# -- 1. record -----------------------------------------------------------------------------------
+async def record_round(store: BenchStore, cfg: Config) -> dict[str, float]:
+    async with store.journal() as journal:
+        settle()
+        floor = await store.floor_insert(journal, floor_rows("floor", cfg.steps))
+    async with store.journal() as journal, _runtime(store, journal) as rt:
+        record = await record_steps(rt, "bench", cfg.steps)
+    return {"floor": floor, "record": record}
+
+
+# -- 2. replay -----------------------------------------------------------------------------------
+async def replay_rounds(
+    store: BenchStore, cfg: Config, rounds: int, warmup: int
+) -> dict[str, list[float]]:
+    async with store.journal() as journal:
+        async with _runtime(store, journal) as rt:
+            await record_steps(rt, "bench", cfg.steps)
+
+        async def one_round() -> dict[str, float]:
+            direct = await direct_calls(cfg.steps)
+            settle()
+            read = await store.floor_read(journal, "bench")
+            async with _runtime(store, journal) as rt:  # a NEW runtime on the same journal
+                open_ms, replay = await replay_steps(rt, "bench", cfg.steps)
+            return {"direct": direct, "read": read, "replay": replay, "open": open_ms}
+
+        return await run_rounds(rounds, warmup, one_round)
+
+
+# -- 3. concurrent -------------------------------------------------------------------------------
+async def concurrent_round(store: BenchStore, cfg: Config) -> dict[str, float]:
+    async with store.journal() as journal:
+        settle()
+        floor_us = await store.floor_insert(journal, floor_rows("floor", cfg.steps))
+    total = cfg.sessions * cfg.steps_per_session
+    before = Calls.step
+
+    async def one_session(rt: JournaledRuntime, j: int) -> None:
+        async with rt.session(f"c{j}"):
+            for i in range(cfg.steps_per_session):
+                await rt.step(f"s{i}", step_fn, {"i": i, "text": "hello"})
+
+    async with store.journal() as journal, _runtime(store, journal) as rt:
+        settle()
+        start = now_ns()  # session opens (one bulk load each) are part of the work
+        async with anyio.create_task_group() as tg:
+            for j in range(cfg.sessions):
+                tg.start_soon(one_session, rt, j)
+        elapsed = now_ns() - start
+    _expect("concurrent: step function calls", Calls.step - before, total)
+    return {"floor": 1e6 / floor_us, "concurrent": total / (elapsed / 1e9)}
+
+
+# -- 4. stream -----------------------------------------------------------------------------------
+async def _consume(stream: AsyncIterator[bytes]) -> float:
+    """µs per chunk of draining ``stream`` (which must yield exactly the 200 chunks)."""
+    settle()
+    count = 0
+    start = now_ns()
+    async for _ in stream:
+        count += 1
+    elapsed = now_ns() - start
+    _expect("stream: chunks", count, len(CHUNKS))
+    return elapsed / count / 1000
+
+
+async def stream_round(store: BenchStore, cfg: Config) -> dict[str, float]:
+    plain = await _consume(producer())
+    async with store.journal() as journal:
+        before = Calls.stream
+        async with _runtime(store, journal) as rt, rt.session("stream"):
+            record = await _consume(rt.stream_step("s", producer))  # includes its one commit
+        async with _runtime(store, journal) as rt, rt.session("stream"):
+            replay = await _consume(rt.stream_step("s", producer))
+        _expect("stream: producer runs (record + replay)", Calls.stream - before, 1)
+    return {"plain": plain, "record": record, "replay": replay}
+
+
+# -- 5. scale ------------------------------------------------------------------------------------
+async def scale_rounds(
+    store: BenchStore, cfg: Config, rounds: int, warmup: int
+) -> tuple[float, dict[str, list[float]]]:
+    """(seconds to populate, samples): record on an empty journal vs one with ``scale_rows``."""
+    sessions = itertools.count(1)
+    async with store.journal() as full:
+        populate_s = await store.populate(full, cfg.scale_rows)
+
+        async def one_round() -> dict[str, float]:
+            async with store.journal() as empty, _runtime(store, empty) as rt:
+                floor = await record_steps(rt, "bench", cfg.steps)
+            async with _runtime(store, full) as rt:
+                loaded = await record_steps(rt, f"bench-{next(sessions)}", cfg.steps)
+            return {"empty": floor, "full": loaded}
+
+        return populate_s, await run_rounds(rounds, warmup, one_round)
