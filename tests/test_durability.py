@@ -16,7 +16,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from jeevesagent.runtime import JournaledRuntime, PostgresJournalStore, SqliteJournalStore
+from jeevesagent.runtime import (
+    JournaledRuntime,
+    PostgresJournalStore,
+    SqliteJournalStore,
+    StoreError,
+)
 from jeevesagent.runtime._codec import describe_key
 from jeevesagent.runtime._store import NativeStore
 
@@ -48,7 +53,7 @@ async def test_buffered_records_commit_within_the_flush_interval(
     async with rt.session("s"):
         await rt.step("a", lambda: 1)
         with anyio.fail_after(5):
-            while not (await observer.load_session("s")).steps:
+            while not (await observer.load_session("s")).steps:  # noqa: ASYNC110 -- another store
                 await anyio.sleep(0.01)
 
 
@@ -63,7 +68,7 @@ async def test_buffered_records_commit_before_a_signal_wait_blocks(
         tg.start_soon(rt.wait_for_signal, "s", "go")
         # flush_interval is a minute: only the wait itself can have committed the step.
         with anyio.fail_after(5):
-            while not (await observer.load_session("s")).steps:
+            while not (await observer.load_session("s")).steps:  # noqa: ASYNC110 -- another store
                 await anyio.sleep(0.01)
         await rt.signal("s", "go", None)
 
@@ -102,12 +107,14 @@ async def test_a_failed_buffered_commit_stops_the_session(tmp_path: Path) -> Non
 
     store = FailingStore(tmp_path / "j.sqlite3")
     rt = JournaledRuntime(store, durability="buffered", flush_interval=60)
-    from jeevesagent.runtime import StoreError
 
-    with pytest.raises(StoreError, match="could not be committed") as info:
+    async def run_then_break_the_disk() -> None:
         async with rt.session("s"):
             await rt.step("a", lambda: 1)
-            store.fail = True
+            store.fail = True  # the exit's commit fails
+
+    with pytest.raises(StoreError, match="could not be committed") as info:
+        await run_then_break_the_disk()
     assert info.value.session_id == "s"
     store.fail = False
     async with rt.session("s"):
