@@ -214,6 +214,65 @@ def _enc_other(value: Any, out: bytearray) -> None:
         _enc(tuple(parts), out)
 
 
+class _NotPlain(Exception):
+    pass
+
+
+def _plain(value: Any, out: list[str]) -> None:
+    """Canonical text of plain data (str, int, float, bool, None, bytes, list, tuple, dict), in
+    which every value's text says where it ends. Raises _NotPlain for anything else."""
+    t = type(value)
+    if t is str:
+        out.append(repr(value))  # starts with a quote; escapes make it unambiguous
+    elif t is int:
+        out.append(f"i{value};")
+    elif t is dict:
+        out.append("{")
+        try:
+            keys = sorted(value)  # str keys (the usual case) sort the same in every process
+        except TypeError:
+            keys = None
+        if keys is not None:
+            for k in keys:
+                if type(k) is not str:
+                    break
+            else:
+                for k in keys:
+                    out.append(repr(k))
+                    _plain(value[k], out)
+                out.append("}")
+                return
+        items = []
+        for k, v in value.items():
+            kp: list[str] = []
+            _plain(k, kp)
+            items.append(("".join(kp), v))
+        items.sort(key=_first)
+        for k, v in items:
+            out.append(k)
+            _plain(v, out)
+        out.append("}")
+    elif t is list or t is tuple:
+        out.append("[" if t is list else "(")
+        for v in value:
+            _plain(v, out)
+        out.append("]" if t is list else ")")
+    elif t is float:
+        out.append(f"f{value!r};")
+    elif value is None:
+        out.append("N")
+    elif t is bool:
+        out.append("T" if value else "F")
+    elif t is bytes:
+        out.append(repr(value))  # b'...'
+    else:
+        raise _NotPlain
+
+
+def _first(kv: tuple[str, Any]) -> str:
+    return kv[0]
+
+
 def fingerprint(
     args: tuple[Any, ...],
     kwargs: Mapping[str, Any],
@@ -224,6 +283,19 @@ def fingerprint(
     """A stable hex digest of ``args``/``kwargs`` (equal values => equal digest, in any process)."""
     if not args and not kwargs:
         return _EMPTY
+    # Fast path for the common case (plain data): a canonical text in one pass, no allocation
+    # per value beyond repr(). Tagged "P" so it can never equal the general encoding below.
+    parts = ["P"]
+    try:
+        _plain(args, parts)
+        _plain(kwargs, parts)
+    except _NotPlain:
+        pass
+    except RecursionError:
+        pass  # reported by the general encoder below
+    else:
+        text = "".join(parts).encode("utf-8", "surrogatepass")
+        return hashlib.blake2b(text, digest_size=FINGERPRINT_CHARS // 2).hexdigest()
     buf = bytearray()
     try:
         _enc(args, buf)
