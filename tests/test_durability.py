@@ -100,10 +100,10 @@ async def test_a_failed_buffered_commit_stops_the_session(tmp_path: Path) -> Non
     class FailingStore(SqliteJournalStore):
         fail = False
 
-        async def _insert(self, records):  # type: ignore[no-untyped-def]
+        async def _insert(self, records, owners=None):  # type: ignore[no-untyped-def]
             if self.fail:
                 raise OSError("disk full")
-            return await super()._insert(records)
+            return await super()._insert(records, owners)
 
     store = FailingStore(tmp_path / "j.sqlite3")
     rt = JournaledRuntime(store, durability="buffered", flush_interval=60)

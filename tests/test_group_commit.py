@@ -4,7 +4,7 @@ is committed; a session's records commit in order; a failed transaction fails ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import pytest
@@ -48,12 +48,14 @@ class SlowStore(InMemoryJournalStore):
         self.fail_keys: set[str] = set()
         self.gate = anyio.Event()
 
-    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    async def _insert(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, int, str], Row]:
         await self.gate.wait()
         self.batches.append([r.key for r in records])
         if self.fail_keys & {r.key for r in records}:
             raise OSError("disk on fire")
-        return await super()._insert(records)
+        return await super()._insert(records, owners)
 
 
 def record(session: str, key: str) -> Record:

@@ -18,15 +18,24 @@ committed by another caller at any time, so its own caller must stay to learn th
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ._errors import StoreError
+from ._errors import SessionBusyError, StoreError
 
 if TYPE_CHECKING:
     from ._store import Record, Row
+
+
+class Fenced(Exception):
+    """Raised by a store's insert when a session's claim belongs to another runtime."""
+
+    def __init__(self, session_ids: set[str]) -> None:
+        super().__init__(sorted(session_ids))
+        self.session_ids = session_ids
+
 
 __all__ = ["GroupCommitter"]
 
@@ -37,10 +46,11 @@ MAX_BATCH = 1000
 
 
 class _Ticket:
-    __slots__ = ("conflicts", "done", "error", "lead", "records")
+    __slots__ = ("conflicts", "done", "error", "lead", "owners", "records")
 
-    def __init__(self, records: Sequence[Record]) -> None:
+    def __init__(self, records: Sequence[Record], owners: Mapping[str, str] | None) -> None:
         self.records = records
+        self.owners = owners
         self.done = anyio.Event()
         self.lead = False
         self.conflicts: dict[Key, Row] = {}
@@ -50,7 +60,10 @@ class _Ticket:
 class GroupCommitter:
     """Serializes and batches ``insert(records)`` calls made by concurrent tasks."""
 
-    def __init__(self, insert: Callable[[list[Record]], Awaitable[dict[Key, Row]]]) -> None:
+    def __init__(
+        self,
+        insert: Callable[[list[Record], Mapping[str, str] | None], Awaitable[dict[Key, Row]]],
+    ) -> None:
         self._insert = insert
         self._queue: deque[_Ticket] = deque()
         self._writing = False
@@ -59,9 +72,15 @@ class GroupCommitter:
     def __repr__(self) -> str:
         return f"<GroupCommitter queued={len(self._queue)} commits={self.commits}>"
 
-    async def commit(self, records: Sequence[Record]) -> dict[Key, Row]:
-        """Queue ``records`` and return once they are committed (or raise why they were not)."""
-        ticket = _Ticket(records)
+    async def commit(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[Key, Row]:
+        """Queue ``records`` and return once they are committed (or raise why they were not).
+
+        ``owners`` (session id -> owner token) asks the store to fence: records of a session
+        whose claim another runtime holds are refused with :class:`SessionBusyError`.
+        """
+        ticket = _Ticket(records, owners)
         self._queue.append(ticket)
         with anyio.CancelScope(shield=True):
             if self._writing:
@@ -83,15 +102,9 @@ class GroupCommitter:
             batch.append(ticket)
             count += len(ticket.records)
         try:
-            conflicts = await self._insert([r for t in batch for r in t.records])
-            self.commits += 1
+            await self._commit_batch(batch)
         except BaseException as exc:
             self._fail(batch, exc)
-        else:
-            if conflicts:
-                for t in batch:
-                    keys = {(r.session_id, r.kind, r.key) for r in t.records}
-                    t.conflicts = {k: v for k, v in conflicts.items() if k in keys}
         finally:
             for t in batch:
                 if t.lead:
@@ -104,11 +117,48 @@ class GroupCommitter:
             else:
                 self._writing = False
 
+    async def _commit_batch(self, batch: list[_Ticket]) -> None:
+        while batch:
+            owners: dict[str, str] = {}
+            for t in batch:
+                if t.owners:
+                    owners.update(t.owners)
+            try:
+                conflicts = await self._insert(
+                    [r for t in batch for r in t.records], owners or None
+                )
+            except Fenced as fenced:
+                # Refuse the fenced sessions' records; commit the others without them.
+                kept = []
+                for t in batch:
+                    lost = t.owners and fenced.session_ids & set(t.owners)
+                    if lost:
+                        sid = sorted(lost)[0]
+                        t.error = SessionBusyError(
+                            f"session {sid!r}: this runtime no longer holds the session (its "
+                            "claim expired and another runtime took it over), so its records "
+                            "were refused. The other owner's journal stands; do not retry here.",
+                            session_id=sid,
+                            step=t.records[0].key if t.records else None,
+                        )
+                    else:
+                        kept.append(t)
+                batch = kept
+                continue
+            self.commits += 1
+            if conflicts:
+                for t in batch:
+                    keys = {(r.session_id, r.kind, r.key) for r in t.records}
+                    t.conflicts = {k: v for k, v in conflicts.items() if k in keys}
+            return
+
     @staticmethod
     def _fail(batch: list[_Ticket], exc: BaseException) -> None:
         # The leader raises the original; every other caller gets its own exception Record (one
         # exception raised in several tasks would share and corrupt its traceback).
         for t in batch:
+            if t.error is not None:
+                continue
             if t.lead:
                 t.error = exc
             elif isinstance(exc, Exception):

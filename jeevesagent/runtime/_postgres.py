@@ -5,6 +5,14 @@ One table holds every record, keyed by ``(session_id, kind, key)``; a record is 
 Each primitive is one statement, so a batch of records costs one round trip and commits as one
 transaction.
 
+Two more tables coordinate workers: ``jrt_mailbox`` keeps signals sent to sessions (a
+``pg_notify('jrt_signal', session_id)`` in the sending transaction wakes listeners anywhere), and
+``jrt_sessions`` records who runs a session (owner and lease) and how it last ended. Every lease
+is measured on the database server's clock (``clock_timestamp()``), never a worker's, since
+workers on many hosts share one database. A write on behalf of an owner is fenced: the sessions
+rows are locked ``FOR SHARE`` in the writing statement itself, so a concurrent claim cannot slip in
+between the check and the write.
+
 asyncpg only runs on asyncio. Under trio the store talks to asyncpg through an asyncio loop on a
 thread of its own (:class:`_AsyncioBridge`). asyncpg itself is imported only when a store is made,
 so ``import jeevesagent.runtime`` works without it.
@@ -15,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -24,7 +33,16 @@ import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 
 from ._errors import StoreClosedError, StoreError
-from ._store import STEP, NativeStore, Record, Row, SessionJournal
+from ._store import (
+    SESSION_STATUSES,
+    STEP,
+    Fenced,
+    NativeStore,
+    Record,
+    Row,
+    SessionInfo,
+    SessionJournal,
+)
 from ._thread import call_soon_in_loop
 
 __all__ = ["PostgresJournalStore"]
@@ -33,7 +51,8 @@ T = TypeVar("T")
 Key = tuple[str, int, str]
 AsyncFn = Callable[[], Coroutine[Any, Any, T]]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_log = logging.getLogger(__name__)
 # Any constant does, as long as every process uses the same one: it serialises init_schema().
 _SCHEMA_LOCK_ID = 0x6A72745F736368  # b"jrt_sch"
 # How long closing waits for connections still in use before asyncpg terminates them.
@@ -51,6 +70,27 @@ SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8
 ON CONFLICT DO NOTHING
 RETURNING session_id, kind, key
 """
+# The fenced insert: one statement, hence one transaction. The `lock` CTE locks the sessions rows
+# FOR SHARE (a concurrent claim waits for our commit; a claim that committed first is seen, since
+# a locking read in READ COMMITTED returns the newest row version). Rows of `bad` name the
+# sessions whose owner differs (or that have no row): then nothing is inserted.
+_INSERT_FENCED = """
+WITH lock AS MATERIALIZED (
+    SELECT session_id, owner FROM jrt_sessions WHERE session_id = ANY($6::text[])
+    ORDER BY session_id FOR SHARE
+), bad AS MATERIALIZED (
+    SELECT o.session_id FROM unnest($6::text[], $7::text[]) AS o(session_id, owner)
+    LEFT JOIN lock AS l USING (session_id) WHERE l.owner IS DISTINCT FROM o.owner
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
+    WHERE NOT EXISTS (SELECT 1 FROM bad)
+    ON CONFLICT DO NOTHING
+    RETURNING session_id, kind, key
+)
+SELECT true, session_id, NULL::int2, NULL::text FROM bad
+UNION ALL SELECT false, session_id, kind, key FROM ins
+"""
 # A separate statement, not a CTE of the insert: a CTE reads the statement's snapshot, which
 # misses a row that a concurrent transaction committed while the insert waited on it.
 _SELECT_KEYS = """
@@ -58,6 +98,79 @@ SELECT j.session_id, j.kind, j.key, j.value, j.created_at
 FROM unnest($1::text[], $2::int2[], $3::text[]) AS k(session_id, kind, key)
 JOIN jrt_journal AS j USING (session_id, kind, key)
 """
+
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_SESSION_COLS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
+_SEND = """
+WITH ins AS (
+    INSERT INTO jrt_mailbox (session_id, name, payload, created_at) VALUES ($1, $2, $3, $4)
+    RETURNING session_id
+)
+SELECT pg_notify('jrt_signal', session_id) FROM ins
+"""
+# One statement: the receipt if ``key`` is already journaled; else, if the owner still holds
+# the session (its row locked FOR SHARE), move the oldest signal into the journal as ``key``
+# (``key`` NULL: only remove it from the mailbox). The journal insert has no ON CONFLICT: if a
+# concurrent transaction journals the same key first, the unique violation aborts the
+# statement, the signal stays in the mailbox, and the caller reads the receipt that won.
+# `waiting` (read only when fenced) tells whether there was anything to take.
+_TAKE = f"""
+WITH fence AS MATERIALIZED (
+    SELECT owner FROM jrt_sessions
+    WHERE session_id = $1 AND $3::text IS NOT NULL AND $4::text IS NOT NULL
+    FOR SHARE
+), ok AS MATERIALIZED (
+    SELECT $3::text IS NULL OR $4::text IS NULL
+        OR EXISTS (SELECT 1 FROM fence WHERE owner = $4) AS ok
+), existing AS MATERIALIZED (
+    SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = 0 AND key = $3
+), taken AS (
+    DELETE FROM jrt_mailbox WHERE id = (
+        SELECT id FROM jrt_mailbox
+        WHERE session_id = $1 AND name = $2
+          AND (SELECT ok FROM ok) AND NOT EXISTS (SELECT 1 FROM existing)
+        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING payload, {_NOW} AS taken_at
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT $1, 0, $3, payload, taken_at FROM taken WHERE $3::text IS NOT NULL
+)
+SELECT (SELECT ok FROM ok), e.value, e.created_at, t.payload, t.taken_at,
+    EXISTS (SELECT 1 FROM jrt_mailbox WHERE session_id = $1 AND name = $2)
+FROM (SELECT 1) AS one
+LEFT JOIN existing AS e ON true
+LEFT JOIN taken AS t ON true
+"""
+_CLAIM = f"""
+WITH now AS (SELECT {_NOW} AS t)
+INSERT INTO jrt_sessions AS s
+    (session_id, status, owner, lease_expires, created_at, updated_at)
+SELECT $1, 'running', $2, t + $3, t, t FROM now
+ON CONFLICT (session_id) DO UPDATE SET
+    status = 'running', owner = EXCLUDED.owner,
+    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at
+WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
+   OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
+RETURNING {_SESSION_COLS}
+"""
+_SESSION = f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
+_RENEW = f"""
+UPDATE jrt_sessions SET lease_expires = n.t + $3, updated_at = n.t
+FROM (SELECT {_NOW} AS t) AS n
+WHERE session_id = $1 AND owner = $2
+"""
+_RELEASE = f"""
+UPDATE jrt_sessions
+SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
+WHERE session_id = $1 AND owner = $2
+"""
+_LIST_ALL = f"SELECT {_SESSION_COLS} FROM jrt_sessions ORDER BY created_at, session_id"
+_LIST_STATUS = (
+    f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE status = $1 ORDER BY created_at, session_id"
+)
+_PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
+_CHANNEL = "jrt_signal"
 
 
 class _AsyncioBridge:
@@ -200,6 +313,12 @@ class PostgresJournalStore(NativeStore):
 
     ``aclose()`` closes the pool only when the store created it (``connect``); a pool you pass
     in stays yours to close, since other code may share it.
+
+    Signal notices (:meth:`_watch`) come over one dedicated connection (``LISTEN jrt_signal``),
+    opened on first use with the pool's connection arguments, outside the pool. If that
+    connection is lost, a warning is logged and notices stop until the next ``_watch`` call,
+    which reconnects; waiters meanwhile fall back to polling the mailbox. The channel is
+    database-wide: stores on other schemas of the same database cause harmless spurious wakes.
     """
 
     def __init__(self, pool: Any) -> None:
@@ -212,6 +331,11 @@ class PostgresJournalStore(NativeStore):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
+        # LISTEN connection and the wake callbacks with the event loop each registered from.
+        # Both are only touched on the pool's loop.
+        self._listener: Any = None
+        self._listen_lock: asyncio.Lock | None = None
+        self._wakes: dict[Callable[[str], None], EventLoopToken] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -252,8 +376,20 @@ class PostgresJournalStore(NativeStore):
             "CREATE TABLE IF NOT EXISTS jrt_journal (session_id text NOT NULL,"
             " kind smallint NOT NULL, key text NOT NULL, value bytea NOT NULL,"
             " created_at double precision NOT NULL, PRIMARY KEY (session_id, kind, key))",
+            # version 2: the mailbox and the sessions table (a version-1 database gains them).
+            "CREATE TABLE IF NOT EXISTS jrt_mailbox (id bigserial PRIMARY KEY,"
+            " session_id text NOT NULL, name text NOT NULL, payload bytea NOT NULL,"
+            " created_at double precision NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS jrt_mailbox_session_name_id"
+            " ON jrt_mailbox (session_id, name, id)",
+            "CREATE TABLE IF NOT EXISTS jrt_sessions (session_id text PRIMARY KEY,"
+            " status text NOT NULL, owner text, lease_expires double precision,"
+            " created_at double precision NOT NULL, updated_at double precision NOT NULL,"
+            " steps integer NOT NULL DEFAULT 0)",
             f"INSERT INTO jrt_schema_version (version) SELECT {SCHEMA_VERSION}"
             " WHERE NOT EXISTS (SELECT 1 FROM jrt_schema_version)",
+            f"UPDATE jrt_schema_version SET version = {SCHEMA_VERSION}"
+            f" WHERE version < {SCHEMA_VERSION}",
         ]
 
     async def init_schema(self) -> None:
@@ -282,7 +418,9 @@ class PostgresJournalStore(NativeStore):
             lambda: _get_row(self._pool, session_id, kind, key), "reading", session_id, key
         )
 
-    async def _insert(self, records: Sequence[Record]) -> dict[Key, Row]:
+    async def _insert(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[Key, Row]:
         if not records:
             return {}
         # A batch may span sessions (group commit): name the session and step only if unique.
@@ -291,17 +429,21 @@ class PostgresJournalStore(NativeStore):
         step = records[0].key if len(records) == 1 else None
         # Shielded: a caller must never walk away not knowing whether its commit happened.
         return await self._run(
-            lambda: self._write_rows(records), "recording", session_id, step, shield=True
+            lambda: self._write_rows(records, owners), "recording", session_id, step, shield=True
         )
 
-    async def _write_rows(self, records: Sequence[Record]) -> dict[Key, Row]:
+    async def _write_rows(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None
+    ) -> dict[Key, Row]:
         """On the pool's loop: insert through the held writer connection."""
         if self._pool.get_max_size() < 2:
-            return await _insert_rows(self._pool, records)
+            return await _insert_rows(self._pool, records, owners)
         if self._writer is None or self._writer.is_closed():
             self._writer = await self._pool.acquire()
         try:
-            return await _insert_rows(self._writer, records)
+            return await _insert_rows(self._writer, records, owners)
+        except Fenced:
+            raise  # the connection is fine: the statement just inserted nothing
         except BaseException:
             # Whatever went wrong, do not reuse a connection in an unknown state.
             writer, self._writer = self._writer, None
@@ -315,9 +457,133 @@ class PostgresJournalStore(NativeStore):
             with contextlib.suppress(Exception):
                 await self._pool.release(writer)
 
+    # -- mailbox and sessions table ---------------------------------------------------------------
+    async def _send_signal(
+        self, session_id: str, name: str, data: bytes, created_at: float
+    ) -> None:
+        # One autocommitted statement: the row and the notice commit together. Shielded like
+        # every write: the caller must know whether the signal was sent.
+        await self._run(
+            lambda: self._pool.execute(_SEND, session_id, name, data, created_at),
+            "sending a signal",
+            session_id,
+            name,
+            shield=True,
+        )
+
+    async def _take_signal(
+        self, session_id: str, name: str, key: str | None, owner: str | None
+    ) -> Row | None:
+        return await self._run(
+            lambda: _take(self._pool, session_id, name, key, owner),
+            "receiving a signal",
+            session_id,
+            key,
+            shield=True,
+        )
+
+    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        return await self._run(
+            lambda: _claim(self._pool, session_id, owner, lease),
+            "claiming the session",
+            session_id,
+            shield=True,
+        )
+
+    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+        status: str = await self._run(
+            lambda: self._pool.execute(_RENEW, session_id, owner, float(lease)),
+            "renewing the session's lease",
+            session_id,
+            shield=True,
+        )
+        return status == "UPDATE 1"
+
+    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        if status not in SESSION_STATUSES:
+            raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
+        await self._run(
+            lambda: self._pool.execute(_RELEASE, session_id, owner, status, steps),
+            "releasing the session",
+            session_id,
+            shield=True,
+        )
+
+    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+        if status is None:
+            fetch = functools.partial(self._pool.fetch, _LIST_ALL)
+        else:
+            fetch = functools.partial(self._pool.fetch, _LIST_STATUS, status)
+        rows = await self._run(fetch, "listing sessions")
+        return [SessionInfo(*r) for r in rows]
+
+    async def _pending_signals(self, session_id: str) -> int:
+        n: int = await self._run(
+            lambda: self._pool.fetchval(_PENDING, session_id), "counting signals", session_id
+        )
+        return n
+
+    async def _watch(self, wake: Callable[[str], None]) -> bool:
+        """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.
+
+        The first call opens the LISTEN connection; a call finding it lost reconnects it.
+        """
+        token = anyio.lowlevel.current_token()
+        self.check_open()
+        await self._run(lambda: self._listen(wake, token), "listening for signals")
+        return True
+
+    async def _listen(self, wake: Callable[[str], None], token: EventLoopToken) -> None:
+        """On the pool's loop: register ``wake`` and make sure the LISTEN connection is up."""
+        self._wakes.setdefault(wake, token)
+        if self._listen_lock is None:
+            self._listen_lock = asyncio.Lock()
+        async with self._listen_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            self._listener = None
+            pool = self._pool
+            conn = await pool._connect(
+                *pool._connect_args,
+                loop=pool._loop,
+                connection_class=pool._connection_class,
+                record_class=pool._record_class,
+                **pool._connect_kwargs,
+            )
+            try:
+                await conn.add_listener(_CHANNEL, self._on_notify)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=_CLOSE_TIMEOUT)
+                raise
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, session_id: str) -> None:
+        # On the pool's loop; every callback runs on the loop it registered from.
+        for wake, token in list(self._wakes.items()):
+            call_soon_in_loop(token, functools.partial(wake, session_id))
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        if conn is self._listener and not self._closed:
+            self._listener = None
+            _log.warning(
+                "PostgresJournalStore: the LISTEN connection for signals was lost; waiters poll "
+                "until the next _watch() call reconnects it."
+            )
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        self._wakes.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=_CLOSE_TIMEOUT)
+
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
+                if self._listener is not None or self._wakes:
+                    await self._run(self._close_listener, "closing the LISTEN connection")
                 if self._writer is not None:
                     await self._run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:
@@ -368,8 +634,12 @@ async def _get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | Non
     return None if found is None else Row(found[0], found[1])
 
 
-async def _insert_rows(pool: Any, records: Sequence[Record]) -> dict[Key, Row]:
+async def _insert_rows(
+    pool: Any, records: Sequence[Record], owners: Mapping[str, str] | None = None
+) -> dict[Key, Row]:
     # `pool` is a pool or a connection: both have fetch() and execute().
+    if owners:
+        return await _insert_fenced(pool, records, owners)
     if len(records) == 1:
         # The common case of a sequential session: a plain one-row insert (no array encoding;
         # asyncpg does not have to introspect array types on a new connection).
@@ -388,6 +658,31 @@ async def _insert_rows(pool: Any, records: Sequence[Record]) -> dict[Key, Row]:
         [r.data for r in records],
         [r.created_at for r in records],
     )
+    return await _conflicts(pool, records, inserted)
+
+
+async def _insert_fenced(
+    pool: Any, records: Sequence[Record], owners: Mapping[str, str]
+) -> dict[Key, Row]:
+    result = await pool.fetch(
+        _INSERT_FENCED,
+        [r.session_id for r in records],
+        [r.kind for r in records],
+        [r.key for r in records],
+        [r.data for r in records],
+        [r.created_at for r in records],
+        list(owners),
+        list(owners.values()),
+    )
+    fenced = {r[1] for r in result if r[0]}
+    if fenced:
+        raise Fenced(fenced)
+    return await _conflicts(pool, records, [(r[1], r[2], r[3]) for r in result])
+
+
+async def _conflicts(
+    pool: Any, records: Sequence[Record], inserted: Sequence[Any]
+) -> dict[Key, Row]:
     if len(inserted) == len(records):
         return {}
     # Report the row now present for every key we did not insert -- and for keys that appear
@@ -402,6 +697,35 @@ async def _insert_rows(pool: Any, records: Sequence[Record]) -> dict[Key, Row]:
         seen.add(key)
     rows = await pool.fetch(_SELECT_KEYS, *(list(col) for col in zip(*wanted, strict=True)))
     return {(r[0], r[1], r[2]): Row(r[3], r[4]) for r in rows}
+
+
+async def _take(
+    pool: Any, session_id: str, name: str, key: str | None, owner: str | None
+) -> Row | None:
+    import asyncpg
+
+    try:
+        found = await pool.fetchrow(_TAKE, session_id, name, key, owner)
+    except asyncpg.UniqueViolationError:
+        # A concurrent taker journaled `key` first; nothing was taken. Adopt its receipt.
+        if key is None:  # cannot happen: nothing is journaled without a key
+            raise
+        return await _get_row(pool, session_id, STEP, key)
+    ok, old_value, old_at, value, taken_at, waiting = found
+    if old_value is not None:
+        return Row(old_value, old_at)
+    if not ok:
+        if waiting:
+            raise Fenced({session_id})
+        return None
+    return None if value is None else Row(value, taken_at)
+
+
+async def _claim(pool: Any, session_id: str, owner: str, lease: float) -> SessionInfo:
+    row = await pool.fetchrow(_CLAIM, session_id, owner, float(lease))
+    if row is None:  # held by someone else: a separate statement sees the row that won
+        row = await pool.fetchrow(_SESSION, session_id)
+    return SessionInfo(*row)
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -16,11 +16,20 @@ import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ._errors import JournalCorruptError, StoreError
-from ._store import STEP, NativeStore, Record, Row, SessionJournal
+from ._store import (
+    STEP,
+    Fenced,
+    NativeStore,
+    Record,
+    Row,
+    SessionInfo,
+    SessionJournal,
+    _claimable,
+)
 from ._thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -39,6 +48,25 @@ _MIGRATIONS: list[list[str]] = [
             created_at REAL NOT NULL,
             PRIMARY KEY (session_id, kind, key)
         ) WITHOUT ROWID""",
+    ],
+    [
+        """CREATE TABLE IF NOT EXISTS jrt_mailbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS jrt_mailbox_queue ON jrt_mailbox (session_id, name, id)",
+        """CREATE TABLE IF NOT EXISTS jrt_sessions (
+            session_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            owner TEXT,
+            lease_expires REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            steps INTEGER NOT NULL DEFAULT 0
+        )""",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -124,10 +152,37 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
     return SessionJournal(steps, streams)
 
 
-def _insert(conn: sqlite3.Connection, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
-    conflicts: dict[tuple[str, int, str], Row] = {}
+def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
+    """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours."""
+    if owners:
+        fenced = set()
+        for sid, owner in owners.items():
+            row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (sid,))
+            if row is None or row[0] != owner:
+                fenced.add(sid)
+        if fenced:
+            raise Fenced(fenced)
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, taking the write lock up front."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _insert(
+    conn: sqlite3.Connection, records: Sequence[Record], owners: Mapping[str, str] | None = None
+) -> dict[tuple[str, int, str], Row]:
+    conflicts: dict[tuple[str, int, str], Row] = {}
+    with _write(conn):
+        _fence(conn, owners)
         before = conn.total_changes
         conn.executemany(_INSERT, records)
         if conn.total_changes - before != len(records):
@@ -137,12 +192,106 @@ def _insert(conn: sqlite3.Connection, records: Sequence[Record]) -> dict[tuple[s
                 row = _one(conn, _SELECT_ONE, (r.session_id, r.kind, r.key))
                 if row is not None and (row[0] != r.data or row[1] != r.created_at):
                     conflicts[(r.session_id, r.kind, r.key)] = Row(row[0], row[1])
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return conflicts
+
+
+def _send_signal(
+    conn: sqlite3.Connection, session_id: str, name: str, data: bytes, created_at: float
+) -> None:
+    conn.execute(
+        "INSERT INTO jrt_mailbox (session_id, name, payload, created_at) VALUES (?, ?, ?, ?)",
+        (session_id, name, data, created_at),
+    )
+
+
+def _take_signal(
+    conn: sqlite3.Connection, session_id: str, name: str, key: str | None, owner: str | None
+) -> Row | None:
+    with _write(conn):
+        if key is not None:
+            done = _one(conn, _SELECT_ONE, (session_id, STEP, key))
+            if done is not None:
+                return Row(done[0], done[1])
+        signal = _one(
+            conn,
+            "SELECT id, payload FROM jrt_mailbox WHERE session_id = ? AND name = ? "
+            "ORDER BY id LIMIT 1",
+            (session_id, name),
+        )
+        if signal is None:
+            return None
+        if key is not None and owner is not None:
+            _fence(conn, {session_id: owner})
+        conn.execute("DELETE FROM jrt_mailbox WHERE id = ?", (signal[0],))
+        row = Row(signal[1], time.time())
+        if key is not None:
+            conn.execute(_INSERT, (session_id, STEP, key, row.data, row.created_at))
+        return row
+
+
+_SESSION_COLUMNS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
+
+
+def _session(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
+    row = _one(
+        conn, f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions WHERE session_id = ?", (session_id,)
+    )
+    return None if row is None else SessionInfo(*row)
+
+
+def _claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
+    with _write(conn):
+        now = time.time()
+        info = _session(conn, session_id)
+        if info is None:
+            conn.execute(
+                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (session_id, "running", owner, now + lease, now, now),
+            )
+        elif _claimable(info, owner, now):
+            conn.execute(
+                "UPDATE jrt_sessions SET status = 'running', owner = ?, lease_expires = ?, "
+                "updated_at = ? WHERE session_id = ?",
+                (owner, now + lease, now, session_id),
+            )
+        result = _session(conn, session_id)
+    assert result is not None
+    return result
+
+
+def _renew(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> bool:
+    now = time.time()
+    cur = conn.execute(
+        "UPDATE jrt_sessions SET lease_expires = ?, updated_at = ? "
+        "WHERE session_id = ? AND owner = ?",
+        (now + lease, now, session_id, owner),
+    )
+    return cur.rowcount == 1
+
+
+def _release(
+    conn: sqlite3.Connection, session_id: str, owner: str, status: str, steps: int
+) -> None:
+    conn.execute(
+        "UPDATE jrt_sessions SET status = ?, owner = NULL, lease_expires = NULL, updated_at = ?, "
+        "steps = ? WHERE session_id = ? AND owner = ?",
+        (status, time.time(), steps, session_id, owner),
+    )
+
+
+def _list_sessions(conn: sqlite3.Connection, status: str | None) -> list[SessionInfo]:
+    sql = f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions"
+    params: tuple[str, ...] = ()
+    if status is not None:
+        sql += " WHERE status = ?"
+        params = (status,)
+    return [SessionInfo(*row) for row in conn.execute(sql + " ORDER BY created_at", params)]
+
+
+def _pending_signals(conn: sqlite3.Connection, session_id: str) -> int:
+    return int(
+        _one(conn, "SELECT count(*) FROM jrt_mailbox WHERE session_id = ?", (session_id,))[0]
+    )
 
 
 def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
@@ -212,14 +361,44 @@ class SqliteJournalStore(NativeStore):
     async def _load(self, session_id: str) -> SessionJournal:
         return await self._call(_load, session_id, session_id=session_id)
 
-    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    async def _insert(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, int, str], Row]:
         first = records[0] if records else None
         return await self._call(
             _insert,
             records,
+            owners,
             session_id=first.session_id if first else None,
             step=first.key if first else None,
         )
+
+    async def _send_signal(
+        self, session_id: str, name: str, data: bytes, created_at: float
+    ) -> None:
+        await self._call(_send_signal, session_id, name, data, created_at, session_id=session_id)
+
+    async def _take_signal(
+        self, session_id: str, name: str, key: str | None, owner: str | None
+    ) -> Row | None:
+        return await self._call(
+            _take_signal, session_id, name, key, owner, session_id=session_id, step=key
+        )
+
+    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        return await self._call(_claim, session_id, owner, lease, session_id=session_id)
+
+    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+        return await self._call(_renew, session_id, owner, lease, session_id=session_id)
+
+    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        await self._call(_release, session_id, owner, status, steps, session_id=session_id)
+
+    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+        return await self._call(_list_sessions, status)
+
+    async def _pending_signals(self, session_id: str) -> int:
+        return await self._call(_pending_signals, session_id, session_id=session_id)
 
     async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(_get, session_id, kind, key, session_id=session_id, step=key)

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from ._codec import PickleCodec, decode_value, encode_value
-from ._commit import GroupCommitter
+from ._commit import Fenced, GroupCommitter
 from ._errors import StoreClosedError
 
 __all__ = [
     "STEP",
+    "Fenced",
+    "SessionInfo",
     "STREAM",
     "InMemoryJournalStore",
     "JournalEntry",
@@ -93,6 +96,21 @@ class Row(NamedTuple):
     created_at: float
 
 
+class SessionInfo(NamedTuple):
+    """A row of the sessions table: who runs a session, and how it last ended."""
+
+    session_id: str
+    status: str  # "running" | "completed" | "failed" | "cancelled"
+    owner: str | None  # the runtime holding the claim, or None
+    lease_expires: float | None  # epoch seconds (the store's clock); None when released
+    created_at: float
+    updated_at: float
+    steps: int  # journal rows of the session when it was last released
+
+
+SESSION_STATUSES = ("running", "completed", "failed", "cancelled")
+
+
 @dataclass(slots=True)
 class SessionJournal:
     """Everything recorded for one session, as loaded in one round trip."""
@@ -120,12 +138,62 @@ class NativeStore(abc.ABC):
         """Load every row of one session (one round trip)."""
 
     @abc.abstractmethod
-    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    async def _insert(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, int, str], Row]:
         """Insert rows in one transaction; first writer wins.
 
         Returns the rows already present for keys that conflicted, so the caller can adopt the
-        value that was recorded first.
+        value that was recorded first. Fencing: if ``owners`` maps a session id to an owner
+        token and that session's row in the sessions table names another owner (or none),
+        raise :class:`Fenced` with those session ids and insert nothing.
         """
+
+    # -- durable coordination: mailbox and sessions table -----------------------------------------
+    @abc.abstractmethod
+    async def _send_signal(
+        self, session_id: str, name: str, data: bytes, created_at: float
+    ) -> None:
+        """Append one signal to the session's mailbox and commit (wake listeners if any)."""
+
+    @abc.abstractmethod
+    async def _take_signal(
+        self, session_id: str, name: str, key: str | None, owner: str | None
+    ) -> Row | None:
+        """In one transaction, move the oldest mailbox signal of ``(session_id, name)`` into the
+        journal as the STEP row ``key`` (value = its payload) and return that row; ``None`` if the
+        queue is empty. If ``key`` is already journaled, return that row and take nothing. With
+        ``key=None`` the signal is only removed from the mailbox (a receiver outside the session).
+        Fencing as in ``_insert`` (raise :class:`Fenced`, change nothing)."""
+
+    @abc.abstractmethod
+    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        """Atomically take the session for ``owner`` if it is free: no row, no owner, the same
+        owner, or an expired lease. Sets status ``running`` and the lease; returns the row as it
+        is afterwards (compare ``.owner`` to know whether the claim was granted)."""
+
+    @abc.abstractmethod
+    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+        """Extend the lease if ``owner`` still holds it; ``False`` if the claim was lost."""
+
+    @abc.abstractmethod
+    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        """Record how the session ended and drop the claim (only if ``owner`` holds it)."""
+
+    @abc.abstractmethod
+    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+        """Rows of the sessions table, optionally of one status, oldest first."""
+
+    @abc.abstractmethod
+    async def _pending_signals(self, session_id: str) -> int:
+        """How many signals wait in the session's mailbox."""
+
+    async def _watch(self, wake: Callable[[str], None]) -> bool:
+        """Ask to have ``wake(session_id)`` called (in the calling event loop's thread) whenever
+        a signal is sent to a session by anyone, in any process. Returns ``False`` when the store
+        cannot push such notices (then waiters poll). Idempotent per ``wake``; ended by
+        ``aclose()``."""
+        return False
 
     @abc.abstractmethod
     async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
@@ -149,7 +217,9 @@ class NativeStore(abc.ABC):
         self.check_open(session_id)
         return await self._load(session_id)
 
-    async def append(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    async def append(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, int, str], Row]:
         """Commit ``records`` (group commit: concurrent callers share one transaction).
 
         Returns when they are committed, with the rows already recorded for any key that
@@ -157,7 +227,7 @@ class NativeStore(abc.ABC):
         """
         if records:
             self.check_open(records[0].session_id, records[0].key)
-        return await self._committer.commit(records)
+        return await self._committer.commit(records, owners)
 
     # -- the published protocol ------------------------------------------------------------------
     async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
@@ -218,6 +288,8 @@ class InMemoryJournalStore(NativeStore):
     def __init__(self) -> None:
         super().__init__()
         self._rows: dict[str, SessionJournal] = {}
+        self._mailbox: dict[tuple[str, str], deque[Row]] = {}
+        self._sessions: dict[str, SessionInfo] = {}
 
     def __repr__(self) -> str:
         n = sum(len(j.steps) + len(j.streams) for j in self._rows.values())
@@ -238,7 +310,20 @@ class InMemoryJournalStore(NativeStore):
             return SessionJournal({}, {})
         return SessionJournal(dict(j.steps), dict(j.streams))
 
-    async def _insert(self, records: Sequence[Record]) -> dict[tuple[str, int, str], Row]:
+    def _fence(self, owners: Mapping[str, str] | None) -> None:
+        if owners:
+            fenced = {
+                sid
+                for sid, owner in owners.items()
+                if (info := self._sessions.get(sid)) is None or info.owner != owner
+            }
+            if fenced:
+                raise Fenced(fenced)
+
+    async def _insert(
+        self, records: Sequence[Record], owners: Mapping[str, str] | None = None
+    ) -> dict[tuple[str, int, str], Row]:
+        self._fence(owners)
         conflicts: dict[tuple[str, int, str], Row] = {}
         for r in records:
             j = self._rows.get(r.session_id)
@@ -258,5 +343,68 @@ class InMemoryJournalStore(NativeStore):
             return None
         return (j.steps if kind == STEP else j.streams).get(key)
 
+    async def _send_signal(
+        self, session_id: str, name: str, data: bytes, created_at: float
+    ) -> None:
+        self._mailbox.setdefault((session_id, name), deque()).append(Row(data, created_at))
+
+    async def _take_signal(
+        self, session_id: str, name: str, key: str | None, owner: str | None
+    ) -> Row | None:
+        journal = self._rows.get(session_id)
+        if key is not None and journal is not None and key in journal.steps:
+            return journal.steps[key]
+        queue = self._mailbox.get((session_id, name))
+        if not queue:
+            return None
+        if key is not None:
+            self._fence({session_id: owner} if owner is not None else None)
+        signal = queue.popleft()
+        if not queue:
+            del self._mailbox[(session_id, name)]
+        row = Row(signal.data, time.time())
+        if key is not None:
+            self._rows.setdefault(session_id, SessionJournal({}, {})).steps[key] = row
+        return row
+
+    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        now = time.time()
+        info = self._sessions.get(session_id)
+        if info is None:
+            info = SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
+        elif _claimable(info, owner, now):
+            info = info._replace(
+                status="running", owner=owner, lease_expires=now + lease, updated_at=now
+            )
+        self._sessions[session_id] = info
+        return info
+
+    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+        info = self._sessions.get(session_id)
+        if info is None or info.owner != owner:
+            return False
+        now = time.time()
+        self._sessions[session_id] = info._replace(lease_expires=now + lease, updated_at=now)
+        return True
+
+    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        info = self._sessions.get(session_id)
+        if info is not None and info.owner == owner:
+            self._sessions[session_id] = info._replace(
+                status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
+            )
+
+    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+        rows = [i for i in self._sessions.values() if status is None or i.status == status]
+        return sorted(rows, key=lambda i: i.created_at)
+
+    async def _pending_signals(self, session_id: str) -> int:
+        return sum(len(q) for (sid, _), q in self._mailbox.items() if sid == session_id)
+
     async def _close(self) -> None:
         pass
+
+
+def _claimable(info: SessionInfo, owner: str, now: float) -> bool:
+    """A session may be claimed when nobody holds it, we do, or the holder's lease ran out."""
+    return info.owner is None or info.owner == owner or (info.lease_expires or 0.0) < now
