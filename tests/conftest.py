@@ -151,6 +151,13 @@ class StoreFactory:
         for store in self.opened:
             await store.aclose()
 
+    async def recycle(self) -> None:
+        """Close the durable stores opened so far (their connections are limited); the journal
+        stays. The memory store is the journal itself, so it stays open."""
+        if self.kind != "memory":
+            await self.aclose()
+            self.opened.clear()
+
     def __repr__(self) -> str:
         return f"<StoreFactory {self.kind}>"
 

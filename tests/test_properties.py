@@ -152,6 +152,7 @@ async def check_interrupted_run_replays(
     resumed = await program.run(second, sid)
     await second.aclose()
 
+    await store_factory.recycle()
     assert resumed == expected
     for ident in done_before:
         assert program.executions[ident] == before[ident] == 1, (ident, program.executions)

@@ -23,6 +23,7 @@ from ._sqlite import SqliteJournalStore as SqliteJournalStore
 from ._store import InMemoryJournalStore as InMemoryJournalStore
 from ._store import JournalEntry as JournalEntry
 from ._store import JournalStore as JournalStore
+from ._store import SessionInfo as SessionInfo
 
 __all__ = (
     "InMemoryJournalStore",
@@ -38,6 +39,7 @@ __all__ = (
     "PostgresRuntime",
     "RuntimeJournalError",
     "SessionBusyError",
+    "SessionInfo",
     "SqliteJournalStore",
     "SqliteRuntime",
     "StoreClosedError",

@@ -15,7 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import StoreClosedError
+from ._errors import RuntimeJournalError, StoreClosedError
 
 __all__ = [
     "BaseRuntime",
@@ -276,9 +276,10 @@ class _SessionContext(Generic[S]):
     group is exited separately from the body's exception, which is then re-raised as it was.
     """
 
-    def __init__(self, runtime: BaseRuntime[S], session_id: str) -> None:
+    def __init__(self, runtime: BaseRuntime[S], session_id: str, wait: float | None) -> None:
         self._runtime = runtime
         self._session_id = session_id
+        self._wait = wait
         self._state: S | None = None
         self._tg: TaskGroup | None = None
         self._token: Token[S | None] | None = None
@@ -287,7 +288,7 @@ class _SessionContext(Generic[S]):
         if self._state is not None:
             raise RuntimeError("a session context cannot be entered twice")
         rt = self._runtime
-        state = await rt._acquire(self._session_id)
+        state = await rt._acquire(self._session_id, self._wait)
         tg = anyio.create_task_group()
         try:
             await tg.__aenter__()
@@ -319,19 +320,30 @@ class _SessionContext(Generic[S]):
                 await rt._context_exiting(state)
         except Exception as exc:
             exit_error = exc
+        outcome = exc_val
         try:
-            if exc_val is not None and isinstance(exc_val, anyio.get_cancelled_exc_class()):
-                # The task group's own scope (or an outer one) decides where it stops.
-                suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
-            else:
-                # Background work (listeners, flushers) ends with the body.
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-                suppressed = None  # the body's exception, if any, propagates unchanged
+            try:
+                if exc_val is not None and isinstance(exc_val, anyio.get_cancelled_exc_class()):
+                    # The task group's own scope (or an outer one) decides where it stops.
+                    suppressed = await tg.__aexit__(exc_type, exc_val, exc_tb)
+                else:
+                    # Background work (heartbeat, flusher, inbox) ends with the body.
+                    tg.cancel_scope.cancel()
+                    await tg.__aexit__(None, None, None)
+                    suppressed = None  # the body's exception, if any, propagates unchanged
+            except BaseExceptionGroup as group:
+                # A background task of the session failed (e.g. the claim was lost) and
+                # cancelled the body: raise that error itself, not a group around it.
+                _, rest = group.split(anyio.get_cancelled_exc_class())
+                if rest is not None and len(rest.exceptions) == 1:
+                    outcome = rest.exceptions[0]
+                    if isinstance(outcome, RuntimeJournalError):
+                        raise outcome from None
+                raise
         finally:
             state.task_groups.remove(tg)
             with anyio.CancelScope(shield=True):
-                await rt._release(state, exc_val)
+                await rt._release(state, outcome)
         if exit_error is not None:
             exit_error.__context__ = exc_val
             raise exit_error
@@ -355,7 +367,7 @@ class BaseRuntime(Generic[S]):
     def _new_state(self, session_id: str) -> S:
         raise NotImplementedError
 
-    async def _load_state(self, state: S) -> None:
+    async def _load_state(self, state: S, wait: float | None) -> None:
         """Fill a new state (e.g. from the journal) before the first context uses it."""
 
     async def _finish_state(self, state: S, exc: BaseException | None) -> None:
@@ -379,7 +391,7 @@ class BaseRuntime(Generic[S]):
                 step=step,
             )
 
-    def session(self, session_id: str) -> _SessionContext[S]:
+    def session(self, session_id: str, *, wait: float | None = None) -> _SessionContext[S]:
         """Open a session: ``async with runtime.session("order-42") as session: ...``.
 
         Inside, ``step``/``stream_step``/signal waits belong to this session, in this task and in
@@ -387,14 +399,14 @@ class BaseRuntime(Generic[S]):
         """
         if not isinstance(session_id, str) or not session_id:
             raise TypeError(f"session_id must be a non-empty str, got {session_id!r}")
-        return _SessionContext(self, session_id)
+        return _SessionContext(self, session_id, wait)
 
     def current_session_id(self) -> str | None:
         """The id of the session the calling task runs in, or ``None``."""
         state = self._current.get()
         return None if state is None else state.id
 
-    async def _acquire(self, session_id: str) -> S:
+    async def _acquire(self, session_id: str, wait: float | None = None) -> S:
         while True:
             self._check_open(session_id)
             state = self._states.get(session_id)
@@ -416,7 +428,7 @@ class BaseRuntime(Generic[S]):
         state.refs = 1
         self._states[session_id] = state
         try:
-            await self._load_state(state)
+            await self._load_state(state, wait)
         except BaseException as exc:
             state.error = exc
             if self._states.get(session_id) is state:

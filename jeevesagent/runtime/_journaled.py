@@ -4,6 +4,7 @@ replayed from it when the session runs again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -29,16 +30,20 @@ from ._codec import (
     signal_journal_key,
     step_journal_key,
 )
-from ._errors import StoreError
+from ._errors import SessionBusyError, StoreError
+from ._owner import new_owner_id, owner_is_dead
 from ._store import (
+    SESSION_STATUSES,
     STEP,
     STREAM,
+    Fenced,
     InMemoryJournalStore,
     JournalEntry,
     JournalStore,
     NativeStore,
     Record,
     Row,
+    SessionInfo,
 )
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
@@ -50,8 +55,13 @@ class JournaledSession(BaseSession):
     _state: _JState | None = None
 
     def __repr__(self) -> str:
-        steps = len(self._state.steps) if self._state is not None else 0
-        pending = self._runtime._mailbox.pending(self.id) if self._runtime else 0
+        state = self._state
+        steps = pending = 0
+        if state is not None:
+            receipts = sum(1 for key in state.steps if key.startswith("g:"))
+            steps = len(state.steps) - receipts
+            pending = receipts - sum(state.signals_received.values())
+        pending += self._runtime._mailbox.pending(self.id) if self._runtime else 0
         return f"<JournaledSession id={self.id!r} steps={steps} pending_signals={pending}>"
 
 
@@ -72,6 +82,9 @@ class _JState(SessionState):
         self.buffer: list[Record] = []  # recorded here, not yet handed to the store
         self.write_error: BaseException | None = None  # a buffered commit failed: stop
         self.flusher = False
+        self.claimed = False  # this runtime holds the session's claim in the store
+        self.heartbeat = False
+        self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
 
@@ -89,6 +102,12 @@ class JournaledRuntime(BaseRuntime[_JState]):
         at most the records not yet committed, and the journal always stays a consistent prefix
         (records commit in order; a later record never survives without the earlier ones).
     :param flush_interval: the longest a buffered record waits, in seconds.
+    :param lease: seconds a claim on a session lasts without renewal (bundled stores). The
+        session renews it every ``lease / 3`` while open; a crashed owner's sessions can be taken
+        over ``lease`` seconds after its last renewal -- at once on the same host, where a dead
+        owner process is detected.
+    :param poll_interval: how often a signal wait checks the store when nothing wakes it (SQLite
+        and memory; Postgres is woken by LISTEN/NOTIFY and polls only as a fallback).
 
     Step identity: a step is found in the journal by its name plus a fingerprint of its arguments,
     or by ``idempotency_key`` alone. A loop that calls the same step with the same arguments
@@ -104,8 +123,15 @@ class JournaledRuntime(BaseRuntime[_JState]):
         *,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        lease: float = 15.0,
+        poll_interval: float = 0.1,
     ) -> None:
         super().__init__()
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.owner_id = new_owner_id()
+        self._wakeups: dict[str, anyio.Event] = {}
+        self._pushed: bool | None = None  # does the store push signal notices? (None: not asked)
         if durability not in ("commit", "buffered"):
             raise ValueError(f"durability must be 'commit' or 'buffered', not {durability!r}")
         self.durability = durability
@@ -134,11 +160,80 @@ class JournaledRuntime(BaseRuntime[_JState]):
     def _session_object(self, state: _JState) -> JournaledSession:
         return state.session
 
-    async def _load_state(self, state: _JState) -> None:
-        if self._native is not None:
-            journal = await self._native.load_session(state.id)
-            state.steps.update(journal.steps)
-            state.streams.update(journal.streams)
+    async def _load_state(self, state: _JState, wait: float | None) -> None:
+        native = self._native
+        if native is None:
+            return
+        native.check_open(state.id)
+        await self._claim(native, state.id, wait)
+        state.claimed = True
+        try:
+            journal = await native.load_session(state.id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await native._release(state.id, self.owner_id, "failed", 0)
+            raise
+        state.steps.update(journal.steps)
+        state.streams.update(journal.streams)
+        # Signals sent while the session was not running: move them into its journal now, so
+        # poll_signal sees them too (they are received, in order, by the session's waits).
+        for name in await native._pending_names(state.id):
+            while await self._fetch(state, name):
+                pass
+
+    async def _claim(self, native: NativeStore, session_id: str, wait: float | None) -> None:
+        """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds)."""
+        deadline = None if wait is None else anyio.current_time() + wait
+        while True:
+            info = await native._claim(session_id, self.owner_id, self.lease)
+            if info.owner == self.owner_id:
+                return
+            if info.owner is not None and owner_is_dead(info.owner):
+                # Its process is gone (same host): end its claim now instead of waiting.
+                await native._release(session_id, info.owner, "failed", info.steps)
+                continue
+            now = anyio.current_time()
+            if deadline is None or now >= deadline:
+                until = (
+                    f" until {time.strftime('%H:%M:%S', time.localtime(info.lease_expires))}"
+                    if info.lease_expires
+                    else ""
+                )
+                raise SessionBusyError(
+                    f"session {session_id!r} is running in another runtime ({info.owner}, claim "
+                    f"held{until}). Open it with session({session_id!r}, wait=seconds) to wait "
+                    "for it, or run it where it is owned.",
+                    session_id=session_id,
+                )
+            await anyio.sleep(min(self.poll_interval, deadline - now))
+
+    async def _finish_state(self, state: _JState, exc: BaseException | None) -> None:
+        native = self._native
+        if native is None or not state.claimed or (self._closed and native._closed):
+            return
+        if exc is None:
+            status = "completed"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            status = "cancelled"
+        else:
+            status = "failed"
+        with contextlib.suppress(Exception):  # the claim expires on its own if this fails
+            await native._release(
+                state.id, self.owner_id, status, len(state.steps) + len(state.streams)
+            )
+
+    async def _heartbeat(self, state: _JState, native: NativeStore) -> None:
+        try:
+            while True:
+                await anyio.sleep(self.lease / 3)
+                if not await native._renew(state.id, self.owner_id, self.lease):
+                    raise SessionBusyError(
+                        f"session {state.id!r}: this runtime lost its claim on the session (the "
+                        "lease expired and another runtime took it over); it was stopped here.",
+                        session_id=state.id,
+                    )
+        finally:
+            state.heartbeat = False
 
     def _require_open(self, state: _JState, step: str) -> None:
         self._check_open(state.id, step)
@@ -154,6 +249,9 @@ class JournaledRuntime(BaseRuntime[_JState]):
             ) from state.write_error
 
     def _context_entered(self, state: _JState, tg: TaskGroup) -> None:
+        if state.claimed and not state.heartbeat and self._native is not None:
+            state.heartbeat = True
+            tg.start_soon(self._heartbeat, state, self._native)
         if self._buffered and not state.flusher:
             state.flusher = True
             tg.start_soon(self._flush_periodically, state)
@@ -179,7 +277,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
         if not records or self._native is None:
             return
         try:
-            conflicts = await self._native.append(records)
+            owners = {state.id: self.owner_id} if state.claimed else None
+            conflicts = await self._native.append(records, owners)
         except Exception as exc:
             if not self._buffered:
                 state.buffer[:0] = records  # nobody saw them as committed: keep for the next try
@@ -367,18 +466,32 @@ class JournaledRuntime(BaseRuntime[_JState]):
 
     # -- signals ---------------------------------------------------------------------------------
     async def signal(self, session_id: str, name: str, payload: Any) -> None:
-        """Send a signal to a session (queued until a waiter takes it; FIFO per name).
+        """Send a signal to a session (FIFO per name; each signal is received once).
 
         The payload is encoded now, so a payload that cannot be journaled fails here, at the
-        sender, rather than later in the receiving session.
+        sender. With a bundled store the signal is committed to the session's mailbox before this
+        returns -- whether the session is open here, in another process or host, or not at all --
+        and it is delivered when the session waits for it.
         """
         self._check_open(session_id, name)
         data = encode_value(
             self._codec, payload, session_id=session_id, step=f"signal {name!r}", what="payload"
         )
-        self._mailbox.put(session_id, name, data)
+        native = self._native
+        if native is None:
+            self._mailbox.put(session_id, name, data)
+            return
+        native.check_open(session_id, name)
+        await native._send_signal(session_id, name, data, time.time())
+        state = self._states.get(session_id)
+        if state is not None and state.claimed:
+            # The session runs here: move it into its journal now, so poll_signal sees it too.
+            await self._fetch(state, name)
+        self._wake(session_id)
 
     def _replay_signal(self, state: _JState, name: str) -> tuple[bool, Any]:
+        """Consume the next journaled receipt of ``name`` (a replay, or a signal already moved
+        into the journal), if there is one."""
         index = state.signals_received.get(name, 0)
         key = signal_journal_key(name, index)
         row = state.steps.get(key)
@@ -387,46 +500,112 @@ class JournaledRuntime(BaseRuntime[_JState]):
         state.signals_received[name] = index + 1
         return True, self._decode(state, key, row)
 
-    def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
-        index = state.signals_received.get(name, 0)
-        state.signals_received[name] = index + 1
+    async def _fetch(self, state: _JState, name: str) -> bool:
+        """Move the oldest mailbox signal ``name`` into the session's journal (one transaction:
+        taken from the mailbox and journaled as received, or neither). ``False`` if none."""
+        native = self._native
+        assert native is not None
+        index = state.receipt_next.get(name)
+        if index is None:
+            index = state.signals_received.get(name, 0)
+            while signal_journal_key(name, index) in state.steps:
+                index += 1
         key = signal_journal_key(name, index)
-        return key, decode_value(self._codec, data, session_id=state.id, step=key)
+        if state.buffer:
+            await self._flush(state)  # earlier records first: the journal stays a prefix
+        try:
+            row = await native._take_signal(state.id, name, key, self.owner_id)
+        except Fenced:
+            raise SessionBusyError(
+                f"session {state.id!r}: another runtime took the session over; signal {name!r} "
+                "was left in its mailbox for it.",
+                session_id=state.id,
+                step=key,
+            ) from None
+        if row is None:
+            return False
+        state.steps[key] = row
+        state.receipt_next[name] = index + 1
+        return True
+
+    def _wake(self, session_id: str) -> None:
+        event = self._wakeups.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    async def _idle(self, native: NativeStore, event: anyio.Event) -> None:
+        """Wait for a signal notice (this runtime's own, or the store's push), or the poll."""
+        if self._pushed is None:
+            self._pushed = await native._watch(self._wake)
+        with anyio.move_on_after(
+            max(1.0, self.poll_interval) if self._pushed else self.poll_interval
+        ):
+            await event.wait()
 
     async def wait_for_signal(
         self, session_id: str, name: str, *, timeout: float | None = None
     ) -> Any:
         """Wait for the next signal ``name``; ``TimeoutError`` after ``timeout`` seconds.
 
-        In a session open in this runtime the receipt is journaled: a replay returns the same
-        payload without waiting again.
+        In a session open in this runtime the receipt is journaled atomically with taking the
+        signal: a replay returns the same payload without waiting, and after a crash a signal
+        is either still waiting or journaled as received -- never lost, never received twice.
         """
         self._check_open(session_id, name)
         state = self._states.get(session_id)
+        native = self._native
+        if native is None:
+            return await self._wait_in_process(state, session_id, name, timeout)
+        native.check_open(session_id, name)
+        with anyio.fail_after(timeout):
+            while True:
+                event = self._wakeups.setdefault(session_id, anyio.Event())
+                if state is not None and state.claimed:
+                    replayed, value = self._replay_signal(state, name)
+                    if replayed:
+                        return value
+                    if await self._fetch(state, name):
+                        continue
+                else:
+                    row = await native._take_signal(session_id, name, None, None)
+                    if row is not None:
+                        return decode_value(self._codec, row.data, session_id=session_id, step=name)
+                await self._idle(native, event)
+                self._check_open(session_id, name)
+                native.check_open(session_id, name)
+
+    async def _wait_in_process(
+        self, state: _JState | None, session_id: str, name: str, timeout: float | None
+    ) -> Any:
+        # A third-party store has no mailbox: signals queue in this process.
         if state is None:
             data = await self._mailbox.get(session_id, name, timeout)
             return decode_value(self._codec, data, session_id=session_id, step=name)
-        if self._native is None:
-            await self._lookup_step(
-                state, signal_journal_key(name, state.signals_received.get(name, 0))
-            )
+        await self._lookup_step(
+            state, signal_journal_key(name, state.signals_received.get(name, 0))
+        )
         replayed, value = self._replay_signal(state, name)
         if replayed:
             return value
-        if state.buffer:
-            await self._flush(state)  # do not hold records back while blocked
         data = await self._mailbox.get(session_id, name, timeout)
         key, value = self._receipt(state, name, data)
         await self._record(state, STEP, key, value, data)
         return value
 
-    def poll_signal(self, session_id: str, name: str) -> Any:
-        """Take the next queued signal ``name`` without waiting; ``None`` if nothing is queued.
+    def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
+        index = state.signals_received.get(name, 0)
+        state.signals_received[name] = index + 1
+        key = signal_journal_key(name, index)
+        return key, decode_value(self._codec, data, session_id=state.id, step=key)
 
-        In a session open in this runtime a replay returns the journaled payload; a live receipt
-        is journaled with the session's next record, or when the session context exits. With a
-        third-party store (no bulk load), a replay cannot be read here: ``wait_for_signal``
-        replays such receipts.
+    def poll_signal(self, session_id: str, name: str) -> Any:
+        """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
+
+        Synchronous, so it reads no store: in a session open in this runtime it returns the next
+        journaled receipt -- a replay, or a signal already moved into the journal (every signal
+        sent through this runtime is, at once; a signal sent from elsewhere is, once a
+        ``wait_for_signal`` of the session has fetched it). With a third-party store, signals
+        queue in this process and receipts replay through ``wait_for_signal``.
         """
         self._check_open(session_id, name)
         state = self._states.get(session_id)
@@ -434,24 +613,51 @@ class JournaledRuntime(BaseRuntime[_JState]):
             replayed, value = self._replay_signal(state, name)
             if replayed:
                 return value
+        if self._native is not None:
+            if state is not None and state.claimed:
+                return None
+            row = self._native._take_signal_nowait(session_id, name)  # in-memory store only
+            if row is None:
+                return None
+            return decode_value(self._codec, row.data, session_id=session_id, step=name)
         got, data = self._mailbox.get_nowait(session_id, name)
         if not got:
             return None
         if state is None:
             return decode_value(self._codec, data, session_id=session_id, step=name)
         key, value = self._receipt(state, name, data)
-        if self._native is None:
-            # A third-party store has no buffer: commit in the session's task group.
-            state.steps[key] = JournalEntry(value, time.time())
-            if state.task_groups:
-                state.spawn(partial(self._record, state, STEP, key, value, data))
-            return value
-        # Visible to this run at once; committed with the session's next record, by the next
-        # flush, or when the session context exits (poll_signal is synchronous).
-        record = Record(state.id, STEP, key, data, time.time())
-        state.steps[key] = Row(data, record.created_at)
-        state.buffer.append(record)
+        # A third-party store: commit in the session's task group (this method is synchronous).
+        state.steps[key] = JournalEntry(value, time.time())
+        if state.task_groups:
+            state.spawn(partial(self._record, state, STEP, key, value, data))
         return value
+
+    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+        """Sessions known to the store, with status, owner, lease and step count (bundled
+        stores). ``status``: ``"running"``, ``"completed"``, ``"failed"`` or ``"cancelled"``."""
+        native = self._require_native("list_sessions")
+        if status is not None and status not in SESSION_STATUSES:
+            raise ValueError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
+        return await native._list_sessions(status)
+
+    async def orphaned_sessions(self) -> list[SessionInfo]:
+        """Sessions left ``running`` by an owner that is gone: its lease expired, or its process
+        on this host no longer exists. Resume them by opening them (see the README)."""
+        native = self._require_native("orphaned_sessions")
+        now = time.time()
+        return [
+            info
+            for info in await native._list_sessions("running")
+            if info.owner is None
+            or (info.lease_expires is not None and info.lease_expires < now)
+            or owner_is_dead(info.owner)
+        ]
+
+    def _require_native(self, what: str) -> NativeStore:
+        self._check_open()
+        if self._native is None:
+            raise TypeError(f"{what}() needs a bundled store (it reads the sessions table)")
+        return self._native
 
     # -- closing ---------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -459,5 +665,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
         if self._closed:
             return
         await super().aclose()
+        for event in self._wakeups.values():
+            event.set()  # waiters wake, see the runtime closed, and raise StoreClosedError
+        self._wakeups.clear()
         if self._owns_store:
             await self.store.aclose()

@@ -170,6 +170,7 @@ _LIST_STATUS = (
     f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE status = $1 ORDER BY created_at, session_id"
 )
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
+_PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CHANNEL = "jrt_signal"
 
 
@@ -522,6 +523,12 @@ class PostgresJournalStore(NativeStore):
             lambda: self._pool.fetchval(_PENDING, session_id), "counting signals", session_id
         )
         return n
+
+    async def _pending_names(self, session_id: str) -> list[str]:
+        rows = await self._run(
+            lambda: self._pool.fetch(_PENDING_NAMES, session_id), "listing signals", session_id
+        )
+        return [row[0] for row in rows]
 
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.

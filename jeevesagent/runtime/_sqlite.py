@@ -288,6 +288,11 @@ def _list_sessions(conn: sqlite3.Connection, status: str | None) -> list[Session
     return [SessionInfo(*row) for row in conn.execute(sql + " ORDER BY created_at", params)]
 
 
+def _pending_names(conn: sqlite3.Connection, session_id: str) -> list[str]:
+    sql = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = ? ORDER BY name"
+    return [row[0] for row in conn.execute(sql, (session_id,))]
+
+
 def _pending_signals(conn: sqlite3.Connection, session_id: str) -> int:
     return int(
         _one(conn, "SELECT count(*) FROM jrt_mailbox WHERE session_id = ?", (session_id,))[0]
@@ -396,6 +401,9 @@ class SqliteJournalStore(NativeStore):
 
     async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
         return await self._call(_list_sessions, status)
+
+    async def _pending_names(self, session_id: str) -> list[str]:
+        return await self._call(_pending_names, session_id, session_id=session_id)
 
     async def _pending_signals(self, session_id: str) -> int:
         return await self._call(_pending_signals, session_id, session_id=session_id)

@@ -188,6 +188,14 @@ class NativeStore(abc.ABC):
     async def _pending_signals(self, session_id: str) -> int:
         """How many signals wait in the session's mailbox."""
 
+    @abc.abstractmethod
+    async def _pending_names(self, session_id: str) -> list[str]:
+        """The distinct names of the signals waiting in the session's mailbox."""
+
+    def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
+        """Take a signal without I/O (no receipt), where the store can; ``None`` otherwise."""
+        return None
+
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Ask to have ``wake(session_id)`` called (in the calling event loop's thread) whenever
         a signal is sent to a session by anyone, in any process. Returns ``False`` when the store
@@ -400,6 +408,18 @@ class InMemoryJournalStore(NativeStore):
 
     async def _pending_signals(self, session_id: str) -> int:
         return sum(len(q) for (sid, _), q in self._mailbox.items() if sid == session_id)
+
+    async def _pending_names(self, session_id: str) -> list[str]:
+        return sorted(name for (sid, name) in self._mailbox if sid == session_id)
+
+    def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
+        queue = self._mailbox.get((session_id, name))
+        if not queue:
+            return None
+        signal = queue.popleft()
+        if not queue:
+            del self._mailbox[(session_id, name)]
+        return signal
 
     async def _close(self) -> None:
         pass
