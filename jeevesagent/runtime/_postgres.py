@@ -24,15 +24,15 @@ import asyncio
 import contextlib
 import functools
 import logging
-import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 from anyio.lowlevel import EventLoopToken
 
-from ._errors import StoreClosedError, StoreError
+from ._errors import StoreError
+from ._pgbridge import AsyncFn, _AsyncioBridge
 from ._store import (
     SESSION_STATUSES,
     STEP,
@@ -49,7 +49,6 @@ __all__ = ["PostgresJournalStore"]
 
 T = TypeVar("T")
 Key = tuple[str, int, str]
-AsyncFn = Callable[[], Coroutine[Any, Any, T]]
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
@@ -172,133 +171,6 @@ _LIST_STATUS = (
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CHANNEL = "jrt_signal"
-
-
-class _AsyncioBridge:
-    """Runs async functions on the asyncio loop an asyncpg pool belongs to, from any anyio loop.
-
-    Called on that loop, the function is simply awaited. Called from elsewhere (trio, or asyncio
-    in another thread) it hops: the function becomes a task on the pool's loop via
-    ``call_soon_threadsafe``, and the caller sleeps on an ``anyio.Event`` that the task's done
-    callback sets through ``call_soon_in_loop``. Neither thread ever blocks on the other. The
-    price is two cross-thread wake-ups per call (see the numbers in the issue note), small next
-    to a PostgreSQL round trip.
-
-    Why not trio-asyncio: it runs asyncio inside trio's own thread, but only inside a loop that
-    the *application* opens (``trio_asyncio.open_loop()``) -- a library cannot impose that on its
-    users -- and it is one more dependency that tracks private internals of both event loops.
-
-    A bridge made by :meth:`start` owns its loop and thread; :meth:`aclose` stops them.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.owns_thread = False
-        self._thread: threading.Thread | None = None
-        self._on_exit: Callable[[], None] | None = None
-
-    @classmethod
-    def start(cls) -> _AsyncioBridge:
-        # The loop is made here (that does not block) so calls can be queued on it at once;
-        # run_forever() picks them up as soon as the thread runs.
-        bridge = cls(asyncio.new_event_loop())
-        bridge.owns_thread = True
-        bridge._thread = threading.Thread(
-            target=bridge._main, name="jeevesagent-asyncpg", daemon=True
-        )
-        bridge._thread.start()
-        return bridge
-
-    def _main(self) -> None:
-        try:
-            self.loop.run_forever()
-            self.loop.run_until_complete(_reap_loop())
-        finally:
-            self.loop.close()
-            if self._on_exit is not None:
-                self._on_exit()
-
-    async def run(self, fn: AsyncFn[T], *, shield: bool = False) -> T:
-        """Await ``fn()`` on the bridge's loop.
-
-        ``shield=True`` makes the call immune to the caller's cancellation (use it for writes).
-        Otherwise a cancelled caller cancels the task and waits until it has ended, so nothing
-        keeps running unobserved, then the cancellation propagates.
-        """
-        # The token, not asyncio.get_running_loop(): trio in guest mode runs on an asyncio loop
-        # that its tasks must still not await asyncio futures on.
-        token = anyio.lowlevel.current_token()
-        if token.native_token is self.loop:
-            if not shield:
-                return await fn()
-            with anyio.CancelScope(shield=True):
-                return await fn()
-        return await self._hop(fn, shield, token)
-
-    async def _hop(self, fn: AsyncFn[T], shield: bool, token: EventLoopToken) -> T:
-        # fn() is called on the bridge loop, so a task cancelled before it starts leaves no
-        # never-awaited coroutine behind.
-        done = anyio.Event()
-        task: asyncio.Task[T] | None = None
-
-        def spawn() -> None:  # on the bridge loop
-            nonlocal task
-            task = self.loop.create_task(fn())
-            task.add_done_callback(lambda _: call_soon_in_loop(token, done.set))
-
-        def cancel() -> None:  # on the bridge loop, always after spawn() (FIFO)
-            if task is not None:
-                task.cancel()
-
-        # A pool handed to us belongs to a loop we do not run; it has to be running.
-        if not (self.owns_thread or self.loop.is_running()):
-            raise StoreError(
-                "the asyncio event loop of the asyncpg pool is not running; pass a pool whose "
-                "loop keeps running, or use PostgresJournalStore.connect()."
-            )
-        try:
-            self.loop.call_soon_threadsafe(spawn)
-        except RuntimeError as exc:  # the loop is closed
-            raise StoreClosedError("the PostgreSQL store's event loop is closed.") from exc
-        try:
-            with anyio.CancelScope(shield=shield):
-                await done.wait()
-        except BaseException:
-            self.loop.call_soon_threadsafe(cancel)
-            with anyio.CancelScope(shield=True):
-                await done.wait()
-            assert task is not None
-            if not task.cancelled():
-                task.exception()  # mark it retrieved: the cancellation wins
-            raise
-        assert task is not None
-        if task.cancelled():  # only when the loop was stopped under the call
-            raise StoreClosedError("the PostgreSQL store was closed during the call.")
-        return task.result()
-
-    async def aclose(self) -> None:
-        """Stop the owned loop and wait for its thread to end; otherwise do nothing."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        token = anyio.lowlevel.current_token()
-        exited = anyio.Event()
-        self._on_exit = lambda: call_soon_in_loop(token, exited.set)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        with anyio.CancelScope(shield=True):
-            await exited.wait()
-        # The thread has nothing left but to return, so join() does not stall the event loop.
-        # (anyio.to_thread.run_sync(thread.join) would leave a pooled worker thread behind.)
-        thread.join()
-
-
-async def _reap_loop() -> None:
-    """Last act of an owned loop: end what asyncpg may have left and the resolver threads."""
-    leftovers = asyncio.all_tasks() - {asyncio.current_task()}
-    for task in leftovers:
-        task.cancel()
-    await asyncio.gather(*leftovers, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_default_executor()
 
 
 class PostgresJournalStore(NativeStore):
