@@ -73,6 +73,19 @@ RETURNING session_id, kind, key
 # FOR SHARE (a concurrent claim waits for our commit; a claim that committed first is seen, since
 # a locking read in READ COMMITTED returns the newest row version). Rows of `bad` name the
 # sessions whose owner differs (or that have no row): then nothing is inserted.
+_INSERT_ONE_FENCED = """
+WITH lock AS MATERIALIZED (
+    SELECT owner FROM jrt_sessions WHERE session_id = $1 FOR SHARE
+), ok AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM lock WHERE owner = $6) AS ok
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT $1, $2, $3, $4, $5 WHERE (SELECT ok FROM ok)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ins)
+"""
 _INSERT_FENCED = """
 WITH lock AS MATERIALIZED (
     SELECT session_id, owner FROM jrt_sessions WHERE session_id = ANY($6::text[])
@@ -543,6 +556,16 @@ async def _insert_rows(
 async def _insert_fenced(
     pool: Any, records: Sequence[Record], owners: Mapping[str, str]
 ) -> dict[Key, Row]:
+    if len(records) == 1 and len(owners) == 1 and records[0].session_id in owners:
+        # A sequential session's step: the same fence with scalar parameters (no arrays).
+        r = records[0]
+        ok, inserted = await pool.fetchrow(_INSERT_ONE_FENCED, *r, owners[r.session_id])
+        if not ok:
+            raise Fenced({r.session_id})
+        if inserted:
+            return {}
+        found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
+        return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
     result = await pool.fetch(
         _INSERT_FENCED,
         [r.session_id for r in records],
