@@ -78,6 +78,8 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
     ValueEncodingError,
     StoreError,
     StoreClosedError,
+    rt_pkg.StepTimeoutError,
+    rt_pkg.StepFailedError,
 ]
 
 RUNTIME_CLASSES: list[type[Any]] = [InProcRuntime, JournaledRuntime, SqliteRuntime, PostgresRuntime]

@@ -16,6 +16,11 @@ from ._inproc import InProcRuntime as InProcRuntime
 from ._inproc import InProcSession as InProcSession
 from ._journaled import JournaledRuntime as JournaledRuntime
 from ._journaled import JournaledSession as JournaledSession
+from ._policy import RetryPolicy as RetryPolicy
+from ._policy import StepFailedError as StepFailedError
+from ._policy import StepPolicy as StepPolicy
+from ._policy import StepTimeoutError as StepTimeoutError
+from ._policy import with_policy as with_policy
 from ._postgres import PostgresJournalStore as PostgresJournalStore
 from ._runtimes import PostgresRuntime as PostgresRuntime
 from ._runtimes import SqliteRuntime as SqliteRuntime
@@ -37,14 +42,19 @@ __all__ = (
     "JournaledSession",
     "PostgresJournalStore",
     "PostgresRuntime",
+    "RetryPolicy",
     "RuntimeJournalError",
     "SessionBusyError",
     "SessionInfo",
     "SqliteJournalStore",
     "SqliteRuntime",
+    "StepFailedError",
+    "StepPolicy",
+    "StepTimeoutError",
     "StoreClosedError",
     "StoreError",
     "ValueEncodingError",
+    "with_policy",
 )
 
 for _name in __all__:

@@ -4,6 +4,7 @@ in-process signal mailbox, and closing.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -16,6 +17,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import RuntimeJournalError, StoreClosedError
+from ._policy import StepPolicy, StepTimeoutError
 
 __all__ = [
     "BaseRuntime",
@@ -88,15 +90,33 @@ class StreamStep:
     the event loop's async-generator finalizer, which closes it too.
     """
 
-    __slots__ = ("_chunks", "_complete", "_done", "_producer", "_replay", "_start")
+    __slots__ = (
+        "_chunks",
+        "_complete",
+        "_delivered",
+        "_done",
+        "_policy",
+        "_producer",
+        "_reopen",
+        "_replay",
+        "_start",
+        "_where",
+    )
 
     def __init__(
         self,
         start: Callable[[], Awaitable[tuple[list[Any] | None, AsyncIterator[Any] | None]]],
         complete: Callable[[list[Any]], Awaitable[None]] | None,
+        policy: StepPolicy | None = None,
+        reopen: Callable[[], Awaitable[AsyncIterator[Any]]] | None = None,
+        where: tuple[str | None, str] = (None, "?"),
     ) -> None:
         self._start: Callable[[], Awaitable[Any]] | None = start
         self._complete = complete
+        self._policy = policy
+        self._reopen = reopen
+        self._where = where  # (session id, step name) for error messages
+        self._delivered = 0
         self._replay: Iterator[Any] | None = None
         self._producer: AsyncIterator[Any] | None = None
         self._chunks: list[Any] = []
@@ -125,7 +145,7 @@ class StreamStep:
                 raise StopAsyncIteration from None
         assert self._producer is not None
         try:
-            chunk = await self._producer.__anext__()
+            chunk = await self._pull()
         except StopAsyncIteration:
             self._done = True
             await close_producer(self._producer)
@@ -138,7 +158,51 @@ class StreamStep:
             raise
         if self._complete is not None:
             self._chunks.append(chunk)
+        self._delivered += 1
         return chunk
+
+    async def _pull(self) -> Any:
+        """The next chunk from the producer, under the step policy: the timeout bounds each pull
+        (never a span across a ``yield``); a failure before the first chunk reached the consumer
+        may be retried with a new producer, a failure after it may not (the consumer has already
+        acted on chunks that a new producer might not repeat)."""
+        policy = self._policy
+        if policy is None or (policy.timeout is None and policy.retry is None):
+            assert self._producer is not None
+            return await self._producer.__anext__()
+        attempt = 1
+        while True:
+            assert self._producer is not None
+            try:
+                if policy.timeout is None:
+                    return await self._producer.__anext__()
+                with anyio.move_on_after(policy.timeout):
+                    return await self._producer.__anext__()
+                session_id, name = self._where
+                raise StepTimeoutError(
+                    f"session {session_id!r}, stream step {name!r}: waiting for chunk "
+                    f"{self._delivered + 1} took longer than its timeout of {policy.timeout} s; "
+                    "nothing was recorded.",
+                    session_id=session_id,
+                    step=name,
+                )
+            except StopAsyncIteration:
+                raise
+            except Exception as exc:
+                retry = policy.retry
+                if (
+                    self._delivered
+                    or self._reopen is None
+                    or retry is None
+                    or attempt >= retry.attempts
+                    or not retry.retries(exc)
+                ):
+                    raise
+                with contextlib.suppress(Exception):
+                    await close_producer(self._producer)
+                await anyio.sleep(retry.delay(attempt))
+                attempt += 1
+                self._producer = await self._reopen()
 
     async def aclose(self) -> None:
         """Stop early: close the producer; nothing is recorded."""

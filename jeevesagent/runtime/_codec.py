@@ -5,7 +5,8 @@ kind can never equal a key of another:
 
 * ``s:<name>:<fingerprint>`` -- a plain step (or stream step) identified by name and arguments;
 * ``k:<idempotency key>`` -- a step called with ``idempotency_key=``;
-* ``g:<signal name>:<n>`` -- the n-th signal of that name received by the session.
+* ``g:<signal name>:<n>`` -- the n-th signal of that name received by the session;
+* ``t:<name>`` -- the wake-up time of a durable ``sleep``.
 
 The fingerprint is a fixed-length hex digest at the end of the key, so two different names can
 never produce the same key either.
@@ -354,6 +355,10 @@ def signal_journal_key(name: str, index: int) -> str:
     return f"g:{name}:{index}"
 
 
+def timer_journal_key(name: str) -> str:
+    return f"t:{name}"
+
+
 def describe_key(key: str) -> str:
     """A readable form of a journal key for messages and listings."""
     if key.startswith("s:"):
@@ -363,4 +368,6 @@ def describe_key(key: str) -> str:
     if key.startswith("g:"):
         name, _, idx = key[2:].rpartition(":")
         return f"signal {name!r} #{idx}"
+    if key.startswith("t:"):
+        return f"sleep {key[2:]!r}"
     return key

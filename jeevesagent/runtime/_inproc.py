@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
+
+import anyio
 
 from ._base import (
     BaseRuntime,
@@ -13,6 +16,7 @@ from ._base import (
     call_step_fn,
     open_producer,
 )
+from ._policy import StepPolicy, policy_of, run_with_policy
 
 __all__ = ["InProcRuntime", "InProcSession"]
 
@@ -32,6 +36,14 @@ class InProcRuntime(BaseRuntime[_InProcState]):
 
     name = "inproc"
 
+    def __init__(self, *, policy: StepPolicy | None = None) -> None:
+        super().__init__()
+        self.policy = policy if policy is not None else StepPolicy()
+
+    def _policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
+        attached = policy_of(fn)
+        return attached.merged_over(self.policy) if attached is not None else self.policy
+
     def _new_state(self, session_id: str) -> _InProcState:
         return _InProcState(session_id, self)
 
@@ -47,9 +59,23 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         idempotency_key: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run ``fn(*args, **kwargs)`` (awaiting it if it is async) and return its result."""
+        """Run ``fn(*args, **kwargs)`` (awaiting it if it is async) and return its result, under
+        the step policy (retries, timeouts; failures are not journaled: there is no journal)."""
         self._check_open(self.current_session_id(), name)
-        return await call_step_fn(fn, args, kwargs)
+        policy = self._policy_for(fn)
+        if policy.retry is None and policy.timeout is None and policy.deadline is None:
+            return await call_step_fn(fn, args, kwargs)
+        return await run_with_policy(
+            partial(call_step_fn, fn, args, kwargs),
+            policy,
+            session_id=self.current_session_id(),
+            step=name,
+        )
+
+    async def sleep(self, name: str, seconds: float) -> None:
+        """Sleep ``seconds`` (nothing is journaled in this runtime)."""
+        self._check_open(self.current_session_id(), name)
+        await anyio.sleep(seconds)
 
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -57,7 +83,11 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         """Yield what ``fn(*args, **kwargs)`` yields; the producer is closed when this stops."""
         self._check_open(self.current_session_id(), name)
 
-        async def start() -> tuple[None, AsyncIterator[Any]]:
-            return None, await open_producer(fn, args, kwargs)
+        async def reopen() -> AsyncIterator[Any]:
+            return await open_producer(fn, args, kwargs)
 
-        return StreamStep(start, None)
+        async def start() -> tuple[None, AsyncIterator[Any]]:
+            return None, await reopen()
+
+        where = (self.current_session_id(), name)
+        return StreamStep(start, None, self._policy_for(fn), reopen, where)

@@ -29,9 +29,16 @@ from ._codec import (
     idempotency_journal_key,
     signal_journal_key,
     step_journal_key,
+    timer_journal_key,
 )
-from ._errors import SessionBusyError, StoreError
+from ._errors import JournalMismatchError, SessionBusyError, StoreError
 from ._owner import new_owner_id, owner_is_dead
+from ._policy import (
+    JournaledFailure,
+    StepPolicy,
+    policy_of,
+    run_with_policy,
+)
 from ._store import (
     SESSION_STATUSES,
     STEP,
@@ -106,6 +113,10 @@ class JournaledRuntime(BaseRuntime[_JState]):
         session renews it every ``lease / 3`` while open; a crashed owner's sessions can be taken
         over ``lease`` seconds after its last renewal -- at once on the same host, where a dead
         owner process is detected.
+    :param policy: the default :class:`StepPolicy` of every step (retries, timeouts, journaled
+        failures); a policy attached to a step function with ``with_policy`` overrides it.
+    :param strict: strict replay: a step name found in the journal with other arguments raises
+        :class:`JournalMismatchError` instead of running as a new step.
     :param poll_interval: how often a signal wait checks the store when nothing wakes it (SQLite
         and memory; Postgres is woken by LISTEN/NOTIFY and polls only as a fallback).
 
@@ -125,8 +136,12 @@ class JournaledRuntime(BaseRuntime[_JState]):
         flush_interval: float = 0.05,
         lease: float = 15.0,
         poll_interval: float = 0.1,
+        policy: StepPolicy | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__()
+        self.policy = policy if policy is not None else StepPolicy()
+        self.strict = strict
         self.lease = lease
         self.poll_interval = poll_interval
         self.owner_id = new_owner_id()
@@ -383,27 +398,46 @@ class JournaledRuntime(BaseRuntime[_JState]):
         Outside a session, ``fn`` just runs.
         """
         state = self._current.get()
+        policy = self._policy_for(fn)
         if state is None:
             self._check_open(None, name)
-            return await call_step_fn(fn, args, kwargs)
+            return await self._attempts(fn, args, kwargs, policy, None, name)
         self._require_open(state, name)
+        fp = ""
         if idempotency_key is not None:
             key = idempotency_journal_key(str(idempotency_key))
         else:
-            key = step_journal_key(name, fingerprint(args, kwargs, session_id=state.id, step=name))
+            fp = fingerprint(args, kwargs, session_id=state.id, step=name)
+            key = step_journal_key(name, fp)
         while True:
             row = await self._lookup_step(state, key)
             if row is not None:
-                return self._decode(state, key, row)
+                value = self._decode(state, key, row)
+                if isinstance(value, JournaledFailure):
+                    raise value.rebuild(state.id, name)
+                return value
             running = state.inflight.get(key)
             if running is None:
                 break
             # Same key already running in this session: wait for it, then take its result (or,
             # if it failed, run it ourselves).
             await running.wait()
+        if self.strict and fp:
+            self._check_strict(state, name, fp)
         done = state.inflight[key] = anyio.Event()
         try:
-            result = await call_step_fn(fn, args, kwargs)
+            try:
+                result = await self._attempts(fn, args, kwargs, policy, state.id, name)
+            except Exception as exc:
+                if not policy.journal_failures:
+                    raise
+                # Failed for good: journal the failure so a replay raises it without running.
+                failure = JournaledFailure.of(exc)
+                data = b""
+                if self._native is not None:
+                    data = encode_value(self._codec, failure, session_id=state.id, step=key)
+                await self._record(state, STEP, key, failure, data)
+                raise
             data = b""
             if self._native is not None:
                 data = encode_value(self._codec, result, session_id=state.id, step=key)
@@ -411,6 +445,63 @@ class JournaledRuntime(BaseRuntime[_JState]):
         finally:
             del state.inflight[key]
             done.set()
+
+    def _policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
+        attached = policy_of(fn)
+        return attached.merged_over(self.policy) if attached is not None else self.policy
+
+    @staticmethod
+    async def _attempts(
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: StepPolicy,
+        session_id: str | None,
+        name: str,
+    ) -> Any:
+        if policy.retry is None and policy.timeout is None and policy.deadline is None:
+            return await call_step_fn(fn, args, kwargs)  # the common case, without wrappers
+        return await run_with_policy(
+            partial(call_step_fn, fn, args, kwargs), policy, session_id=session_id, step=name
+        )
+
+    def _check_strict(self, state: _JState, name: str, fp: str) -> None:
+        """Strict replay: the journal has this step name with other arguments -> mismatch."""
+        prefix = f"s:{name}:"
+        recorded = [k[len(prefix) :] for k in state.steps if k.startswith(prefix)]
+        recorded += [k[len(prefix) :] for k in state.streams if k.startswith(prefix)]
+        if recorded and fp not in recorded:
+            raise JournalMismatchError(
+                f"session {state.id!r}, step {name!r}: the journal recorded this step with "
+                f"arguments fingerprint {recorded[0]}, but it was called with {fp}. The code or "
+                "its inputs no longer match the journal (strict replay). Make the workflow "
+                "deterministic, give each distinct call its own step name, or start a new "
+                "session.",
+                session_id=state.id,
+                step=name,
+            )
+
+    async def sleep(self, name: str, seconds: float) -> None:
+        """A durable sleep: the wake-up time is journaled under ``name``, so after a restart the
+        session sleeps only what remains (or not at all if the time has passed). Outside a
+        session it is a plain ``anyio.sleep``."""
+        state = self._current.get()
+        if state is None:
+            self._check_open(None, name)
+            await anyio.sleep(seconds)
+            return
+        self._require_open(state, name)
+        key = timer_journal_key(name)
+        row = await self._lookup_step(state, key)
+        if row is None:
+            wake_at = time.time() + seconds
+            data = b""
+            if self._native is not None:
+                data = encode_value(self._codec, wake_at, session_id=state.id, step=key)
+            wake_at = await self._record(state, STEP, key, wake_at, data)
+        else:
+            wake_at = self._decode(state, key, row)
+        await anyio.sleep(max(0.0, wake_at - time.time()))
 
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -423,13 +514,18 @@ class JournaledRuntime(BaseRuntime[_JState]):
         ``contextlib.aclosing`` when you may stop early: that closes the producer at once.
         """
         state = self._current.get()
+        policy = self._policy_for(fn)
+
+        async def reopen() -> AsyncIterator[Any]:
+            return await open_producer(fn, args, kwargs)
+
         if state is None:
             self._check_open(None, name)
 
             async def run_unjournaled() -> tuple[None, AsyncIterator[Any]]:
                 return None, await open_producer(fn, args, kwargs)
 
-            return StreamStep(run_unjournaled, None)
+            return StreamStep(run_unjournaled, None, policy, reopen, (None, name))
         self._require_open(state, name)
         key = step_journal_key(name, fingerprint(args, kwargs, session_id=state.id, step=name))
 
@@ -448,7 +544,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
                 )
             await self._record(state, STREAM, key, chunks, data)
 
-        return StreamStep(start, complete)
+        return StreamStep(start, complete, policy, reopen, (state.id, name))
 
     async def _lookup_stream(self, state: _JState, key: str) -> list[Any] | None:
         row = state.streams.get(key)
