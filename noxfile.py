@@ -21,8 +21,10 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "jeevesagent", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "jeevesagent", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "jeevesagent", "tests", "benchmarks", "docs", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "jeevesagent", "tests", "benchmarks", "docs", "noxfile.py"
+    )
 
 
 @nox.session

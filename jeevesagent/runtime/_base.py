@@ -130,11 +130,23 @@ class StreamStep:
             raise StopAsyncIteration
         if self._start is not None:
             start, self._start = self._start, None
-            try:
-                recorded, self._producer = await start()
-            except BaseException:
-                self._done = True
-                raise
+            attempt = 1
+            while True:
+                try:
+                    recorded, self._producer = await start()
+                    break
+                except Exception as exc:
+                    # Failing to open the producer is a failure before the first chunk: the
+                    # retry policy applies.
+                    retry = self._policy.retry if self._policy is not None else None
+                    if retry is None or attempt >= retry.attempts or not retry.retries(exc):
+                        self._done = True
+                        raise
+                    await anyio.sleep(retry.delay(attempt))
+                    attempt += 1
+                except BaseException:
+                    self._done = True
+                    raise
             if recorded is not None:
                 self._replay = iter(recorded)
         if self._replay is not None:

@@ -184,17 +184,17 @@ class JournaledRuntime(BaseRuntime[_JState]):
         state.claimed = True
         try:
             journal = await native.load_session(state.id)
+            state.steps.update(journal.steps)
+            state.streams.update(journal.streams)
+            # Signals sent while the session was not running: move them into its journal now,
+            # so poll_signal sees them too (the session's waits receive them, in order).
+            for name in await native._pending_names(state.id):
+                while await self._fetch(state, name):
+                    pass
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await native._release(state.id, self.owner_id, "failed", 0)
             raise
-        state.steps.update(journal.steps)
-        state.streams.update(journal.streams)
-        # Signals sent while the session was not running: move them into its journal now, so
-        # poll_signal sees them too (they are received, in order, by the session's waits).
-        for name in await native._pending_names(state.id):
-            while await self._fetch(state, name):
-                pass
 
     async def _claim(self, native: NativeStore, session_id: str, wait: float | None) -> None:
         """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds)."""
@@ -299,6 +299,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
                 state.buffer[:0] = records  # nobody saw them as committed: keep for the next try
                 raise
             state.write_error = exc
+            if isinstance(exc, SessionBusyError):
+                raise  # the claim was lost: say so, not "a commit failed"
             raise StoreError(
                 f"session {state.id!r}: {len(records)} buffered journal records could not be "
                 f"committed ({exc}). The journal keeps what was committed before them; open the "
@@ -468,8 +470,14 @@ class JournaledRuntime(BaseRuntime[_JState]):
     def _check_strict(self, state: _JState, name: str, fp: str) -> None:
         """Strict replay: the journal has this step name with other arguments -> mismatch."""
         prefix = f"s:{name}:"
-        recorded = [k[len(prefix) :] for k in state.steps if k.startswith(prefix)]
-        recorded += [k[len(prefix) :] for k in state.streams if k.startswith(prefix)]
+        n = len(prefix)
+        # The rest of a key of this very name is exactly one fingerprint (hex, no colon).
+        recorded = [
+            k[n:]
+            for table in (state.steps, state.streams)
+            for k in table
+            if k.startswith(prefix) and ":" not in k[n:]
+        ]
         if recorded and fp not in recorded:
             raise JournalMismatchError(
                 f"session {state.id!r}, step {name!r}: the journal recorded this step with "
@@ -527,7 +535,10 @@ class JournaledRuntime(BaseRuntime[_JState]):
 
             return StreamStep(run_unjournaled, None, policy, reopen, (None, name))
         self._require_open(state, name)
-        key = step_journal_key(name, fingerprint(args, kwargs, session_id=state.id, step=name))
+        fp = fingerprint(args, kwargs, session_id=state.id, step=name)
+        key = step_journal_key(name, fp)
+        if self.strict and key not in state.streams:
+            self._check_strict(state, name, fp)
 
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self._require_open(state, name)

@@ -128,6 +128,9 @@ def with_policy(
     """
     extra = StepPolicy(retry, timeout, deadline, journal_failures)
     combined = extra.merged_over(policy) if policy is not None else extra
+    inner = policy_of(fn)
+    if inner is not None:  # with_policy applied twice: merge, the outer one winning
+        combined = combined.merged_over(inner)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

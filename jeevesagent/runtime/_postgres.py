@@ -324,7 +324,11 @@ class PostgresJournalStore(NativeStore):
         """On the pool's loop: insert through the held writer connection."""
         if self._pool.get_max_size() < 2:
             return await _insert_rows(self._pool, records, owners)
-        if self._writer is None or self._writer.is_closed():
+        if self._writer is not None and not _usable(self._writer):
+            # The server ended it (restart, failover, idle timeout): asyncpg has already given
+            # it back to the pool and detached our proxy.
+            self._writer = None
+        if self._writer is None:
             self._writer = await self._pool.acquire()
         try:
             return await _insert_rows(self._writer, records, owners)
@@ -524,6 +528,13 @@ async def _load_rows(pool: Any, session_id: str) -> SessionJournal:
 async def _get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | None:
     found = await pool.fetchrow(_GET, session_id, kind, key)
     return None if found is None else Row(found[0], found[1])
+
+
+def _usable(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except Exception:  # a released pool proxy raises InterfaceError on any call
+        return False
 
 
 async def _insert_rows(

@@ -24,9 +24,15 @@ class SqliteRuntime(JournaledRuntime):
         *,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        **options: Any,
     ) -> None:
+        """``options``: the other keyword options of :class:`JournaledRuntime` (``lease``,
+        ``poll_interval``, ``policy``, ``strict``)."""
         super().__init__(
-            SqliteJournalStore(path), durability=durability, flush_interval=flush_interval
+            SqliteJournalStore(path),
+            durability=durability,
+            flush_interval=flush_interval,
+            **options,
         )
         self._owns_store = True
         self.path: pathlib.Path = self.store.path  # type: ignore[attr-defined]
@@ -47,15 +53,22 @@ class PostgresRuntime(JournaledRuntime):
         *,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        **options: Any,
     ) -> None:
         from ._postgres import PostgresJournalStore
 
-        self._init(PostgresJournalStore(pool), durability, flush_interval)
+        self._init(PostgresJournalStore(pool), durability, flush_interval, options)
 
     def _init(
-        self, store: Any, durability: Literal["commit", "buffered"], flush_interval: float
+        self,
+        store: Any,
+        durability: Literal["commit", "buffered"],
+        flush_interval: float,
+        options: dict[str, Any],
     ) -> None:
-        JournaledRuntime.__init__(self, store, durability=durability, flush_interval=flush_interval)
+        JournaledRuntime.__init__(
+            self, store, durability=durability, flush_interval=flush_interval, **options
+        )
         self._owns_store = True
 
     @classmethod
@@ -67,13 +80,15 @@ class PostgresRuntime(JournaledRuntime):
         max_size: int = 10,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        **options: Any,
     ) -> Self:
-        """Connect a pool to ``dsn`` and return a runtime that owns it."""
+        """Connect a pool to ``dsn`` and return a runtime that owns it. ``options``: the other
+        keyword options of :class:`JournaledRuntime`."""
         from ._postgres import PostgresJournalStore
 
         store = await PostgresJournalStore.connect(dsn, min_size=min_size, max_size=max_size)
         runtime = cls.__new__(cls)
-        runtime._init(store, durability, flush_interval)
+        runtime._init(store, durability, flush_interval, options)
         return runtime
 
     async def init_schema(self) -> None:
