@@ -80,3 +80,11 @@ def test_demo_crashes_then_resumes_with_replay(tmp_path: Path) -> None:
     third = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert "0 steps ran, 5 replayed" in third.stdout
+
+
+@pytest.mark.parametrize(
+    "example", sorted((ROOT / "docs" / "examples").glob("*.py")), ids=lambda p: p.name
+)
+def test_docs_example_runs(example: Path, tmp_path: Path) -> None:
+    result = python(str(example), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
