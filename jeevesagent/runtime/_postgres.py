@@ -547,21 +547,21 @@ async def _insert_rows(
         # The common case of a sequential session: a plain one-row insert (no array encoding;
         # asyncpg does not have to introspect array types on a new connection).
         status = await pool.execute(_INSERT_ONE, *records[0])
-        if status.endswith(" 1"):
-            return {}
-        r = records[0]
-        found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
-        return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
+        return {} if status.endswith(" 1") else await _kept_row(pool, records[0])
     # One statement: one round trip, and an autocommitted transaction for the whole batch.
-    inserted = await pool.fetch(
-        _INSERT,
-        [r.session_id for r in records],
-        [r.kind for r in records],
-        [r.key for r in records],
-        [r.data for r in records],
-        [r.created_at for r in records],
-    )
+    inserted = await pool.fetch(_INSERT, *_columns(records))
     return await _conflicts(pool, records, inserted)
+
+
+def _columns(records: Sequence[Record]) -> list[list[Any]]:
+    """The records as the five column arrays the batch statements take."""
+    return [list(column) for column in zip(*records, strict=True)]
+
+
+async def _kept_row(pool: Any, r: Record) -> dict[Key, Row]:
+    """The row that won over ``r`` (first writer wins), as a conflict to adopt."""
+    found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
+    return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
 
 
 async def _insert_fenced(
@@ -573,19 +573,9 @@ async def _insert_fenced(
         ok, inserted = await pool.fetchrow(_INSERT_ONE_FENCED, *r, owners[r.session_id])
         if not ok:
             raise Fenced({r.session_id})
-        if inserted:
-            return {}
-        found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
-        return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
+        return {} if inserted else await _kept_row(pool, r)
     result = await pool.fetch(
-        _INSERT_FENCED,
-        [r.session_id for r in records],
-        [r.kind for r in records],
-        [r.key for r in records],
-        [r.data for r in records],
-        [r.created_at for r in records],
-        list(owners),
-        list(owners.values()),
+        _INSERT_FENCED, *_columns(records), list(owners), list(owners.values())
     )
     fenced = {r[1] for r in result if r[0]}
     if fenced:
