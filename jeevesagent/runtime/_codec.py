@@ -6,7 +6,9 @@ kind can never equal a key of another:
 * ``s:<name>:<fingerprint>`` -- a plain step (or stream step) identified by name and arguments;
 * ``k:<idempotency key>`` -- a step called with ``idempotency_key=``;
 * ``g:<signal name>:<n>`` -- the n-th signal of that name received by the session;
-* ``t:<name>`` -- the wake-up time of a durable ``sleep``.
+* ``t:<name>`` -- the wake-up time of a durable ``sleep``;
+* ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
+  alone: a step of that name whose own key is not journaled replays it.
 
 The fingerprint is a fixed-length hex digest at the end of the key, so two different names can
 never produce the same key either.
@@ -20,16 +22,19 @@ import decimal
 import enum
 import hashlib
 import pathlib
-import pickle
 import struct
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import JournalCorruptError, ValueEncodingError
+from ._errors import ValueEncodingError
+from ._values import JournalCodec, PickleCodec, decode_value, encode_value
 
 __all__ = [
+    "JournalCodec",
     "PickleCodec",
+    "decode_value",
+    "encode_value",
     "fingerprint",
     "idempotency_journal_key",
     "signal_journal_key",
@@ -37,50 +42,6 @@ __all__ = [
 ]
 
 FINGERPRINT_CHARS = 24
-
-
-class PickleCodec:
-    """The default codec: :mod:`pickle` (highest protocol), as the published version stored."""
-
-    name = "pickle"
-
-    def encode(self, value: Any) -> bytes:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)
-
-
-def encode_value(
-    codec: PickleCodec, value: Any, *, session_id: str | None, step: str, what: str = "result"
-) -> bytes:
-    """Encode ``value`` or raise :class:`ValueEncodingError` naming session, step and type."""
-    try:
-        return codec.encode(value)
-    except Exception as exc:
-        tname = _type_name(value)
-        raise ValueEncodingError(
-            f"session {session_id!r}, step {step!r}: the {what} of type {tname} cannot be "
-            f"encoded with the {codec.name} codec ({type(exc).__name__}: {exc}). Nothing was "
-            "recorded. Return a picklable value (plain data, a dataclass, a pydantic model) "
-            "from the step.",
-            session_id=session_id,
-            step=step,
-        ) from exc
-
-
-def decode_value(codec: PickleCodec, data: bytes, *, session_id: str | None, step: str) -> Any:
-    """Decode a journal row or raise :class:`JournalCorruptError`."""
-    try:
-        return codec.decode(data)
-    except Exception as exc:
-        raise JournalCorruptError(
-            f"session {session_id!r}, step {step!r}: the recorded value cannot be decoded "
-            f"({type(exc).__name__}: {exc}). The row was not used. If the code that produced it "
-            "changed (a renamed class), restore it, or remove the row so the step runs again.",
-            session_id=session_id,
-            step=step,
-        ) from exc
 
 
 def _type_name(value: Any) -> str:
@@ -355,6 +316,11 @@ def signal_journal_key(name: str, index: int) -> str:
     return f"g:{name}:{index}"
 
 
+def legacy_journal_key(name: str) -> str:
+    """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
+    return f"l:{name}"
+
+
 def timer_journal_key(name: str) -> str:
     return f"t:{name}"
 
@@ -370,4 +336,6 @@ def describe_key(key: str) -> str:
         return f"signal {name!r} #{idx}"
     if key.startswith("t:"):
         return f"sleep {key[2:]!r}"
+    if key.startswith("l:"):
+        return key[2:]
     return key

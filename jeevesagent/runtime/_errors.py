@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "JournalCorruptError",
+    "JournalIntegrityError",
     "JournalMismatchError",
     "RuntimeJournalError",
     "SessionBusyError",
@@ -58,6 +59,11 @@ class JournalMismatchError(RuntimeJournalError):
 
 class JournalCorruptError(RuntimeJournalError):
     """A journal row could not be decoded or failed its integrity check; it was not used."""
+
+
+class JournalIntegrityError(JournalCorruptError):
+    """A journal row failed its signature check (unsigned in a signed journal, signed with another
+    key, altered, or moved); it was refused without being decoded."""
 
 
 class ValueEncodingError(RuntimeJournalError, TypeError):

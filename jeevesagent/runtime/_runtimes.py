@@ -8,6 +8,7 @@ from typing import Any, Literal, Self
 
 from ._journaled import JournaledRuntime
 from ._sqlite import SqliteJournalStore
+from ._values import Codec
 
 __all__ = ["PostgresRuntime", "SqliteRuntime"]
 
@@ -24,12 +25,15 @@ class SqliteRuntime(JournaledRuntime):
         *,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        codec: str | Codec | None = None,
+        signing_key: str | bytes | None = None,
         **options: Any,
     ) -> None:
-        """``options``: the other keyword options of :class:`JournaledRuntime` (``lease``,
-        ``poll_interval``, ``policy``, ``strict``)."""
+        """``codec``, ``signing_key``: see :class:`SqliteJournalStore`. ``options``: the other
+        keyword options of :class:`JournaledRuntime` (``lease``, ``poll_interval``, ``policy``,
+        ``strict``)."""
         super().__init__(
-            SqliteJournalStore(path),
+            SqliteJournalStore(path, codec=codec, signing_key=signing_key),
             durability=durability,
             flush_interval=flush_interval,
             **options,
@@ -53,11 +57,14 @@ class PostgresRuntime(JournaledRuntime):
         *,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        codec: str | Codec | None = None,
+        signing_key: str | bytes | None = None,
         **options: Any,
     ) -> None:
         from ._postgres import PostgresJournalStore
 
-        self._init(PostgresJournalStore(pool), durability, flush_interval, options)
+        store = PostgresJournalStore(pool, codec=codec, signing_key=signing_key)
+        self._init(store, durability, flush_interval, options)
 
     def _init(
         self,
@@ -80,13 +87,18 @@ class PostgresRuntime(JournaledRuntime):
         max_size: int = 10,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,
+        codec: str | Codec | None = None,
+        signing_key: str | bytes | None = None,
         **options: Any,
     ) -> Self:
-        """Connect a pool to ``dsn`` and return a runtime that owns it. ``options``: the other
-        keyword options of :class:`JournaledRuntime`."""
+        """Connect a pool to ``dsn`` and return a runtime that owns it. ``codec``,
+        ``signing_key``: see :class:`SqliteJournalStore`. ``options``: the other keyword options
+        of :class:`JournaledRuntime`."""
         from ._postgres import PostgresJournalStore
 
-        store = await PostgresJournalStore.connect(dsn, min_size=min_size, max_size=max_size)
+        store = await PostgresJournalStore.connect(
+            dsn, min_size=min_size, max_size=max_size, codec=codec, signing_key=signing_key
+        )
         runtime = cls.__new__(cls)
         runtime._init(store, durability, flush_interval, options)
         return runtime
