@@ -15,7 +15,7 @@ import tempfile
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -76,22 +76,23 @@ def pg_dsn() -> Iterator[str]:
             server.cleanup()
 
 
-def _run_sql(dsn: str, sql: str) -> None:
-    """Run one statement on a throwaway asyncio loop in a thread (works under any test backend)."""
+def pg(dsn: str, fn: Callable[[Any], Any]) -> Any:
+    """Run ``await fn(connection)`` on a throwaway asyncio loop in a thread (any test backend)."""
     import asyncpg
 
-    async def go() -> None:
+    async def go() -> Any:
         conn = await asyncpg.connect(dsn)
         try:
-            await conn.execute(sql)
+            return await fn(conn)
         finally:
             await conn.close()
 
+    result: list[Any] = []
     error: list[BaseException] = []
 
     def target() -> None:
         try:
-            asyncio.run(go())
+            result.append(asyncio.run(go()))
         except BaseException as exc:
             error.append(exc)
 
@@ -100,6 +101,12 @@ def _run_sql(dsn: str, sql: str) -> None:
     t.join()
     if error:
         raise error[0]
+    return result[0]
+
+
+def _run_sql(dsn: str, sql: str, *args: Any) -> None:
+    """Run one statement (see :func:`pg`)."""
+    pg(dsn, lambda conn: conn.execute(sql, *args))
 
 
 def with_search_path(dsn: str, schema: str) -> str:
@@ -120,6 +127,9 @@ def pg_schema_dsn(pg_dsn: str) -> Iterator[str]:
 # -- stores -------------------------------------------------------------------------------------
 
 
+_MEMORY_TABLES = ("_rows", "_mailbox", "_sessions")
+
+
 class StoreFactory:
     """Opens store objects on one journal: ``await new()`` is "the same journal, reopened".
 
@@ -133,16 +143,27 @@ class StoreFactory:
         self.opened: list[NativeStore] = []
         self._memory: InMemoryJournalStore | None = None
 
-    async def new(self) -> NativeStore:
+    async def new(self, **options: Any) -> NativeStore:
+        """``options``: ``codec=``, ``signing_key=`` for the store object."""
         store: NativeStore
         if self.kind == "memory":
             if self._memory is None:
-                self._memory = InMemoryJournalStore()
-            store = self._memory
+                self._memory = InMemoryJournalStore(**options)
+                store = self._memory
+            elif options:
+                # "Reopen" with other options: a new store object over the same dicts.
+                store = InMemoryJournalStore(**options)
+                store.__dict__.update(
+                    {k: v for k, v in self._memory.__dict__.items() if k in _MEMORY_TABLES}
+                )
+            else:
+                store = self._memory
         elif self.kind == "sqlite":
-            store = SqliteJournalStore(self.target)
+            store = SqliteJournalStore(self.target, **options)
         else:
-            store = await PostgresJournalStore.connect(self.target, min_size=1, max_size=4)
+            store = await PostgresJournalStore.connect(
+                self.target, min_size=1, max_size=4, **options
+            )
             await store.init_schema()
         self.opened.append(store)
         return store

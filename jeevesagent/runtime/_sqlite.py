@@ -7,6 +7,11 @@ one connection (so ``":memory:"`` works and the page cache stays warm), and ends
 Durability: WAL mode with ``synchronous=FULL``, so a committed step survives power loss; writes take
 the write lock up front (``BEGIN IMMEDIATE``) so two stores on one file queue on the busy timeout
 instead of failing half-way through a transaction.
+
+Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on open in one
+``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
+file (``journal_steps`` / ``journal_streams``) under ``l:<step name>`` keys and leaves the old
+tables in place; drop them yourself once you have checked the import.
 """
 
 from __future__ import annotations
@@ -22,23 +27,57 @@ from typing import Any, TypeVar
 from ._errors import JournalCorruptError, StoreError
 from ._store import (
     STEP,
+    STREAM,
     Fenced,
     NativeStore,
+    PruneCandidate,
+    PruneResult,
     Record,
     Row,
     SessionInfo,
     SessionJournal,
     _claimable,
+    _select_prunable,
 )
 from ._thread import WorkerThread
+from ._values import Codec
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
 
 T = TypeVar("T")
 
+
+def _import_097(conn: sqlite3.Connection) -> None:
+    """Copy a jeevesagent 0.9.7 journal (tables ``journal_steps`` and ``journal_streams``, if this
+    file has them) into ``jrt_journal`` under ``l:<step name>`` keys, value bytes and times
+    unchanged, with an ``imported`` sessions row per session. The old tables stay untouched."""
+    found = False
+    for table, kind, column in _LEGACY_TABLES:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        if _one(conn, sql, (table,)) is not None:
+            found = True
+            conn.execute(
+                "INSERT OR IGNORE INTO jrt_journal (session_id, kind, key, value, created_at) "
+                f"SELECT session_id, {kind}, 'l:' || step_name, {column}, created_at FROM {table}"
+            )
+    if found:
+        conn.execute(_IMPORT_SESSIONS)
+
+
+_LEGACY_TABLES = (("journal_steps", STEP, "value"), ("journal_streams", STREAM, "chunks"))
+# A sessions row for each imported session that has none (only the import writes "l:" keys).
+_IMPORT_SESSIONS = """
+INSERT OR IGNORE INTO jrt_sessions
+    (session_id, status, owner, lease_expires, created_at, updated_at, steps)
+SELECT session_id, 'imported', NULL, NULL, min(created_at), max(created_at), count(*)
+FROM jrt_journal WHERE substr(key, 1, 2) = 'l:' GROUP BY session_id
+"""
+
 # Ordered migrations: index i brings the schema from version i to i + 1. Applied on open, inside
 # one BEGIN IMMEDIATE transaction, so two processes opening one file at once apply them once.
-_MIGRATIONS: list[list[str]] = [
+# A step is a statement or a function of the connection (for what plain SQL cannot do, such as
+# reading a table only if it exists).
+_MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     [
         """CREATE TABLE IF NOT EXISTS jrt_journal (
             session_id TEXT NOT NULL,
@@ -68,6 +107,8 @@ _MIGRATIONS: list[list[str]] = [
             steps INTEGER NOT NULL DEFAULT 0
         )""",
     ],
+    # version 3: import a jeevesagent 0.9.7 journal found in the same file (see _import_097).
+    [_import_097],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -135,7 +176,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
             )
         for v in range(version, SCHEMA_VERSION):
             for ddl in _MIGRATIONS[v]:
-                conn.execute(ddl)
+                if isinstance(ddl, str):
+                    conn.execute(ddl)
+                else:
+                    ddl(conn)
             conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (v + 1,))
         conn.execute("COMMIT")
     except BaseException:
@@ -299,6 +343,53 @@ def _pending_signals(conn: sqlite3.Connection, session_id: str) -> int:
     )
 
 
+_PRUNE_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions"
+# Sessions with journal rows or signals but no sessions row: last activity is their newest row.
+_PRUNE_ORPHANS = """
+SELECT session_id, NULL, NULL, NULL, max(created_at) FROM (
+    SELECT session_id, created_at FROM jrt_journal {where}
+    UNION ALL SELECT session_id, created_at FROM jrt_mailbox {where}
+) AS r
+WHERE NOT EXISTS (SELECT 1 FROM jrt_sessions AS s WHERE s.session_id = r.session_id)
+GROUP BY session_id
+"""
+
+
+def _prune(
+    conn: sqlite3.Connection,
+    older_than: float | None,
+    sessions: list[str] | None,
+    statuses: tuple[str, ...] | None,
+    dry_run: bool,
+) -> PruneResult:
+    # BEGIN IMMEDIATE: no other connection writes (claims included) until the deletes commit.
+    with _write(conn):
+        now = time.time()
+        candidates: list[PruneCandidate] = []
+        for where, params in _id_filters(sessions):
+            for sid, status, owner, lease, _, updated_at, _ in conn.execute(
+                f"{_PRUNE_SESSIONS} {where}", params
+            ):
+                candidates.append(PruneCandidate(sid, status, owner, lease, updated_at))
+            if statuses is None:  # sessions without a row never match a status filter
+                sql = _PRUNE_ORPHANS.format(where=where)
+                candidates.extend(PruneCandidate(*row) for row in conn.execute(sql, params))
+        result = _select_prunable(candidates, older_than, statuses, now)
+        if not dry_run:
+            gone = [(sid,) for sid in result.pruned]
+            for table in ("jrt_journal", "jrt_mailbox", "jrt_sessions"):
+                conn.executemany(f"DELETE FROM {table} WHERE session_id = ?", gone)
+    return result
+
+
+def _id_filters(sessions: list[str] | None) -> list[tuple[str, dict[str, str]]]:
+    """WHERE clauses (and parameters) to run the candidate queries with: every session, or one
+    indexed lookup per id."""
+    if sessions is None:
+        return [("", {})]
+    return [("WHERE session_id = :sid", {"sid": sid}) for sid in sessions]
+
+
 def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
     row = _one(conn, _SELECT_ONE, (session_id, kind, key))
     return None if row is None else Row(row[0], row[1])
@@ -310,10 +401,21 @@ class SqliteJournalStore(NativeStore):
     :param path: the database file; parent folders are created. ``":memory:"`` keeps the journal
         in this store's connection only.
     :param busy_timeout: seconds a write waits for another connection's lock before failing
+    :param codec: how values are stored: ``"pickle"`` (default; anything picklable), ``"json"``
+        (plain JSON text other tools can read; values must be JSON data), or a codec object
+    :param signing_key: if given (or set in ``JEEVESAGENT_SIGNING_KEY``), every row is signed
+        and a row that does not carry this key's signature is refused without being decoded
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 30.0,
+        codec: str | Codec | None = None,
+        signing_key: str | bytes | None = None,
+    ) -> None:
+        super().__init__(codec=codec, signing_key=signing_key)
         raw = os.fspath(path)
         self.path = pathlib.Path(raw)
         if raw != ":memory:":
@@ -407,6 +509,15 @@ class SqliteJournalStore(NativeStore):
 
     async def _pending_signals(self, session_id: str) -> int:
         return await self._call(_pending_signals, session_id, session_id=session_id)
+
+    async def _prune(
+        self,
+        older_than: float | None,
+        sessions: list[str] | None,
+        statuses: tuple[str, ...] | None,
+        dry_run: bool,
+    ) -> PruneResult:
+        return await self._call(_prune, older_than, sessions, statuses, dry_run)
 
     async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(_get, session_id, kind, key, session_id=session_id, step=key)

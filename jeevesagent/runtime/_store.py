@@ -11,14 +11,14 @@ from __future__ import annotations
 import abc
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
-from ._codec import PickleCodec, decode_value, encode_value
 from ._commit import Fenced, GroupCommitter
 from ._errors import StoreClosedError
+from ._values import Codec, JournalCodec, decode_value, encode_value
 
 __all__ = [
     "STEP",
@@ -29,6 +29,7 @@ __all__ = [
     "JournalEntry",
     "JournalStore",
     "NativeStore",
+    "PruneResult",
     "Record",
     "Row",
     "SessionJournal",
@@ -100,7 +101,7 @@ class SessionInfo(NamedTuple):
     """A row of the sessions table: who runs a session, and how it last ended."""
 
     session_id: str
-    status: str  # "running" | "completed" | "failed" | "cancelled"
+    status: str  # "running" | "completed" | "failed" | "cancelled" | "imported"
     owner: str | None  # the runtime holding the claim, or None
     lease_expires: float | None  # epoch seconds (the store's clock); None when released
     created_at: float
@@ -108,7 +109,26 @@ class SessionInfo(NamedTuple):
     steps: int  # journal rows of the session when it was last released
 
 
-SESSION_STATUSES = ("running", "completed", "failed", "cancelled")
+# "imported": a session copied from a jeevesagent 0.9.7 journal by the schema migration; it has
+# never run under this version (claiming it sets it to "running" like any other).
+SESSION_STATUSES = ("running", "completed", "failed", "cancelled", "imported")
+
+
+class PruneResult(NamedTuple):
+    """What :meth:`NativeStore.prune` did (or, with ``dry_run=True``, would do)."""
+
+    pruned: list[str]  # sessions whose journal rows, mailbox and sessions row were deleted
+    skipped: list[str]  # sessions that matched but were left alone because a live runtime owns them
+
+
+class PruneCandidate(NamedTuple):
+    """A session as the prune filters see it: backends list them, ``_select_prunable`` decides."""
+
+    session_id: str
+    status: str | None  # None: the session has journal or mailbox rows but no sessions row
+    owner: str | None
+    lease_expires: float | None
+    last_activity: float  # sessions.updated_at, else the newest created_at of its rows
 
 
 @dataclass(slots=True)
@@ -124,11 +144,13 @@ class NativeStore(abc.ABC):
     on top of four primitives a backend implements (``_load``, ``_insert``, ``_get``, ``_close``).
     """
 
-    codec: PickleCodec
+    codec: JournalCodec
     _closed: bool = False
 
-    def __init__(self) -> None:
-        self.codec = PickleCodec()
+    def __init__(
+        self, *, codec: str | Codec | None = None, signing_key: str | bytes | None = None
+    ) -> None:
+        self.codec = JournalCodec(codec, signing_key)
         self._closed = False
         self._committer = GroupCommitter(self._insert)
 
@@ -192,6 +214,18 @@ class NativeStore(abc.ABC):
     async def _pending_names(self, session_id: str) -> list[str]:
         """The distinct names of the signals waiting in the session's mailbox."""
 
+    @abc.abstractmethod
+    async def _prune(
+        self,
+        older_than: float | None,
+        sessions: list[str] | None,
+        statuses: tuple[str, ...] | None,
+        dry_run: bool,
+    ) -> PruneResult:
+        """In one write transaction: find the sessions matching every given filter (see
+        :meth:`prune`; arguments already checked), leave those with a live claim alone, and
+        unless ``dry_run`` delete the others' journal rows, mailbox and sessions row."""
+
     def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         """Take a signal without I/O (no receipt), where the store can; ``None`` otherwise."""
         return None
@@ -237,13 +271,70 @@ class NativeStore(abc.ABC):
             self.check_open(records[0].session_id, records[0].key)
         return await self._committer.commit(records, owners)
 
+    # -- retention -------------------------------------------------------------------------------
+    async def prune(
+        self,
+        *,
+        older_than: float | None = None,
+        sessions: Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> PruneResult:
+        """Delete whole sessions: their journal rows, pending signals and sessions-table row.
+
+        The filters combine (AND), and at least one is required, so ``prune()`` never empties a
+        journal by accident:
+
+        - ``older_than``: seconds; sessions whose last activity is earlier than that long ago.
+          Last activity is the sessions row's ``updated_at`` (set on claim, lease renewal and
+          release), or for a session without one, its newest journal row or signal.
+        - ``sessions``: these session ids only.
+        - ``status``: one or several of ``"running"``, ``"completed"``, ``"failed"``,
+          ``"cancelled"``, ``"imported"`` (a session without a sessions row has none: it never
+          matches a status filter).
+
+        A matching session that a live runtime holds (owner set, lease not expired by the store's
+        clock) is never deleted; it is reported in ``skipped``. The check and the deletes happen in
+        one write transaction, so a runtime cannot claim a session half-way through its deletion.
+        A pruned session that runs again starts from scratch. ``dry_run=True`` reports the same
+        without deleting anything.
+
+        :returns: the sorted session ids ``pruned`` (or that would be) and ``skipped``
+        :raises ValueError: no filter, an unknown status, or a negative ``older_than``
+        """
+        if older_than is None and sessions is None and status is None:
+            raise ValueError(
+                "prune() needs at least one filter (older_than=, sessions= or status=); "
+                "it never deletes every session by default"
+            )
+        statuses: tuple[str, ...] | None = None
+        if status is not None:
+            statuses = (status,) if isinstance(status, str) else tuple(status)
+            unknown = [s for s in statuses if s not in SESSION_STATUSES]
+            if unknown:
+                raise ValueError(
+                    f"unknown session status {unknown[0]!r}; status must be one of "
+                    f"{SESSION_STATUSES}"
+                )
+        if older_than is not None and not older_than >= 0:  # also refuses NaN
+            raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")
+        ids: list[str] | None = None
+        if sessions is not None:
+            ids = [sessions] if isinstance(sessions, str) else list(dict.fromkeys(sessions))
+        self.check_open()
+        if ids == [] or statuses == ():
+            return PruneResult([], [])
+        return await self._prune(
+            None if older_than is None else float(older_than), ids, statuses, dry_run
+        )
+
     # -- the published protocol ------------------------------------------------------------------
     async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
         self.check_open(session_id, step_name)
         row = await self._get(session_id, STEP, step_name)
         if row is None:
             return None
-        value = decode_value(self.codec, row.data, session_id=session_id, step=step_name)
+        value = decode_value(self.codec, row.data, session_id=session_id, step=step_name, kind=STEP)
         return JournalEntry(value, row.created_at)
 
     async def put_step(self, session_id: str, step_name: str, value: Any) -> None:
@@ -257,14 +348,19 @@ class NativeStore(abc.ABC):
         if row is None:
             return None
         chunks: list[Any] = decode_value(
-            self.codec, row.data, session_id=session_id, step=step_name
+            self.codec, row.data, session_id=session_id, step=step_name, kind=STREAM
         )
         return chunks
 
     async def put_stream(self, session_id: str, step_name: str, chunks: list[Any]) -> None:
         self.check_open(session_id, step_name)
         data = encode_value(
-            self.codec, list(chunks), session_id=session_id, step=step_name, what="stream chunks"
+            self.codec,
+            list(chunks),
+            session_id=session_id,
+            step=step_name,
+            what="stream chunks",
+            kind=STREAM,
         )
         await self.append([Record(session_id, STREAM, step_name, data, time.time())])
 
@@ -293,8 +389,11 @@ class InMemoryJournalStore(NativeStore):
     sees the same encoding errors and the same copy-on-replay behaviour as production.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(
+        self, *, codec: str | Codec | None = None, signing_key: str | bytes | None = None
+    ) -> None:
+        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
+        super().__init__(codec=codec, signing_key=signing_key)
         self._rows: dict[str, SessionJournal] = {}
         self._mailbox: dict[tuple[str, str], deque[Row]] = {}
         self._sessions: dict[str, SessionInfo] = {}
@@ -412,6 +511,40 @@ class InMemoryJournalStore(NativeStore):
     async def _pending_names(self, session_id: str) -> list[str]:
         return sorted(name for (sid, name) in self._mailbox if sid == session_id)
 
+    async def _prune(
+        self,
+        older_than: float | None,
+        sessions: list[str] | None,
+        statuses: tuple[str, ...] | None,
+        dry_run: bool,
+    ) -> PruneResult:
+        # No await in here: nothing else runs on this store between the check and the deletes.
+        now = time.time()
+        known = set(self._sessions) | set(self._rows) | {sid for sid, _ in self._mailbox}
+        ids = known if sessions is None else known.intersection(sessions)
+        candidates = []
+        for sid in ids:
+            info = self._sessions.get(sid)
+            if info is not None:
+                candidates.append(
+                    PruneCandidate(
+                        sid, info.status, info.owner, info.lease_expires, info.updated_at
+                    )
+                )
+                continue
+            j = self._rows.get(sid, SessionJournal({}, {}))
+            times = [r.created_at for r in (*j.steps.values(), *j.streams.values())]
+            times += [r.created_at for (s, _), q in self._mailbox.items() if s == sid for r in q]
+            candidates.append(PruneCandidate(sid, None, None, None, max(times, default=0.0)))
+        result = _select_prunable(candidates, older_than, statuses, now)
+        if not dry_run:
+            for sid in result.pruned:
+                self._rows.pop(sid, None)
+                self._sessions.pop(sid, None)
+                for key in [k for k in self._mailbox if k[0] == sid]:
+                    del self._mailbox[key]
+        return result
+
     def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         queue = self._mailbox.get((session_id, name))
         if not queue:
@@ -423,6 +556,29 @@ class InMemoryJournalStore(NativeStore):
 
     async def _close(self) -> None:
         pass
+
+
+def _live(owner: str | None, lease_expires: float | None, now: float) -> bool:
+    """A claim is live while it names an owner and its lease has not run out."""
+    return owner is not None and lease_expires is not None and lease_expires >= now
+
+
+def _select_prunable(
+    candidates: Iterable[PruneCandidate],
+    older_than: float | None,
+    statuses: tuple[str, ...] | None,
+    now: float,
+) -> PruneResult:
+    """Apply the prune filters (the id filter is the backend's) to ``candidates`` at ``now``."""
+    pruned: list[str] = []
+    skipped: list[str] = []
+    for c in candidates:
+        if statuses is not None and c.status not in statuses:
+            continue
+        if older_than is not None and not c.last_activity < now - older_than:
+            continue
+        (skipped if _live(c.owner, c.lease_expires, now) else pruned).append(c.session_id)
+    return PruneResult(sorted(set(pruned)), sorted(set(skipped)))
 
 
 def _claimable(info: SessionInfo, owner: str, now: float) -> bool:
