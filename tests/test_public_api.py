@@ -75,6 +75,7 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
     SessionBusyError,
     JournalMismatchError,
     JournalCorruptError,
+    rt_pkg.JournalIntegrityError,
     ValueEncodingError,
     StoreError,
     StoreClosedError,

@@ -6,6 +6,7 @@ replay from the journal instead of running again.
 """
 
 from ._errors import JournalCorruptError as JournalCorruptError
+from ._errors import JournalIntegrityError as JournalIntegrityError
 from ._errors import JournalMismatchError as JournalMismatchError
 from ._errors import RuntimeJournalError as RuntimeJournalError
 from ._errors import SessionBusyError as SessionBusyError
@@ -28,7 +29,10 @@ from ._sqlite import SqliteJournalStore as SqliteJournalStore
 from ._store import InMemoryJournalStore as InMemoryJournalStore
 from ._store import JournalEntry as JournalEntry
 from ._store import JournalStore as JournalStore
+from ._store import PruneResult as PruneResult
 from ._store import SessionInfo as SessionInfo
+from ._values import JsonCodec as JsonCodec
+from ._values import PickleCodec as PickleCodec
 
 __all__ = (
     "InMemoryJournalStore",
@@ -36,12 +40,16 @@ __all__ = (
     "InProcSession",
     "JournalCorruptError",
     "JournalEntry",
+    "JournalIntegrityError",
     "JournalMismatchError",
     "JournalStore",
     "JournaledRuntime",
     "JournaledSession",
+    "JsonCodec",
+    "PickleCodec",
     "PostgresJournalStore",
     "PostgresRuntime",
+    "PruneResult",
     "RetryPolicy",
     "RuntimeJournalError",
     "SessionBusyError",

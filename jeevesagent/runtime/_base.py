@@ -10,7 +10,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -18,6 +18,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._errors import RuntimeJournalError, StoreClosedError
 from ._policy import StepPolicy, StepTimeoutError
+
+if TYPE_CHECKING:
+    from ._observe import SessionScope
 
 __all__ = [
     "BaseRuntime",
@@ -319,6 +322,12 @@ class SessionState:
         self.ready = anyio.Event()
         self.error: BaseException | None = None
         self.task_groups: list[TaskGroup] = []
+        # Observability (_observe.py): steps executed and replayed by this process, the tracer
+        # when the session's span is recorded (its steps get spans then), open stream spans.
+        self.executed = 0
+        self.replayed = 0
+        self.tracer: Any = None
+        self.open_streams: set[Any] = set()
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run background work in the task group of an open context of this session."""
@@ -359,25 +368,51 @@ class _SessionContext(Generic[S]):
         self._state: S | None = None
         self._tg: TaskGroup | None = None
         self._token: Token[S | None] | None = None
+        self._scope: SessionScope | None = None
 
     async def __aenter__(self) -> Any:
         if self._state is not None:
             raise RuntimeError("a session context cannot be entered twice")
+        from ._observe import SessionScope  # here: _observe imports this module
+
         rt = self._runtime
-        state = await rt._acquire(self._session_id, self._wait)
-        tg = anyio.create_task_group()
+        # The session's span (if traced) is this task's current context until __aexit__.
+        scope = self._scope = SessionScope(rt, self._session_id)
         try:
-            await tg.__aenter__()
-        except BaseException:
-            await rt._release(state)
+            state = await rt._acquire(self._session_id, self._wait)
+            tg = anyio.create_task_group()
+            try:
+                await tg.__aenter__()
+            except BaseException:
+                await rt._release(state)
+                raise
+        except BaseException as exc:
+            scope.close(None, exc)
             raise
+        first = not state.task_groups  # this context loaded the session
         state.task_groups.append(tg)
         self._state, self._tg = state, tg
         self._token = rt._current.set(state)
+        scope.opened(state, first)
         rt._context_entered(state, tg)
         return rt._session_object(state)
 
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._scope is not None
+        try:
+            suppressed = await self._exit(exc_type, exc_val, exc_tb)
+        except BaseException as exc:
+            self._scope.close(self._state, exc)
+            raise
+        self._scope.close(self._state, None if suppressed else exc_val)
+        return suppressed
+
+    async def _exit(
         self,
         exc_type: type[BaseException] | None,
         exc_val: BaseException | None,

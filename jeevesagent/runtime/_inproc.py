@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from . import _observe
 from ._base import (
     BaseRuntime,
     BaseSession,
@@ -63,14 +64,21 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         the step policy (retries, timeouts; failures are not journaled: there is no journal)."""
         self._check_open(self.current_session_id(), name)
         policy = self._policy_for(fn)
-        if policy.retry is None and policy.timeout is None and policy.deadline is None:
-            return await call_step_fn(fn, args, kwargs)
-        return await run_with_policy(
-            partial(call_step_fn, fn, args, kwargs),
-            policy,
-            session_id=self.current_session_id(),
-            step=name,
-        )
+        run = _observe.StepRun(self, self._current.get(), name)  # its span is current until end
+        try:
+            if policy.retry is None and policy.timeout is None and policy.deadline is None:
+                return await call_step_fn(fn, args, kwargs)
+            return await run_with_policy(
+                partial(call_step_fn, fn, args, kwargs),
+                policy,
+                session_id=self.current_session_id(),
+                step=name,
+            )
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        finally:
+            run.end()
 
     async def sleep(self, name: str, seconds: float) -> None:
         """Sleep ``seconds`` (nothing is journaled in this runtime)."""
@@ -90,4 +98,26 @@ class InProcRuntime(BaseRuntime[_InProcState]):
             return None, await reopen()
 
         where = (self.current_session_id(), name)
-        return StreamStep(start, None, self._policy_for(fn), reopen, where)
+        policy = self._policy_for(fn)
+        return _observe.stream_step(
+            self, self._current.get(), name, start, None, policy, reopen, where
+        )
+
+    # -- signals: as in BaseRuntime, logged ------------------------------------------------------
+    async def signal(self, session_id: str, name: str, payload: Any) -> None:
+        await super().signal(session_id, name, payload)
+        _observe.signal_sent(session_id, name)
+
+    async def wait_for_signal(
+        self, session_id: str, name: str, *, timeout: float | None = None
+    ) -> Any:
+        value = await super().wait_for_signal(session_id, name, timeout=timeout)
+        _observe.signal_received(session_id, name)
+        return value
+
+    def poll_signal(self, session_id: str, name: str) -> Any:
+        self._check_open(session_id, name)
+        got, value = self._mailbox.get_nowait(session_id, name)
+        if got:
+            _observe.signal_received(session_id, name)
+        return value

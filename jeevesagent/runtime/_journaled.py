@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskGroup
 
+from . import _observe
 from ._base import (
     BaseRuntime,
     BaseSession,
@@ -22,11 +23,12 @@ from ._base import (
     open_producer,
 )
 from ._codec import (
-    PickleCodec,
+    JournalCodec,
     decode_value,
     encode_value,
     fingerprint,
     idempotency_journal_key,
+    legacy_journal_key,
     signal_journal_key,
     step_journal_key,
     timer_journal_key,
@@ -48,10 +50,12 @@ from ._store import (
     JournalEntry,
     JournalStore,
     NativeStore,
+    PruneResult,
     Record,
     Row,
     SessionInfo,
 )
+from ._values import signal_context
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
 
@@ -92,6 +96,7 @@ class _JState(SessionState):
         self.claimed = False  # this runtime holds the session's claim in the store
         self.heartbeat = False
         self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
+        self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
 
@@ -156,7 +161,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
         self._native: NativeStore | None = (
             self.store if isinstance(self.store, NativeStore) else None
         )
-        self._codec: PickleCodec = self._native.codec if self._native else PickleCodec()
+        self._codec: JournalCodec = self._native.codec if self._native else JournalCodec()
         if durability == "buffered" and self._native is None:
             raise ValueError(
                 "durability='buffered' needs a bundled store (InMemoryJournalStore, "
@@ -186,6 +191,9 @@ class JournaledRuntime(BaseRuntime[_JState]):
             journal = await native.load_session(state.id)
             state.steps.update(journal.steps)
             state.streams.update(journal.streams)
+            state.legacy = any(k.startswith("l:") for k in journal.steps) or any(
+                k.startswith("l:") for k in journal.streams
+            )
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
             for name in await native._pending_names(state.id):
@@ -206,6 +214,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
             if info.owner is not None and owner_is_dead(info.owner):
                 # Its process is gone (same host): end its claim now instead of waiting.
                 await native._release(session_id, info.owner, "failed", info.steps)
+                _observe.claim_taken_over(session_id, info.owner)
                 continue
             now = anyio.current_time()
             if deadline is None or now >= deadline:
@@ -247,6 +256,9 @@ class JournaledRuntime(BaseRuntime[_JState]):
                         "lease expired and another runtime took it over); it was stopped here.",
                         session_id=state.id,
                     )
+        except Exception as exc:
+            _observe.claim_renewal_failed(state.id, exc)
+            raise
         finally:
             state.heartbeat = False
 
@@ -295,6 +307,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
             owners = {state.id: self.owner_id} if state.claimed else None
             conflicts = await self._native.append(records, owners)
         except Exception as exc:
+            _observe.commit_failed(state.id, len(records), exc, self._buffered)
             if not self._buffered:
                 state.buffer[:0] = records  # nobody saw them as committed: keep for the next try
                 raise
@@ -358,7 +371,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
             raise
         row = table[key]
         if isinstance(row, Row) and row.data != data:
-            return decode_value(self._codec, row.data, session_id=state.id, step=key)
+            return decode_value(self._codec, row.data, session_id=state.id, step=key, kind=kind)
         return value
 
     async def _record_foreign(self, state: _JState, kind: int, key: str, value: Any) -> Any:
@@ -413,8 +426,17 @@ class JournaledRuntime(BaseRuntime[_JState]):
             key = step_journal_key(name, fp)
         while True:
             row = await self._lookup_step(state, key)
+            if row is None and state.legacy:
+                # A journal imported from jeevesagent 0.9.7 keyed steps by name alone.
+                legacy = legacy_journal_key(name)
+                row = state.steps.get(legacy)
+                if row is not None:
+                    key = legacy
             if row is not None:
                 value = self._decode(state, key, row)
+                state.replayed += 1
+                if state.tracer is not None or _observe.log.isEnabledFor(_observe.DEBUG):
+                    _observe.step_replayed(self, state, name, value)
                 if isinstance(value, JournaledFailure):
                     raise value.rebuild(state.id, name)
                 return value
@@ -426,6 +448,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
             await running.wait()
         if self.strict and fp:
             self._check_strict(state, name, fp)
+        run = _observe.StepRun(self, state, name)  # its span is current until run.end()
         done = state.inflight[key] = anyio.Event()
         try:
             try:
@@ -444,9 +467,13 @@ class JournaledRuntime(BaseRuntime[_JState]):
             if self._native is not None:
                 data = encode_value(self._codec, result, session_id=state.id, step=key)
             return await self._record(state, STEP, key, result, data)
+        except BaseException as exc:
+            run.fail(exc)
+            raise
         finally:
             del state.inflight[key]
             done.set()
+            run.end()
 
     def _policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
         attached = policy_of(fn)
@@ -543,6 +570,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self._require_open(state, name)
             recorded = await self._lookup_stream(state, key)
+            if recorded is None and state.legacy and legacy_journal_key(name) in state.streams:
+                recorded = await self._lookup_stream(state, legacy_journal_key(name))
             if recorded is not None:
                 return recorded, None
             return None, await open_producer(fn, args, kwargs)
@@ -551,11 +580,18 @@ class JournaledRuntime(BaseRuntime[_JState]):
             data = b""
             if self._native is not None:
                 data = encode_value(
-                    self._codec, chunks, session_id=state.id, step=key, what="stream chunks"
+                    self._codec,
+                    chunks,
+                    session_id=state.id,
+                    step=key,
+                    what="stream chunks",
+                    kind=STREAM,
                 )
             await self._record(state, STREAM, key, chunks, data)
 
-        return StreamStep(start, complete, policy, reopen, (state.id, name))
+        return _observe.stream_step(
+            self, state, name, start, complete, policy, reopen, (state.id, name)
+        )
 
     async def _lookup_stream(self, state: _JState, key: str) -> list[Any] | None:
         row = state.streams.get(key)
@@ -567,7 +603,9 @@ class JournaledRuntime(BaseRuntime[_JState]):
                 return None
             state.streams[key] = row = chunks
         if isinstance(row, Row):
-            decoded: list[Any] = decode_value(self._codec, row.data, session_id=state.id, step=key)
+            decoded: list[Any] = decode_value(
+                self._codec, row.data, session_id=state.id, step=key, kind=STREAM
+            )
             return decoded
         return list(row)
 
@@ -582,14 +620,21 @@ class JournaledRuntime(BaseRuntime[_JState]):
         """
         self._check_open(session_id, name)
         data = encode_value(
-            self._codec, payload, session_id=session_id, step=f"signal {name!r}", what="payload"
+            self._codec,
+            payload,
+            session_id=session_id,
+            step=f"signal {name!r}",
+            what="payload",
+            context=signal_context(name),
         )
         native = self._native
         if native is None:
             self._mailbox.put(session_id, name, data)
+            _observe.signal_sent(session_id, name)
             return
         native.check_open(session_id, name)
         await native._send_signal(session_id, name, data, time.time())
+        _observe.signal_sent(session_id, name)
         state = self._states.get(session_id)
         if state is not None and state.claimed:
             # The session runs here: move it into its journal now, so poll_signal sees it too.
@@ -605,6 +650,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
         if row is None:
             return False, None
         state.signals_received[name] = index + 1
+        _observe.signal_received(state.id, name)
         return True, self._decode(state, key, row)
 
     async def _fetch(self, state: _JState, name: str) -> bool:
@@ -623,6 +669,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
         try:
             row = await native._take_signal(state.id, name, key, self.owner_id)
         except Fenced:
+            _observe.signal_fenced(state.id, name)
             raise SessionBusyError(
                 f"session {state.id!r}: another runtime took the session over; signal {name!r} "
                 "was left in its mailbox for it.",
@@ -676,7 +723,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
                 else:
                     row = await native._take_signal(session_id, name, None, None)
                     if row is not None:
-                        return decode_value(self._codec, row.data, session_id=session_id, step=name)
+                        return self._decode_signal(session_id, name, row.data)
                 await self._idle(native, event)
                 self._check_open(session_id, name)
                 native.check_open(session_id, name)
@@ -687,7 +734,7 @@ class JournaledRuntime(BaseRuntime[_JState]):
         # A third-party store has no mailbox: signals queue in this process.
         if state is None:
             data = await self._mailbox.get(session_id, name, timeout)
-            return decode_value(self._codec, data, session_id=session_id, step=name)
+            return self._decode_signal(session_id, name, data)
         await self._lookup_step(
             state, signal_journal_key(name, state.signals_received.get(name, 0))
         )
@@ -699,7 +746,18 @@ class JournaledRuntime(BaseRuntime[_JState]):
         await self._record(state, STEP, key, value, data)
         return value
 
+    def _decode_signal(self, session_id: str, name: str, data: bytes) -> Any:
+        _observe.signal_received(session_id, name)  # a receipt outside a session open here
+        return decode_value(
+            self._codec,
+            data,
+            session_id=session_id,
+            step=f"signal {name!r}",
+            context=signal_context(name),
+        )
+
     def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
+        _observe.signal_received(state.id, name)
         index = state.signals_received.get(name, 0)
         state.signals_received[name] = index + 1
         key = signal_journal_key(name, index)
@@ -726,12 +784,12 @@ class JournaledRuntime(BaseRuntime[_JState]):
             row = self._native._take_signal_nowait(session_id, name)  # in-memory store only
             if row is None:
                 return None
-            return decode_value(self._codec, row.data, session_id=session_id, step=name)
+            return self._decode_signal(session_id, name, row.data)
         got, data = self._mailbox.get_nowait(session_id, name)
         if not got:
             return None
         if state is None:
-            return decode_value(self._codec, data, session_id=session_id, step=name)
+            return self._decode_signal(session_id, name, data)
         key, value = self._receipt(state, name, data)
         # A third-party store: commit in the session's task group (this method is synchronous).
         state.steps[key] = JournalEntry(value, time.time())
@@ -741,7 +799,8 @@ class JournaledRuntime(BaseRuntime[_JState]):
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled
-        stores). ``status``: ``"running"``, ``"completed"``, ``"failed"`` or ``"cancelled"``."""
+        stores). ``status``: ``"running"``, ``"completed"``, ``"failed"``, ``"cancelled"`` or
+        ``"imported"`` (sessions copied from a jeevesagent 0.9.7 journal, not run since)."""
         native = self._require_native("list_sessions")
         if status is not None and status not in SESSION_STATUSES:
             raise ValueError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
@@ -759,6 +818,25 @@ class JournaledRuntime(BaseRuntime[_JState]):
             or (info.lease_expires is not None and info.lease_expires < now)
             or owner_is_dead(info.owner)
         ]
+
+    async def prune(
+        self,
+        *,
+        older_than: float | None = None,
+        sessions: Sequence[str] | None = None,
+        status: str | Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> PruneResult:
+        """Delete finished sessions from the store (bundled stores): see
+        :meth:`SqliteJournalStore.prune <jeevesagent.runtime._store.NativeStore.prune>`.
+
+        A session open anywhere -- in this runtime too -- is never deleted: it is reported in
+        ``skipped``. A pruned session that runs again starts afresh: every step runs again.
+        """
+        native = self._require_native("prune")
+        return await native.prune(
+            older_than=older_than, sessions=sessions, status=status, dry_run=dry_run
+        )
 
     def _require_native(self, what: str) -> NativeStore:
         self._check_open()
