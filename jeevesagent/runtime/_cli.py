@@ -1,0 +1,623 @@
+"""The operations command line: ``jeevesagent-runtime`` / ``python -m jeevesagent.runtime``.
+
+Commands: ``sessions``, ``show``, ``signal``, ``prune``, ``export`` (on a journal named by
+``--db`` or ``$JEEVESAGENT_DB``: a SQLite path or a ``postgres://`` / ``postgresql://`` DSN) and
+``demo``. Values are shown only through :func:`~jeevesagent.runtime._values.peek`, which never
+unpickles a row it cannot vouch for (unsigned, unless ``--trust``).
+
+Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid database, refused),
+2 usage error. Errors are one line on stderr starting with ``error:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import sqlite3
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn
+
+import anyio
+
+from ._codec import describe_key
+from ._errors import RuntimeJournalError, StoreError
+from ._postgres import PostgresJournalStore
+from ._sqlite import SqliteJournalStore
+from ._store import SESSION_STATUSES, STEP, STREAM, NativeStore, Row, SessionInfo
+from ._values import MAGIC, SIGNING_KEY_ENV, JournalCodec, encode_value, peek, signal_context
+
+__all__ = ["main"]
+
+DB_ENV = "JEEVESAGENT_DB"
+PREVIEW_CHARS = 60
+NOTE_CHARS = 100  # why a value is not shown (and what a pickle refers to) is worth more room
+CONNECT_TIMEOUT = 15.0  # seconds; asyncpg's own default (60 s) is long for a command line
+_SAMPLE_ROWS = 100  # rows read to tell whether a journal is signed (see _signed_rows)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class CliError(Exception):
+    """A failure reported as one ``error:`` line; ``code`` 1 (operational) or 2 (usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
+
+
+# -- the journal to open -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: Literal["sqlite", "postgres"]
+    value: str  # the path or DSN as given
+    shown: str  # for messages: the DSN without its password
+    secrets: tuple[str, ...] = ()  # never printed
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def parse_target(raw: str | None) -> Target:
+    if not raw:
+        raise CliError(f"no journal given: pass --db PATH_OR_DSN or set ${DB_ENV}", 2)
+    if not raw.startswith(("postgres://", "postgresql://")):
+        return Target("sqlite", raw, raw)
+    parts = urllib.parse.urlsplit(raw)
+    secrets = []
+    netloc = parts.netloc
+    if parts.password:
+        secrets.append(parts.password)
+        user, _, hosts = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{hosts}"
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    for name, value in query:
+        if name == "password" and value:
+            secrets.append(value)
+    shown_query = "&".join(
+        f"{name}={'***' if name == 'password' else value}" for name, value in query
+    )
+    shown = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, shown_query, ""))
+    return Target("postgres", raw, shown, tuple(s for s in secrets if s))
+
+
+def _check_sqlite_file(target: Target) -> None:
+    """Refuse, before the store opens it (which would create the file or tables), a path that is
+    not a journal. Read-only: ``mode=ro`` never creates a file."""
+    path = pathlib.Path(target.value).expanduser()
+    if not path.exists():
+        raise CliError(f"no journal at {target.value}")
+    if path.is_dir():
+        raise CliError(f"{target.value} is a directory, not a journal file")
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {name for (name,) in rows}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise CliError(f"{target.value} cannot be read as a SQLite database ({exc})") from None
+    # journal_steps/journal_streams: a jeevesagent 0.9.7 journal, imported when the store opens
+    if not tables & {"jrt_journal", "journal_steps", "journal_streams"}:
+        raise CliError(
+            f"{target.value} is a SQLite database but not a jeevesagent journal "
+            "(it has no jrt_journal table)"
+        )
+
+
+async def open_store(target: Target, signing_key: str | None) -> NativeStore:
+    if target.kind == "sqlite":
+        _check_sqlite_file(target)
+        return SqliteJournalStore(target.value, signing_key=signing_key)
+    try:
+        with anyio.fail_after(CONNECT_TIMEOUT):
+            store = await PostgresJournalStore.connect(
+                target.value, min_size=1, max_size=2, signing_key=signing_key
+            )
+    except TimeoutError:
+        raise CliError(
+            f"cannot connect to PostgreSQL at {target.shown}: "
+            f"no answer within {CONNECT_TIMEOUT:g} s"
+        ) from None
+    except (StoreError, ValueError) as exc:
+        cause = exc.__cause__ or exc
+        raise CliError(
+            f"cannot connect to PostgreSQL at {target.shown}: {type(cause).__name__}: {cause}"
+        ) from None
+    try:
+        await _check_pg_tables(store, target)
+    except BaseException:
+        await store.aclose()
+        raise
+    return store
+
+
+async def _check_pg_tables(store: PostgresJournalStore, target: Target) -> None:
+    sql = (
+        "SELECT current_schema(), to_regclass('jrt_journal') IS NOT NULL AND "
+        "to_regclass('jrt_mailbox') IS NOT NULL AND to_regclass('jrt_sessions') IS NOT NULL"
+    )
+    schema, ok = await store._run(lambda: store._pool.fetchrow(sql), "checking the tables")
+    if not ok:
+        raise CliError(
+            f"no jeevesagent journal tables at {target.shown} (schema {schema!r}): create them "
+            "once with `await PostgresJournalStore.connect(dsn)` and `await store.init_schema()` "
+            "(or apply PostgresJournalStore.schema_sql()), and check the search_path"
+        )
+
+
+def _signing_key(args: argparse.Namespace) -> str:
+    """The key from ``--signing-key-env`` (default ``$JEEVESAGENT_SIGNING_KEY``); ``""`` when
+    that variable is unset, which tells the store "no key" (it does not fall back to the
+    default variable)."""
+    name: str = getattr(args, "signing_key_env", SIGNING_KEY_ENV)
+    key = os.environ.get(name) or ""
+    try:
+        JournalCodec(None, key)
+    except ValueError as exc:
+        raise CliError(f"the signing key in ${name} cannot be used: {exc}") from None
+    return key
+
+
+def run_on_store(
+    args: argparse.Namespace, command: Callable[[NativeStore, argparse.Namespace], Awaitable[int]]
+) -> int:
+    target = parse_target(args.db or os.environ.get(DB_ENV))
+    key = args.signing_key = _signing_key(args)
+
+    async def go() -> int:
+        store = await open_store(target, key)
+        try:
+            return await command(store, args)
+        finally:
+            await store.aclose()
+
+    try:
+        return anyio.run(go)
+    except CliError as exc:
+        exc.message = target.scrub(exc.message)
+        raise
+    except BrokenPipeError:
+        raise  # the reader went away (`... | head`): see main
+    except (RuntimeJournalError, OSError, sqlite3.Error) as exc:
+        raise CliError(target.scrub(str(exc))) from None
+
+
+# -- formatting ----------------------------------------------------------------------------------
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns; the last one is not padded (it holds the long previews)."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
+    return "\n".join(
+        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
+        for r in [headers, *rows]
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=repr))
+
+
+def _for_json(obj: dict[str, Any]) -> dict[str, Any]:
+    """A row object whose ``value`` dumps as strict JSON (objects in it dump by ``repr``; a value
+    that still cannot, such as one with tuple keys or NaN, becomes its ``repr``)."""
+    if "value" not in obj:
+        return obj
+    try:
+        json.dumps(obj["value"], default=repr, allow_nan=False)
+    except Exception:
+        return {**obj, "value": repr(obj["value"])}
+    return obj
+
+
+def _one_line(text: str, limit: int | None) -> str:
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+# -- rows of a session ---------------------------------------------------------------------------
+
+
+def row_kind(kind: int, key: str) -> str:
+    if kind == STREAM:
+        return "legacy-stream" if key.startswith("l:") else "stream"
+    return {"g:": "signal", "t:": "sleep", "l:": "legacy"}.get(key[:2], "step")
+
+
+def row_object(
+    session_id: str, kind: int, key: str, row: Row, codec: JournalCodec, trust: bool
+) -> dict[str, Any]:
+    """One row as ``show --json`` and ``export`` print it (through :func:`_for_json`);
+    ``value`` (as decoded) only when peek decoded it, else ``note``."""
+    p = peek(row.data, codec, session_id, kind, key, trust=trust)
+    obj: dict[str, Any] = {
+        "session_id": session_id,
+        "kind": row_kind(kind, key),
+        "name": describe_key(key),
+        "key": key,
+        "created_at": row.created_at,
+        "size": len(row.data),
+        "format": p.format,
+        "signed": p.signed,
+        "verified": p.verified,
+    }
+    if p.decoded:
+        obj["value"] = p.value
+    else:
+        obj["note"] = p.note
+    return obj
+
+
+@dataclass
+class SessionView:
+    info: SessionInfo | None
+    rows: list[dict[str, Any]]
+    pending: int
+    pending_names: list[str]
+
+
+async def _find_session(store: NativeStore, session_id: str) -> SessionInfo | None:
+    return next((i for i in await store._list_sessions(None) if i.session_id == session_id), None)
+
+
+async def load_view(store: NativeStore, session_id: str, trust: bool) -> SessionView:
+    """Everything known of a session; ``CliError`` if the journal knows nothing of it."""
+    info = await _find_session(store, session_id)
+    journal = await store.load_session(session_id)
+    pending = await store._pending_signals(session_id)
+    names = await store._pending_names(session_id) if pending else []
+    if info is None and not journal.steps and not journal.streams and not pending:
+        raise CliError(f"unknown session {session_id!r}: the journal has nothing of it")
+    rows = [(STEP, k, r) for k, r in journal.steps.items()]
+    rows += [(STREAM, k, r) for k, r in journal.streams.items()]
+    rows.sort(key=lambda x: (x[2].created_at, x[1]))
+    objs = [row_object(session_id, kind, k, r, store.codec, trust) for kind, k, r in rows]
+    return SessionView(info, objs, pending, names)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+async def cmd_sessions(store: NativeStore, args: argparse.Namespace) -> int:
+    infos = await store._list_sessions(args.status)
+    if args.json:
+        _print_json([info._asdict() for info in infos])
+        return 0
+    if not infos:
+        print("no sessions" + (f" with status {args.status!r}" if args.status else ""))
+        return 0
+    now = time.time()
+    rows = []
+    for i in infos:
+        lease = _when(i.lease_expires)
+        if i.lease_expires is not None and i.lease_expires < now:
+            lease += " (expired)"
+        rows.append(
+            [i.session_id, i.status, i.owner or "-", str(i.steps), _when(i.updated_at), lease]
+        )
+    headers = ["SESSION", "STATUS", "OWNER", "STEPS", "LAST ACTIVITY", "LEASE EXPIRES"]
+    print(_table(headers, rows))
+    return 0
+
+
+def _preview(obj: dict[str, Any], full: bool) -> str:
+    """A value as JSON text (JSON rows) or its ``repr`` (unpickled rows); else peek's note."""
+    if "value" not in obj:
+        text = f"{obj['format']}, {obj['note']}"
+        return _one_line(text, None if full else NOTE_CHARS)
+    value = obj["value"]
+    text = json.dumps(value, ensure_ascii=False) if obj["format"] == "json" else repr(value)
+    return _one_line(text, None if full else PREVIEW_CHARS)
+
+
+def _session_line(session_id: str, view: SessionView) -> str:
+    info = view.info
+    if info is None:
+        head = f"session {session_id!r}: not in the sessions table (never claimed)"
+    else:
+        owner = f"owned by {info.owner} until {_when(info.lease_expires)}" if info.owner else ""
+        head = (
+            f"session {session_id!r}: {info.status}, {owner or 'no owner'}, "
+            f"last activity {_when(info.updated_at)}"
+        )
+    pending = f"{view.pending} ({', '.join(view.pending_names)})" if view.pending else "none"
+    return f"{head}\npending signals: {pending}"
+
+
+async def cmd_show(store: NativeStore, args: argparse.Namespace) -> int:
+    view = await load_view(store, args.session, args.trust)
+    if args.json:
+        session = view.info._asdict() if view.info else None
+        pending = {"count": view.pending, "names": view.pending_names}
+        rows = [_for_json(o) for o in view.rows]
+        _print_json({"session": session, "pending_signals": pending, "rows": rows})
+        return 0
+    print(_session_line(args.session, view))
+    if not view.rows:
+        print("no rows recorded")
+        return 0
+    table = [
+        [o["kind"], o["name"], str(o["size"]), _when(o["created_at"]), _preview(o, args.values)]
+        for o in view.rows
+    ]
+    print(_table(["KIND", "NAME", "SIZE", "RECORDED", "VALUE"], table))
+    hidden = [o for o in view.rows if "value" not in o and not o["note"].startswith("REFUSED")]
+    if any(not o["signed"] for o in hidden):
+        print(
+            "Unsigned pickle rows are not unpickled (unpickling runs code): "
+            "pass --trust if you trust this database."
+        )
+    if any(o["signed"] for o in hidden):
+        print(
+            "Signed rows are decoded only with the signing key: set it in "
+            f"${args.signing_key_env} (or name another variable with --signing-key-env)."
+        )
+    return 0
+
+
+async def cmd_export(store: NativeStore, args: argparse.Namespace) -> int:
+    view = await load_view(store, args.session, args.trust)
+    for obj in view.rows:
+        print(json.dumps(_for_json(obj), ensure_ascii=False, default=repr))
+    return 0
+
+
+def parse_payload(text: str) -> Any:
+    def refuse(name: str) -> NoReturn:
+        raise ValueError(f"{name} is not JSON (it has no JSON encoding)")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError as exc:
+        raise CliError(
+            f"PAYLOAD is not valid JSON ({exc}); give JSON text, e.g. '\"yes\"' or "
+            "'{\"approved\": true}'",
+            2,
+        ) from None
+
+
+async def _signed_rows(store: NativeStore, session_id: str) -> tuple[int, int]:
+    """How many (signed, unsigned) rows a sample of the journal holds.
+
+    A store with a key writes only signed rows and refuses unsigned ones; a store without a key
+    refuses signed ones. So a journal in use is signed throughout or not at all, and a sample
+    tells which without scanning a large journal: all rows of the target session (an indexed
+    read) plus up to _SAMPLE_ROWS rows of the journal and of the mailbox anywhere.
+    """
+    if isinstance(store, SqliteJournalStore):
+        counts: tuple[int, int] = await store._call(_sqlite_signed_rows, session_id)
+        return counts
+    if isinstance(store, PostgresJournalStore):
+        sql = f"""
+            SELECT count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) = $2),
+                   count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) <> $2)
+            FROM ((SELECT value AS v FROM jrt_journal WHERE session_id = $1)
+                  UNION ALL (SELECT value FROM jrt_journal LIMIT {_SAMPLE_ROWS})
+                  UNION ALL (SELECT payload FROM jrt_mailbox LIMIT {_SAMPLE_ROWS})) AS r"""
+        pool = store._pool
+        row = await store._run(lambda: pool.fetchrow(sql, session_id, MAGIC), "sampling rows")
+        return int(row[0]), int(row[1])
+    raise CliError(f"cannot inspect a {type(store).__name__}")  # pragma: no cover
+
+
+def _sqlite_signed_rows(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
+    sql = f"""
+        SELECT coalesce(sum(substr(v, 1, {len(MAGIC)}) = :magic), 0),
+               coalesce(sum(substr(v, 1, {len(MAGIC)}) <> :magic), 0)
+        FROM (SELECT value AS v FROM jrt_journal WHERE session_id = :sid
+              UNION ALL SELECT * FROM (SELECT value FROM jrt_journal LIMIT {_SAMPLE_ROWS})
+              UNION ALL SELECT * FROM (SELECT payload FROM jrt_mailbox LIMIT {_SAMPLE_ROWS}))"""
+    # Closed at once: an open statement would keep its read snapshot (see _sqlite._one).
+    with contextlib.closing(conn.execute(sql, {"sid": session_id, "magic": MAGIC})) as cursor:
+        signed, unsigned = cursor.fetchone()
+    return int(signed), int(unsigned)
+
+
+async def cmd_signal(store: NativeStore, args: argparse.Namespace) -> int:
+    sid, name = args.session, args.name
+    signed, unsigned = await _signed_rows(store, sid)
+    env = args.signing_key_env
+    if signed and not store.codec.signed:
+        raise CliError(
+            f"the journal is signed and no signing key is set (${env}): session {sid!r} would "
+            "refuse an unsigned signal; nothing was sent"
+        )
+    if store.codec.signed and unsigned and not signed:
+        raise CliError(
+            f"a signing key is set (${env}) but the journal's rows are not signed: session "
+            f"{sid!r} would refuse a signed signal; unset it. Nothing was sent"
+        )
+    # JSON, whatever the journal's codec: every runtime reads JSON rows (the pickle codec too).
+    codec = JournalCodec("json", signing_key=args.signing_key)
+    data = encode_value(
+        codec,
+        args.payload_value,
+        session_id=sid,
+        step=f"signal {name!r}",
+        what="payload",
+        context=signal_context(name),
+    )
+    exists = await _find_session(store, sid) is not None
+    if not exists:
+        journal = await store.load_session(sid)
+        exists = bool(journal.steps or journal.streams)
+    await store._send_signal(sid, name, data, time.time())
+    if not exists:
+        print(
+            f"note: session {sid!r} has not run yet; the signal waits in its mailbox until it does",
+            file=sys.stderr,
+        )
+    if args.json:
+        sent = {"session_id": sid, "name": name, "signed": codec.signed, "size": len(data)}
+        _print_json({"sent": True, **sent, "session_existed": exists})
+    else:
+        print(f"sent {name} to {sid}")
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: use seconds or a number with s, m, h, d or w (e.g. 7d)"
+        )
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: too large")
+    return seconds
+
+
+async def cmd_prune(store: NativeStore, args: argparse.Namespace) -> int:
+    try:
+        result = await store.prune(
+            older_than=args.older_than,
+            sessions=args.session,
+            status=args.status,
+            dry_run=args.dry_run,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    if args.json:
+        _print_json({"pruned": result.pruned, "skipped": result.skipped, "dry_run": args.dry_run})
+    else:
+        verb = "would prune" if args.dry_run else "pruned"
+        if result.pruned:
+            n = len(result.pruned)
+            print(f"{verb} {n} session{'s' if n != 1 else ''}: {', '.join(result.pruned)}")
+        else:
+            print("nothing to prune")
+        if result.skipped:
+            print(f"still running: {', '.join(result.skipped)} (owned by a live runtime; kept)")
+    held = [sid for sid in result.skipped if sid in (args.session or ())]
+    if held:
+        raise CliError(
+            f"session{'s' if len(held) > 1 else ''} {', '.join(map(repr, held))} "
+            "not pruned: owned by a live runtime (stop it first)"
+        )
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="jeevesagent-runtime",
+        description="jeevesagent.runtime command line: inspect and operate a journal.",
+        epilog=f"--db defaults to ${DB_ENV}. Exit codes: 0 ok, 1 operational error, 2 usage.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = _Parser(add_help=False)
+    db.add_argument("--db", metavar="TARGET", help=f"SQLite path or postgres:// DSN (${DB_ENV})")
+    key = _Parser(add_help=False)
+    key.add_argument(
+        "--signing-key-env",
+        metavar="NAME",
+        default=SIGNING_KEY_ENV,
+        help="environment variable holding the signing key (default: %(default)s)",
+    )
+
+    p = commands.add_parser("sessions", parents=[db], help="list sessions")
+    p.add_argument("--status", choices=SESSION_STATUSES, help="only sessions with this status")
+    p.add_argument("--json", action="store_true", help="a JSON array")
+    p.set_defaults(command_fn=cmd_sessions)
+
+    p = commands.add_parser("show", parents=[db, key], help="every row of a session")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--json", action="store_true", help="a JSON object (session, pending, rows)")
+    p.add_argument("--trust", action="store_true", help="unpickle unsigned rows (runs code!)")
+    p.add_argument("--values", action="store_true", help="print values in full")
+    p.set_defaults(command_fn=cmd_show)
+
+    p = commands.add_parser("signal", parents=[db, key], help="send a signal to a session")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("payload", metavar="PAYLOAD", help="JSON text, e.g. '\"yes\"'")
+    p.add_argument("--json", action="store_true", help="a JSON object")
+    p.set_defaults(command_fn=cmd_signal)
+
+    p = commands.add_parser("prune", parents=[db], help="delete whole sessions")
+    p.add_argument(
+        "--older-than", metavar="DURATION", type=parse_duration, help="30s, 15m, 12h, 7d, 2w"
+    )
+    p.add_argument("--session", metavar="S", action="append", help="this session (repeatable)")
+    p.add_argument(
+        "--status", action="append", choices=SESSION_STATUSES, help="this status (repeatable)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.add_argument("--json", action="store_true", help="a JSON object (pruned, skipped)")
+    p.set_defaults(command_fn=cmd_prune)
+
+    p = commands.add_parser("export", parents=[db, key], help="a session's rows as JSON lines")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--trust", action="store_true", help="unpickle unsigned rows (runs code!)")
+    p.set_defaults(command_fn=cmd_export)
+
+    demo = commands.add_parser(
+        "demo", help="a durable agent session that crashes, then resumes (run it twice)"
+    )
+    demo.add_argument("--path", default=None, help="SQLite journal (default: %(default)s)")
+    demo.add_argument("--reset", action="store_true", help="delete the journal first")
+    demo.add_argument("--no-crash", action="store_true", help="do not crash on the first run")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        from ._demo import DEFAULT_PATH, run_demo
+
+        return run_demo(args.path or DEFAULT_PATH, reset=args.reset, crash=not args.no_crash)
+    if args.command == "prune" and not (args.older_than is not None or args.session or args.status):
+        raise CliError(
+            "prune needs at least one filter (--older-than, --session or --status); "
+            "it never deletes every session",
+            2,
+        )
+    if args.command == "signal":  # a usage error, reported before any database is opened
+        args.payload_value = parse_payload(args.payload)
+    return run_on_store(args, args.command_fn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return _dispatch(build_parser().parse_args(argv))
+    except CliError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Python's advice: point stdout at devnull so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
