@@ -15,10 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def python(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120
     )
 
 
@@ -85,6 +87,9 @@ def test_demo_crashes_then_resumes_with_replay(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "example", sorted((ROOT / "docs" / "examples").glob("*.py")), ids=lambda p: p.name
 )
-def test_docs_example_runs(example: Path, tmp_path: Path) -> None:
-    result = python(str(example), cwd=tmp_path)
+def test_docs_example_runs(example: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    env = {}
+    if "JEEVESAGENT_PG_DSN" in example.read_text():  # a Postgres example: a fresh schema for it
+        env["JEEVESAGENT_PG_DSN"] = str(request.getfixturevalue("pg_schema_dsn"))
+    result = python(str(example), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
