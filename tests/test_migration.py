@@ -26,7 +26,7 @@ from jeevesagent.runtime import (
     SqliteJournalStore,
     SqliteRuntime,
 )
-from jeevesagent.runtime._postgres import _PG_MIGRATIONS
+from jeevesagent.runtime._pgschema import _PG_MIGRATIONS
 from jeevesagent.runtime._sqlite import _MIGRATIONS
 from jeevesagent.runtime._store import SESSION_STATUSES, NativeStore, SessionInfo
 
