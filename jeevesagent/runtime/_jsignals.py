@@ -1,0 +1,238 @@
+"""The signal side of :class:`~jeevesagent.runtime.JournaledRuntime`: sending into a session's
+durable mailbox, receiving with the receipt journaled in the same transaction, and replaying
+receipts. A mixin, so the runtime class stays readable; it uses the runtime's journal access
+(``_record``, ``_decode``, ``_flush``, ``_lookup_step``) declared below for the type checker.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import _observe
+from ._base import Mailbox
+from ._codec import JournalCodec, decode_value, encode_value, signal_journal_key
+from ._errors import SessionBusyError
+from ._store import STEP, Fenced, JournalEntry, NativeStore, Row
+from ._values import signal_context
+
+if TYPE_CHECKING:
+    from ._journaled import _JState
+
+__all__ = ["SignalsMixin"]
+
+
+class SignalsMixin:
+    # Provided by JournaledRuntime (and BaseRuntime).
+    _states: dict[str, _JState]
+    _native: NativeStore | None
+    _codec: JournalCodec
+    _mailbox: Mailbox
+    _wakeups: dict[str, anyio.Event]
+    _pushed: bool | None
+    poll_interval: float
+    owner_id: str
+
+    if TYPE_CHECKING:
+
+        def _check_open(self, session_id: str | None = None, step: str | None = None) -> None: ...
+
+        async def _flush(self, state: _JState) -> None: ...
+
+        async def _record(
+            self, state: _JState, kind: int, key: str, value: Any, data: bytes
+        ) -> Any: ...
+
+        def _decode(self, state: _JState, key: str, row: Row | JournalEntry) -> Any: ...
+
+        async def _lookup_step(self, state: _JState, key: str) -> Row | JournalEntry | None: ...
+
+    async def signal(self, session_id: str, name: str, payload: Any) -> None:
+        """Send a signal to a session (FIFO per name; each signal is received once).
+
+        The payload is encoded now, so a payload that cannot be journaled fails here, at the
+        sender. With a bundled store the signal is committed to the session's mailbox before this
+        returns -- whether the session is open here, in another process or host, or not at all --
+        and it is delivered when the session waits for it.
+        """
+        self._check_open(session_id, name)
+        data = encode_value(
+            self._codec,
+            payload,
+            session_id=session_id,
+            step=f"signal {name!r}",
+            what="payload",
+            context=signal_context(name),
+        )
+        native = self._native
+        if native is None:
+            self._mailbox.put(session_id, name, data)
+            _observe.signal_sent(session_id, name)
+            return
+        native.check_open(session_id, name)
+        await native._send_signal(session_id, name, data, time.time())
+        _observe.signal_sent(session_id, name)
+        state = self._states.get(session_id)
+        if state is not None and state.claimed:
+            # The session runs here: move it into its journal now, so poll_signal sees it too.
+            await self._fetch(state, name)
+        self._wake(session_id)
+
+    def _replay_signal(self, state: _JState, name: str) -> tuple[bool, Any]:
+        """Consume the next journaled receipt of ``name`` (a replay, or a signal already moved
+        into the journal), if there is one."""
+        index = state.signals_received.get(name, 0)
+        key = signal_journal_key(name, index)
+        row = state.steps.get(key)
+        if row is None:
+            return False, None
+        state.signals_received[name] = index + 1
+        _observe.signal_received(state.id, name)
+        return True, self._decode(state, key, row)
+
+    async def _fetch(self, state: _JState, name: str) -> bool:
+        """Move the oldest mailbox signal ``name`` into the session's journal (one transaction:
+        taken from the mailbox and journaled as received, or neither). ``False`` if none."""
+        native = self._native
+        assert native is not None
+        index = state.receipt_next.get(name)
+        if index is None:
+            index = state.signals_received.get(name, 0)
+            while signal_journal_key(name, index) in state.steps:
+                index += 1
+        key = signal_journal_key(name, index)
+        if state.buffer:
+            await self._flush(state)  # earlier records first: the journal stays a prefix
+        try:
+            row = await native._take_signal(state.id, name, key, self.owner_id)
+        except Fenced:
+            _observe.signal_fenced(state.id, name)
+            raise SessionBusyError(
+                f"session {state.id!r}: another runtime took the session over; signal {name!r} "
+                "was left in its mailbox for it.",
+                session_id=state.id,
+                step=key,
+            ) from None
+        if row is None:
+            return False
+        state.steps[key] = row
+        state.receipt_next[name] = index + 1
+        return True
+
+    def _wake(self, session_id: str) -> None:
+        event = self._wakeups.pop(session_id, None)
+        if event is not None:
+            event.set()
+
+    async def _idle(self, native: NativeStore, event: anyio.Event) -> None:
+        """Wait for a signal notice (this runtime's own, or the store's push), or the poll."""
+        if self._pushed is None:
+            self._pushed = await native._watch(self._wake)
+        with anyio.move_on_after(
+            max(1.0, self.poll_interval) if self._pushed else self.poll_interval
+        ):
+            await event.wait()
+
+    async def wait_for_signal(
+        self, session_id: str, name: str, *, timeout: float | None = None
+    ) -> Any:
+        """Wait for the next signal ``name``; ``TimeoutError`` after ``timeout`` seconds.
+
+        In a session open in this runtime the receipt is journaled atomically with taking the
+        signal: a replay returns the same payload without waiting, and after a crash a signal
+        is either still waiting or journaled as received -- never lost, never received twice.
+        """
+        self._check_open(session_id, name)
+        state = self._states.get(session_id)
+        native = self._native
+        if native is None:
+            return await self._wait_in_process(state, session_id, name, timeout)
+        native.check_open(session_id, name)
+        with anyio.fail_after(timeout):
+            while True:
+                event = self._wakeups.setdefault(session_id, anyio.Event())
+                if state is not None and state.claimed:
+                    replayed, value = self._replay_signal(state, name)
+                    if replayed:
+                        return value
+                    if await self._fetch(state, name):
+                        continue
+                else:
+                    row = await native._take_signal(session_id, name, None, None)
+                    if row is not None:
+                        return self._decode_signal(session_id, name, row.data)
+                await self._idle(native, event)
+                self._check_open(session_id, name)
+                native.check_open(session_id, name)
+
+    async def _wait_in_process(
+        self, state: _JState | None, session_id: str, name: str, timeout: float | None
+    ) -> Any:
+        # A third-party store has no mailbox: signals queue in this process.
+        if state is None:
+            data = await self._mailbox.get(session_id, name, timeout)
+            return self._decode_signal(session_id, name, data)
+        await self._lookup_step(
+            state, signal_journal_key(name, state.signals_received.get(name, 0))
+        )
+        replayed, value = self._replay_signal(state, name)
+        if replayed:
+            return value
+        data = await self._mailbox.get(session_id, name, timeout)
+        key, value = self._receipt(state, name, data)
+        await self._record(state, STEP, key, value, data)
+        return value
+
+    def _decode_signal(self, session_id: str, name: str, data: bytes) -> Any:
+        _observe.signal_received(session_id, name)  # a receipt outside a session open here
+        return decode_value(
+            self._codec,
+            data,
+            session_id=session_id,
+            step=f"signal {name!r}",
+            context=signal_context(name),
+        )
+
+    def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
+        _observe.signal_received(state.id, name)
+        index = state.signals_received.get(name, 0)
+        state.signals_received[name] = index + 1
+        key = signal_journal_key(name, index)
+        return key, decode_value(self._codec, data, session_id=state.id, step=key)
+
+    def poll_signal(self, session_id: str, name: str) -> Any:
+        """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
+
+        Synchronous, so it reads no store: in a session open in this runtime it returns the next
+        journaled receipt -- a replay, or a signal already moved into the journal (every signal
+        sent through this runtime is, at once; a signal sent from elsewhere is, once a
+        ``wait_for_signal`` of the session has fetched it). With a third-party store, signals
+        queue in this process and receipts replay through ``wait_for_signal``.
+        """
+        self._check_open(session_id, name)
+        state = self._states.get(session_id)
+        if state is not None:
+            replayed, value = self._replay_signal(state, name)
+            if replayed:
+                return value
+        if self._native is not None:
+            if state is not None and state.claimed:
+                return None
+            row = self._native._take_signal_nowait(session_id, name)  # in-memory store only
+            if row is None:
+                return None
+            return self._decode_signal(session_id, name, row.data)
+        got, data = self._mailbox.get_nowait(session_id, name)
+        if not got:
+            return None
+        if state is None:
+            return self._decode_signal(session_id, name, data)
+        key, value = self._receipt(state, name, data)
+        # A third-party store: commit in the session's task group (this method is synchronous).
+        state.steps[key] = JournalEntry(value, time.time())
+        if state.task_groups:
+            state.spawn(partial(self._record, state, STEP, key, value, data))
+        return value
