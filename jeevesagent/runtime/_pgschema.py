@@ -10,6 +10,7 @@ from ._store import PruneCandidate, PruneResult, _select_prunable
 
 __all__ = ["SCHEMA_VERSION", "_migrate", "_prune", "schema_statements"]
 
+# The server clock, which every lease and age is measured on (shared with _postgres).
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 _CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS jrt_schema_version (version integer NOT NULL)"

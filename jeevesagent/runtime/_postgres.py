@@ -33,7 +33,7 @@ from anyio.lowlevel import EventLoopToken
 
 from ._errors import StoreError
 from ._pgbridge import AsyncFn, _AsyncioBridge
-from ._pgschema import _migrate, _prune, schema_statements
+from ._pgschema import _NOW, _migrate, _prune, schema_statements
 from ._store import (
     SESSION_STATUSES,
     STEP,
@@ -111,7 +111,6 @@ FROM unnest($1::text[], $2::int2[], $3::text[]) AS k(session_id, kind, key)
 JOIN jrt_journal AS j USING (session_id, kind, key)
 """
 
-_NOW = "extract(epoch FROM clock_timestamp())::float8"
 _SESSION_COLS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
 _SEND = """
 WITH ins AS (
