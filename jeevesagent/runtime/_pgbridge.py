@@ -8,11 +8,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
-from anyio.lowlevel import EventLoopToken
 
 from ._errors import StoreClosedError, StoreError
-from ._thread import call_soon_in_loop
+from ._thread import LoopHandle, call_soon_in_loop
 
 __all__ = ["AsyncFn", "_AsyncioBridge"]
 
@@ -73,15 +71,15 @@ class _AsyncioBridge:
         """
         # The token, not asyncio.get_running_loop(): trio in guest mode runs on an asyncio loop
         # that its tasks must still not await asyncio futures on.
-        token = anyio.lowlevel.current_token()
-        if token.native_token is self.loop:
+        token = LoopHandle()
+        if token.asyncio_loop is self.loop:
             if not shield:
                 return await fn()
             with anyio.CancelScope(shield=True):
                 return await fn()
         return await self._hop(fn, shield, token)
 
-    async def _hop(self, fn: AsyncFn[T], shield: bool, token: EventLoopToken) -> T:
+    async def _hop(self, fn: AsyncFn[T], shield: bool, token: LoopHandle) -> T:
         # fn() is called on the bridge loop, so a task cancelled before it starts leaves no
         # never-awaited coroutine behind.
         done = anyio.Event()
@@ -127,7 +125,7 @@ class _AsyncioBridge:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        token = anyio.lowlevel.current_token()
+        token = LoopHandle()
         exited = anyio.Event()
         self._on_exit = lambda: call_soon_in_loop(token, exited.set)
         self.loop.call_soon_threadsafe(self.loop.stop)

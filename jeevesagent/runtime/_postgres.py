@@ -28,8 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
-from anyio.lowlevel import EventLoopToken
 
 from ._errors import StoreError
 from ._pgbridge import AsyncFn, _AsyncioBridge
@@ -45,7 +43,7 @@ from ._store import (
     SessionInfo,
     SessionJournal,
 )
-from ._thread import call_soon_in_loop
+from ._thread import LoopHandle, call_soon_in_loop
 from ._values import Codec, JournalCodec
 
 __all__ = ["PostgresJournalStore"]
@@ -227,7 +225,7 @@ class PostgresJournalStore(NativeStore):
         # Both are only touched on the pool's loop.
         self._listener: Any = None
         self._listen_lock: asyncio.Lock | None = None
-        self._wakes: dict[Callable[[str], None], EventLoopToken] = {}
+        self._wakes: dict[Callable[[str], None], LoopHandle] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -248,11 +246,9 @@ class PostgresJournalStore(NativeStore):
         """Open a connection pool to ``dsn``; the store owns it and closes it in ``aclose()``.
         ``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
         JournalCodec(codec, signing_key)  # a bad key fails here, before anything is opened
-        loop = anyio.lowlevel.current_token().native_token
-        if isinstance(loop, asyncio.AbstractEventLoop):
-            bridge = _AsyncioBridge(loop)
-        else:  # trio: asyncpg gets an asyncio loop in a thread of the store's own
-            bridge = _AsyncioBridge.start()
+        loop = LoopHandle().asyncio_loop
+        # On trio, asyncpg gets an asyncio loop in a thread of the store's own.
+        bridge = _AsyncioBridge(loop) if loop is not None else _AsyncioBridge.start()
         try:
             pool = await _call(
                 bridge,
@@ -443,12 +439,12 @@ class PostgresJournalStore(NativeStore):
 
         The first call opens the LISTEN connection; a call finding it lost reconnects it.
         """
-        token = anyio.lowlevel.current_token()
+        token = LoopHandle()
         self.check_open()
         await self._run(lambda: self._listen(wake, token), "listening for signals")
         return True
 
-    async def _listen(self, wake: Callable[[str], None], token: EventLoopToken) -> None:
+    async def _listen(self, wake: Callable[[str], None], token: LoopHandle) -> None:
         """On the pool's loop: register ``wake`` and make sure the LISTEN connection is up."""
         self._wakes.setdefault(wake, token)
         if self._listen_lock is None:

@@ -1,8 +1,14 @@
-"""A worker thread owned by a store, usable from asyncio and trio alike.
+"""A worker thread owned by a store, usable from asyncio and trio alike, and the one way the
+package wakes an event loop from another thread.
 
 The store's blocking driver (``sqlite3``) lives on one thread for the store's whole life; the event
-loop hands it jobs through a queue and is woken when a job is done through anyio's event-loop token
-(``run_sync_soon``), which never blocks the worker on the loop. ``aclose()`` ends the thread.
+loop hands it jobs through a queue and is woken when a job is done through :class:`LoopHandle`,
+which never blocks the worker on the loop. ``aclose()`` ends the thread.
+
+Waking a loop from a thread without blocking is not in anyio's public API (``from_thread.run_sync``
+waits for the loop), so :class:`LoopHandle` uses each loop's own public call for it: trio's
+``TrioToken.run_sync_soon`` and asyncio's ``loop.call_soon_threadsafe``. It is the package's only
+direct use of the two event loops' APIs, apart from the asyncpg driver's loop (``_pgbridge``).
 
 Waiting for a job is shielded from cancellation: the job runs to completion in the thread either
 way, and a caller must not walk away not knowing whether its commit happened. Jobs are short (a
@@ -11,37 +17,65 @@ statement or a transaction, bounded by SQLite's busy timeout).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import anyio
-import anyio.lowlevel
-from anyio.lowlevel import EventLoopToken
 
-__all__ = ["WorkerThread", "call_soon_in_loop"]
+__all__ = ["LoopHandle", "WorkerThread", "call_soon_in_loop"]
 
 T = TypeVar("T")
 C = TypeVar("C")
 
 
-def call_soon_in_loop(token: EventLoopToken, fn: Callable[[], object]) -> None:
-    """Schedule ``fn`` on the event loop of ``token`` from any thread, without blocking.
+class LoopHandle:
+    """The event loop running in the calling thread, to be woken from any other thread.
 
-    A loop that has already finished is ignored: there is nobody left to wake.
+    Create it in the loop's thread (inside a task); call :meth:`call_soon` from anywhere.
+    ``asyncio_loop`` is the asyncio loop when the caller runs on asyncio, else ``None`` (trio,
+    trio's guest mode included: its tasks must not await asyncio futures).
     """
-    with contextlib.suppress(Exception):  # RunFinishedError / closed loop: nobody to wake
-        token.backend_class.run_sync_soon(fn, (), token.native_token)
+
+    __slots__ = ("_schedule", "asyncio_loop")
+
+    def __init__(self) -> None:
+        trio = sys.modules.get("trio")  # trio is running only if it was imported
+        if trio is not None:
+            try:
+                token = trio.lowlevel.current_trio_token()
+            except RuntimeError:  # not in a trio run
+                pass
+            else:
+                self.asyncio_loop: asyncio.AbstractEventLoop | None = None
+                self._schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
+                return
+        loop = asyncio.get_running_loop()  # RuntimeError outside any event loop
+        self.asyncio_loop = loop
+        self._schedule = loop.call_soon_threadsafe
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Schedule ``fn()`` on the loop without waiting. A loop that has already finished is
+        ignored: there is nobody left to wake (asyncio raises ``RuntimeError`` for a closed
+        loop, trio ``RunFinishedError``, a ``RuntimeError`` too)."""
+        with contextlib.suppress(RuntimeError):
+            self._schedule(fn)
+
+
+def call_soon_in_loop(loop: LoopHandle, fn: Callable[[], object]) -> None:
+    """Schedule ``fn`` on ``loop`` from any thread, without blocking (see :class:`LoopHandle`)."""
+    loop.call_soon(fn)
 
 
 class _Job:
     __slots__ = ("args", "error", "event", "fn", "result", "token")
 
-    def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], token: EventLoopToken
-    ) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], token: LoopHandle) -> None:
         self.fn = fn
         self.args = args
         self.token = token
@@ -65,6 +99,7 @@ class WorkerThread(Generic[C]):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
+        self._on_exit: Callable[[], None] | None = None  # set by aclose() before the stop job
 
     @property
     def started(self) -> bool:
@@ -95,16 +130,18 @@ class WorkerThread(Generic[C]):
                     job.result = job.fn(resource, *job.args)
                 except BaseException as exc:
                     job.error = exc
-            call_soon_in_loop(job.token, job.event.set)
+            job.token.call_soon(job.event.set)
         if resource is not None:
             with contextlib.suppress(Exception):  # closing an already broken connection
                 self._closer(resource)
+        if self._on_exit is not None:
+            self._on_exit()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._stopped:
-            raise RuntimeError("worker thread stopped")
+            raise anyio.ClosedResourceError(f"{self._name}: the worker thread has stopped")
         self._start()
-        job = _Job(fn, args, anyio.lowlevel.current_token())
+        job = _Job(fn, args, LoopHandle())
         self._queue.put(job)
         with anyio.CancelScope(shield=True):
             await job.event.wait()
@@ -122,7 +159,12 @@ class WorkerThread(Generic[C]):
         thread = self._thread
         if thread is None:
             return
+        exited = anyio.Event()
+        self._on_exit = partial(LoopHandle().call_soon, exited.set)
         self._queue.put(None)
-        # join() blocks only while the last queued jobs finish; do it off the event loop.
+        # Wait for the thread's last act (it wakes us), then join a thread that has nothing left
+        # to do: join() does not stall the event loop, and no pooled thread is left behind
+        # (anyio.to_thread.run_sync(thread.join) would keep one idle until the loop ends).
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(thread.join)
+            await exited.wait()
+        thread.join()
