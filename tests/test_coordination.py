@@ -345,7 +345,7 @@ async def test_session_status_follows_how_it_ended(store_factory: StoreFactory) 
         assert {sid: info.status for sid, info in by_id.items()} == {
             "ok": "completed",
             "bad": "failed",
-            "stopped": "cancelled",
+            "stopped": "interrupted",  # the application's own cancellation: resumable
             "open": "completed",
         }
         assert all(info.owner is None and info.lease_expires is None for info in by_id.values())

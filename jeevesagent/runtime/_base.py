@@ -321,7 +321,12 @@ class SessionState:
         self.refs = 0
         self.ready = anyio.Event()
         self.error: BaseException | None = None
-        self.task_groups: list[TaskGroup] = []
+        self.task_groups: list[TaskGroup] = []  # of the open contexts, oldest first
+        # Background services (lease heartbeat, buffered flusher): name -> coroutine function,
+        # and the task group of the context each runs in now. See keep_running().
+        self._services: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
+        self._hosts: dict[str, TaskGroup] = {}
+        self._leaving: set[TaskGroup] = set()
         # Observability (_observe.py): steps executed and replayed by this process, the tracer
         # when the session's span is recorded (its steps get spans then), open stream spans.
         self.executed = 0
@@ -330,8 +335,57 @@ class SessionState:
         self.open_streams: set[Any] = set()
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        """Run background work in the task group of an open context of this session."""
+        """Run one piece of background work in the task group of an open context."""
         self.task_groups[-1].start_soon(fn)
+
+    def keep_running(self, name: str, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``fn()`` for as long as this state lives (idempotent per ``name``).
+
+        The state is shared by every open context of the session, but a task must live in one
+        context's task group. So the service runs in the oldest open context; when that context
+        exits while others are still open, the service is started again in one of them. A
+        service that returns or raises on its own is not restarted (its exception goes to the
+        context it ran in, like any task's).
+        """
+        if name not in self._services:
+            self._services[name] = fn
+            if not self._host(name):
+                del self._services[name]
+
+    def _host(self, name: str) -> bool:
+        """Start service ``name`` in the oldest context that is not ending; ``False`` if none."""
+        tg = next((tg for tg in self.task_groups if tg not in self._leaving), None)
+        if tg is None:
+            return False
+        self._hosts[name] = tg
+        tg.start_soon(self._serve, name, tg)
+        return True
+
+    async def _serve(self, name: str, tg: TaskGroup) -> None:
+        with_context = False  # cancelled because its context is ending: it moves on
+        try:
+            await self._services[name]()
+        except anyio.get_cancelled_exc_class():
+            with_context = tg in self._leaving
+            raise
+        finally:
+            if not with_context:
+                self._services.pop(name, None)
+                if self._hosts.get(name) is tg:
+                    del self._hosts[name]
+
+    def context_leaving(self, tg: TaskGroup) -> None:
+        """A context is about to end its task group (and the services running in it)."""
+        self._leaving.add(tg)
+
+    def context_left(self, tg: TaskGroup) -> None:
+        """A context's task group has ended: move its services to a context still open."""
+        self._leaving.discard(tg)
+        moved = [name for name, host in self._hosts.items() if host is tg]
+        for name in moved:
+            del self._hosts[name]
+            if not self._host(name):
+                self._services.pop(name, None)
 
 
 class BaseSession:
@@ -423,6 +477,7 @@ class _SessionContext(Generic[S]):
         assert self._token is not None
         rt, state, tg = self._runtime, self._state, self._tg
         rt._current.reset(self._token)
+        state.context_leaving(tg)
         # Commit what the session still holds before its background work stops. A failure here
         # is raised after the task group has ended (chained to the body's exception, if any).
         exit_error: Exception | None = None
@@ -453,6 +508,7 @@ class _SessionContext(Generic[S]):
                 raise
         finally:
             state.task_groups.remove(tg)
+            state.context_left(tg)
             with anyio.CancelScope(shield=True):
                 await rt._release(state, outcome)
         if exit_error is not None:

@@ -25,6 +25,7 @@ from ._base import (
 from ._codec import (
     JournalCodec,
     decode_value,
+    describe_key,
     encode_value,
     fingerprint,
     idempotency_journal_key,
@@ -32,7 +33,7 @@ from ._codec import (
     step_journal_key,
     timer_journal_key,
 )
-from ._errors import JournalMismatchError, SessionBusyError, StoreError
+from ._errors import JournalMismatchError, SessionBusyError, StoreClosedError, StoreError
 from ._jsignals import SignalsMixin
 from ._owner import new_owner_id, owner_is_dead
 from ._policy import (
@@ -56,6 +57,23 @@ from ._store import (
 )
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
+
+
+def session_status(exc: BaseException | None) -> str:
+    """How a session ended, as the sessions table records it.
+
+    ``interrupted``: the body was stopped by the application itself -- a cancelled scope or task
+    group, ``KeyboardInterrupt``, ``SystemExit`` -- so the session is resumable and recovery
+    finds it. ``failed``: the body raised.
+    """
+    if exc is None:
+        return "completed"
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split((anyio.get_cancelled_exc_class(), KeyboardInterrupt, SystemExit))[1]
+        return "interrupted" if rest is None else "failed"
+    if isinstance(exc, (anyio.get_cancelled_exc_class(), KeyboardInterrupt, SystemExit)):
+        return "interrupted"
+    return "failed"
 
 
 class JournaledSession(BaseSession):
@@ -90,9 +108,9 @@ class _JState(SessionState):
         self.signals_received: dict[str, int] = {}
         self.buffer: list[Record] = []  # recorded here, not yet handed to the store
         self.write_error: BaseException | None = None  # a buffered commit failed: stop
-        self.flusher = False
         self.claimed = False  # this runtime holds the session's claim in the store
-        self.heartbeat = False
+        self.claimed_at = 0.0  # anyio.current_time() just before the claim was taken
+        self.claim_error: BaseException | None = None  # the claim was lost (heartbeat)
         self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
         self.session = JournaledSession(session_id, runtime)
@@ -183,7 +201,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         if native is None:
             return
         native.check_open(state.id)
-        await self._claim(native, state.id, wait)
+        state.claimed_at = await self._claim(native, state.id, wait)
         state.claimed = True
         try:
             journal = await native.load_session(state.id)
@@ -202,13 +220,15 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
                 await native._release(state.id, self.owner_id, "failed", 0)
             raise
 
-    async def _claim(self, native: NativeStore, session_id: str, wait: float | None) -> None:
-        """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds)."""
+    async def _claim(self, native: NativeStore, session_id: str, wait: float | None) -> float:
+        """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds).
+        Returns the time (``anyio.current_time()``) just before the claim that was granted."""
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
+            sent = anyio.current_time()
             info = await native._claim(session_id, self.owner_id, self.lease)
             if info.owner == self.owner_id:
-                return
+                return sent
             if info.owner is not None and owner_is_dead(info.owner):
                 # Its process is gone (same host): end its claim now instead of waiting.
                 await native._release(session_id, info.owner, "failed", info.steps)
@@ -231,76 +251,137 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
 
     async def _finish_state(self, state: _JState, exc: BaseException | None) -> None:
         native = self._native
-        if native is None or not state.claimed or (self._closed and native._closed):
+        if native is None or not state.claimed or native._closed:
             return
-        if exc is None:
-            status = "completed"
-        elif isinstance(exc, anyio.get_cancelled_exc_class()):
-            status = "cancelled"
-        else:
+        status = session_status(exc)
+        if status == "completed" and state.write_error is not None:
             status = "failed"
-        with contextlib.suppress(Exception):  # the claim expires on its own if this fails
+        try:
             await native._release(
                 state.id, self.owner_id, status, len(state.steps) + len(state.streams)
             )
+        except StoreError as error:  # the claim expires on its own when its lease runs out
+            _observe.release_failed(state.id, error)
+
+    async def _interrupt(self, state: _JState) -> None:
+        """The runtime closes with ``state`` open: flush it and release its claim."""
+        native = self._native
+        if native is None or not state.claimed or native._closed:
+            return
+        try:
+            await self._flush(state)
+        except StoreError as error:
+            _observe.release_failed(state.id, error)
+        state.claimed = False  # released here; the session's own exit has nothing to end
+        try:
+            await native._release(
+                state.id, self.owner_id, "interrupted", len(state.steps) + len(state.streams)
+            )
+        except StoreError as error:  # the claim expires on its own when its lease runs out
+            _observe.release_failed(state.id, error)
 
     async def _heartbeat(self, state: _JState, native: NativeStore) -> None:
+        """Renew the claim every ``lease / 3``. A renewal that fails on a store error (a
+        transient database or network failure) is retried every second or so, as long as the
+        lease would still hold; the session is stopped only when the claim is known lost (another
+        runtime took it) or when the lease has run out without a renewal."""
+        retry = min(1.0, self.lease / 10)
+        renewed_at = state.claimed_at
+        wait = self.lease / 3
         try:
             while True:
-                await anyio.sleep(self.lease / 3)
-                if not await native._renew(state.id, self.owner_id, self.lease):
+                await anyio.sleep(wait)
+                if native._closed or self._closed or not state.claimed:
+                    return  # the runtime is closing: aclose() releases the claim
+                sent = anyio.current_time()
+                try:
+                    held = await native._renew(state.id, self.owner_id, self.lease)
+                except StoreClosedError:
+                    return
+                except StoreError as exc:
+                    if anyio.current_time() + retry >= renewed_at + self.lease:
+                        raise StoreError(
+                            f"session {state.id!r}: the claim on the session could not be "
+                            f"renewed for {self.lease} s (its lease) because the store failed "
+                            f"({exc}); another runtime may take the session over now, so it "
+                            "was stopped here. Open it again once the store is reachable.",
+                            session_id=state.id,
+                        ) from exc
+                    _observe.claim_renewal_retried(state.id, exc)
+                    wait = retry
+                    continue
+                if not held:
                     raise SessionBusyError(
                         f"session {state.id!r}: this runtime lost its claim on the session (the "
                         "lease expired and another runtime took it over); it was stopped here.",
                         session_id=state.id,
                     )
+                renewed_at = sent
+                wait = self.lease / 3
         except Exception as exc:
+            state.claim_error = exc
             _observe.claim_renewal_failed(state.id, exc)
             raise
-        finally:
-            state.heartbeat = False
 
     def _require_open(self, state: _JState, step: str) -> None:
         self._check_open(state.id, step)
         if self._native is not None:
             self._native.check_open(state.id, step)
-        if state.write_error is not None:
-            raise StoreError(
-                f"session {state.id!r}, step {step!r}: an earlier buffered journal commit of "
-                f"this session failed ({state.write_error}); the session cannot go on without "
-                "it. Open the session again to resume from what was committed.",
+        if state.claim_error is not None:
+            raise SessionBusyError(
+                f"session {state.id!r}, step {step!r}: this runtime no longer holds the "
+                f"session's claim ({state.claim_error}); nothing more is recorded here. Open the "
+                "session again to resume it.",
                 session_id=state.id,
                 step=step,
-            ) from state.write_error
+            ) from state.claim_error
+        if state.write_error is not None:
+            raise self._write_failed(state, step)
+
+    @staticmethod
+    def _write_failed(state: _JState, step: str | None) -> StoreError:
+        where = f", step {step!r}" if step is not None else ""
+        error = StoreError(
+            f"session {state.id!r}{where}: an earlier buffered journal commit of this session "
+            f"failed ({state.write_error}); the session cannot go on without it, and nothing "
+            "after it is recorded. Open the session again to resume from what was committed.",
+            session_id=state.id,
+            step=step,
+        )
+        error.__cause__ = state.write_error
+        return error
 
     def _context_entered(self, state: _JState, tg: TaskGroup) -> None:
-        if state.claimed and not state.heartbeat and self._native is not None:
-            state.heartbeat = True
-            tg.start_soon(self._heartbeat, state, self._native)
-        if self._buffered and not state.flusher:
-            state.flusher = True
-            tg.start_soon(self._flush_periodically, state)
+        # Services of the shared state: they outlive this context if others are still open.
+        native = self._native
+        if state.claimed and native is not None:
+            state.keep_running("heartbeat", partial(self._heartbeat, state, native))
+        if self._buffered:
+            state.keep_running("flusher", partial(self._flush_periodically, state))
 
     async def _flush_periodically(self, state: _JState) -> None:
-        try:
-            while state.write_error is None:
-                await anyio.sleep(self.flush_interval)
-                if state.buffer:
-                    with anyio.CancelScope(shield=True):
-                        await self._flush(state)
-        except StoreError:
-            pass  # recorded in state.write_error; the session's next step raises it
-        finally:
-            state.flusher = False
+        # A failed flush raises here, in the session's task group: the session stops with the
+        # error at once (and every later write of the session is refused, see _flush).
+        while True:
+            await anyio.sleep(self.flush_interval)
+            if state.buffer:
+                with anyio.CancelScope(shield=True):
+                    await self._flush(state)
 
     async def _context_exiting(self, state: _JState) -> None:
         await self._flush(state)
+        if state.write_error is not None:
+            raise self._write_failed(state, None)
 
     async def _flush(self, state: _JState) -> None:
         """Commit the session's buffered records (in order, in one transaction)."""
         records, state.buffer = state.buffer, []
         if not records or self._native is None:
             return
+        if state.write_error is not None:
+            # An earlier batch was lost: committing later records would leave a gap in the
+            # journal (a later step without an earlier one). Refuse them all.
+            raise self._write_failed(state, describe_key(records[0].key))
         try:
             owners = {state.id: self.owner_id} if state.claimed else None
             conflicts = await self._native.append(records, owners)
@@ -317,7 +398,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
                 f"committed ({exc}). The journal keeps what was committed before them; open the "
                 "session again to resume from there.",
                 session_id=state.id,
-                step=records[0].key,
+                step=describe_key(records[0].key),
             ) from exc
         self._adopt(state, conflicts)
 
@@ -353,21 +434,23 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         if native is None:
             return await self._record_foreign(state, kind, key, value)
         record = Record(state.id, kind, key, data, time.time())
-        table[key] = Row(data, record.created_at)  # visible to this run at once
         if self._buffered:
+            table[key] = Row(data, record.created_at)  # buffered: visible to this run at once
             state.buffer.append(record)
             if len(state.buffer) >= 256:
                 await self._flush(state)
             return value
         # Commit mode: the record (and any receipt poll_signal buffered) commits now, shielded.
+        # Nobody sees it before the commit succeeded: a concurrent caller of the same key waits
+        # on `inflight`, and must never return a value the journal may not keep.
         state.buffer.append(record)
         try:
             await self._flush(state)
         except BaseException:
-            del table[key]
             state.buffer = [r for r in state.buffer if r is not record]
             raise
-        row = table[key]
+        # A conflict adopted by the flush (another runtime recorded the key first) wins.
+        row = table.setdefault(key, Row(data, record.created_at))
         if isinstance(row, Row) and row.data != data:
             return decode_value(self._codec, row.data, session_id=state.id, step=key, kind=kind)
         return value
@@ -617,17 +700,22 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         return await native._list_sessions(status)
 
     async def orphaned_sessions(self) -> list[SessionInfo]:
-        """Sessions left ``running`` by an owner that is gone: its lease expired, or its process
-        on this host no longer exists. Resume them by opening them (see the README)."""
+        """Sessions to resume: those left ``running`` by an owner that is gone (its lease
+        expired, or its process on this host no longer exists), and those ``interrupted`` by
+        the application's own shutdown. Resume them by running them again (see the README);
+        another worker may resume one first, so opening one can raise
+        :class:`SessionBusyError` -- skip it then. Oldest first."""
         native = self._require_native("orphaned_sessions")
         now = time.time()
-        return [
+        running = [
             info
             for info in await native._list_sessions("running")
             if info.owner is None
             or (info.lease_expires is not None and info.lease_expires < now)
             or owner_is_dead(info.owner)
         ]
+        interrupted = await native._list_sessions("interrupted")
+        return sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
 
     async def prune(
         self,
@@ -660,6 +748,12 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         if self._closed:
             return
         await super().aclose()
+        # Sessions still open here stop at their next call (StoreClosedError). Commit what they
+        # buffered and end their claims now, so another runtime -- in this same live process
+        # too -- can resume them at once instead of waiting for a lease to expire.
+        with anyio.CancelScope(shield=True):
+            for state in list(self._states.values()):
+                await self._interrupt(state)
         for event in self._wakeups.values():
             event.set()  # waiters wake, see the runtime closed, and raise StoreClosedError
         self._wakeups.clear()

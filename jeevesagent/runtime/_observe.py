@@ -443,6 +443,23 @@ def claim_renewal_failed(session_id: str, exc: BaseException) -> None:
         )
 
 
+def claim_renewal_retried(session_id: str, exc: BaseException) -> None:
+    log.warning(
+        "session %r: renewing the claim failed (%s: %s); retrying while the lease holds",
+        session_id,
+        type(exc).__qualname__,
+        exc,
+    )
+
+
+def release_failed(session_id: str, exc: BaseException) -> None:
+    log.warning(
+        "session %r: releasing the claim failed (%s); it ends when its lease runs out",
+        session_id,
+        type(exc).__qualname__,
+    )
+
+
 def commit_failed(session_id: str, records: int, exc: BaseException, buffered: bool) -> None:
     """A journal commit raised: warn when the writes were fenced off (another runtime holds the
     claim) or when buffered records were lost (the caller of ``step`` has already returned)."""

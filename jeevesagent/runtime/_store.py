@@ -101,7 +101,7 @@ class SessionInfo(NamedTuple):
     """A row of the sessions table: who runs a session, and how it last ended."""
 
     session_id: str
-    status: str  # "running" | "completed" | "failed" | "cancelled" | "imported"
+    status: str  # one of SESSION_STATUSES
     owner: str | None  # the runtime holding the claim, or None
     lease_expires: float | None  # epoch seconds (the store's clock); None when released
     created_at: float
@@ -111,7 +111,9 @@ class SessionInfo(NamedTuple):
 
 # "imported": a session copied from a jeevesagent 0.9.7 journal by the schema migration; it has
 # never run under this version (claiming it sets it to "running" like any other).
-SESSION_STATUSES = ("running", "completed", "failed", "cancelled", "imported")
+# "interrupted": the body was stopped by the application's own shutdown (a cancelled scope or
+# task group, KeyboardInterrupt): resumable, and found by recovery like an orphan.
+SESSION_STATUSES = ("running", "completed", "failed", "cancelled", "interrupted", "imported")
 
 
 class PruneResult(NamedTuple):
