@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import anyio
+
 from ._errors import JournalCorruptError, StoreError
 from ._store import (
     STEP,
@@ -439,8 +441,13 @@ class SqliteJournalStore(NativeStore):
         session_id: str | None = None,
         step: str | None = None,
     ) -> T:
+        self.check_open(session_id, step)
         with self._translate(session_id, step):
-            return await self._worker.run(fn, *args)
+            try:
+                return await self._worker.run(fn, *args)
+            except anyio.ClosedResourceError:  # closed by aclose() since the check above
+                self.check_open(session_id, step)
+                raise
 
     @contextlib.contextmanager
     def _translate(self, session_id: str | None, step: str | None) -> Iterator[None]:
