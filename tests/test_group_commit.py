@@ -1,5 +1,6 @@
 """Group commit: concurrent sessions share transactions; each caller returns once its own record
-is committed; a session's records commit in order; a failed transaction fails every caller in it.
+is committed; a session's records commit in order; a failed transaction is retried per caller, so
+it fails only the caller whose record failed (and that session's later records).
 """
 
 from __future__ import annotations
@@ -82,9 +83,44 @@ async def test_callers_waiting_behind_a_commit_go_together_in_order() -> None:
     assert store._committer.commits == 2
 
 
-async def test_a_failed_transaction_fails_every_caller_in_it_and_the_next_batch_proceeds() -> None:
+async def test_a_failed_record_fails_only_its_caller_and_its_sessions_later_records() -> None:
+    """A batch fails because of one record: every caller's records are committed again on their
+    own, so only that caller fails -- and the records of its session queued after it (no gap in
+    that session's journal); the other sessions' callers succeed."""
     store = SlowStore()
-    store.fail_keys = {"x3"}
+    store.fail_keys = {"t1"}
+    errors: dict[str, BaseException] = {}
+
+    async def append(session: str, key: str) -> None:
+        try:
+            await store.append([record(session, key)])
+        except Exception as exc:
+            errors[key] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(append, "s", "x1")  # leader of batch 1, waits on the gate
+        await anyio.wait_all_tasks_blocked()
+        for session, key in (("s", "s2"), ("t", "t1"), ("u", "u1"), ("t", "t2")):
+            tg.start_soon(append, session, key)  # batch 2, in this order: fails because of t1
+            await anyio.wait_all_tasks_blocked()
+        store.gate.set()
+    assert store.batches[:2] == [["x1"], ["s2", "t1", "u1", "t2"]]
+    assert store.batches[2:] == [["s2"], ["t1"], ["u1"]]  # each caller alone; t2 not tried
+    assert set(errors) == {"t1", "t2"}
+    assert isinstance(errors["t1"], OSError)  # the caller of the bad record: the driver's error
+    assert isinstance(errors["t2"], StoreError)
+    assert errors["t2"].session_id == "t"
+    assert "earlier record of this session failed" in str(errors["t2"])
+    assert sorted(k for _, k in store.step_keys()) == ["s2", "u1", "x1"]
+    # The committer is usable again.
+    store.fail_keys = set()
+    await store.append([record("t", "t1")])
+    assert ("t", "t1") in store.step_keys()
+
+
+async def test_a_failed_transaction_of_one_caller_fails_it_and_the_next_batch_proceeds() -> None:
+    store = SlowStore()
+    store.fail_keys = {"x2"}
     errors: dict[str, BaseException] = {}
 
     async def append(key: str) -> None:
@@ -96,23 +132,15 @@ async def test_a_failed_transaction_fails_every_caller_in_it_and_the_next_batch_
     async with anyio.create_task_group() as tg:
         tg.start_soon(append, "x1")  # leader of batch 1, waits on the gate
         await anyio.wait_all_tasks_blocked()
-        for key in ("x2", "x3", "x4"):  # batch 2, in this order: fails because of x3
-            tg.start_soon(append, key)
-            await anyio.wait_all_tasks_blocked()
+        tg.start_soon(append, "x2")  # batch 2: alone, fails
+        await anyio.wait_all_tasks_blocked()
         store.gate.set()
-    assert store.batches == [["x1"], ["x2", "x3", "x4"]]
-    assert set(errors) == {"x2", "x3", "x4"}
-    assert len({id(e) for e in errors.values()}) == 3  # never one exception object in two tasks
-    assert isinstance(errors["x2"], OSError)  # the leader of the batch gets the driver's error
-    for key in ("x3", "x4"):
-        assert isinstance(errors[key], StoreError)
-        assert errors[key].step == key
-        assert isinstance(errors[key].__cause__, OSError)
-    assert [k for _, k in store.step_keys()] == ["x1"]  # nothing of the failed batch recorded
-    # The committer is usable again.
+    assert store.batches == [["x1"], ["x2"]]
+    assert set(errors) == {"x2"}
+    assert isinstance(errors["x2"], OSError)
     store.fail_keys = set()
-    await store.append([record("s", "x5")])
-    assert [k for _, k in store.step_keys()] == ["x1", "x5"]
+    await store.append([record("s", "x3")])
+    assert [k for _, k in store.step_keys()] == ["x1", "x3"]
 
 
 async def test_a_cancelled_caller_still_learns_its_record_was_committed() -> None:

@@ -81,6 +81,7 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
     StoreClosedError,
     rt_pkg.StepTimeoutError,
     rt_pkg.StepFailedError,
+    rt_pkg.InvalidNameError,
 ]
 
 RUNTIME_CLASSES: list[type[Any]] = [InProcRuntime, JournaledRuntime, SqliteRuntime, PostgresRuntime]
@@ -446,6 +447,13 @@ def test_value_encoding_error_is_also_a_type_error() -> None:
     assert issubclass(ValueEncodingError, TypeError)
     with pytest.raises(TypeError):
         raise ValueEncodingError("cannot encode", session_id="s", step="a")
+
+
+def test_invalid_name_error_is_a_value_error_and_a_type_error() -> None:
+    # ValueError for a str no store can hold; TypeError kept for what session() raised before
+    # for a value that is not a str at all.
+    assert issubclass(rt_pkg.InvalidNameError, ValueError)
+    assert issubclass(rt_pkg.InvalidNameError, TypeError)
 
 
 def test_store_closed_error_is_a_store_error() -> None:

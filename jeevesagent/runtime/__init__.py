@@ -5,6 +5,7 @@ Wrap each side effect in ``await runtime.step(name, fn, *args)`` inside
 replay from the journal instead of running again.
 """
 
+from ._errors import InvalidNameError as InvalidNameError
 from ._errors import JournalCorruptError as JournalCorruptError
 from ._errors import JournalIntegrityError as JournalIntegrityError
 from ._errors import JournalMismatchError as JournalMismatchError
@@ -38,6 +39,7 @@ __all__ = (
     "InMemoryJournalStore",
     "InProcRuntime",
     "InProcSession",
+    "InvalidNameError",
     "JournalCorruptError",
     "JournalEntry",
     "JournalIntegrityError",

@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import RuntimeJournalError, StoreClosedError
+from ._names import check_session_id, check_signal_target
 from ._policy import StepPolicy, StepTimeoutError
 
 if TYPE_CHECKING:
@@ -564,8 +565,7 @@ class BaseRuntime(Generic[S]):
         Inside, ``step``/``stream_step``/signal waits belong to this session, in this task and in
         every task started from it. Nested or concurrent contexts of one id share one state.
         """
-        if not isinstance(session_id, str) or not session_id:
-            raise TypeError(f"session_id must be a non-empty str, got {session_id!r}")
+        check_session_id(session_id)
         return _SessionContext(self, session_id, wait)
 
     def current_session_id(self) -> str | None:
@@ -615,6 +615,7 @@ class BaseRuntime(Generic[S]):
     # -- signals ---------------------------------------------------------------------------------
     async def signal(self, session_id: str, name: str, payload: Any) -> None:
         """Send a signal: queued per (session, name), received by exactly one waiter, FIFO."""
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         self._mailbox.put(session_id, name, payload)
 
@@ -622,11 +623,13 @@ class BaseRuntime(Generic[S]):
         self, session_id: str, name: str, *, timeout: float | None = None
     ) -> Any:
         """Wait for the next signal ``name`` of the session; ``TimeoutError`` after ``timeout``."""
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         return await self._mailbox.get(session_id, name, timeout)
 
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next queued signal ``name`` without waiting, or ``None`` if none is queued."""
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         return self._mailbox.get_nowait(session_id, name)[1]
 

@@ -316,6 +316,13 @@ def signal_journal_key(name: str, index: int) -> str:
     return f"g:{name}:{index}"
 
 
+def signal_outcome_key(name: str, index: int) -> str:
+    """The key of receive number ``index`` of signal ``name`` when it received no payload: a
+    wait that timed out, or a poll that found nothing. Never the key of a payload (``g:``), so
+    no payload can pose as an outcome."""
+    return f"o:{name}:{index}"
+
+
 def legacy_journal_key(name: str) -> str:
     """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
     return f"l:{name}"
@@ -334,6 +341,9 @@ def describe_key(key: str) -> str:
     if key.startswith("g:"):
         name, _, idx = key[2:].rpartition(":")
         return f"signal {name!r} #{idx}"
+    if key.startswith("o:"):
+        name, _, idx = key[2:].rpartition(":")
+        return f"signal {name!r} #{idx} (no payload)"
     if key.startswith("t:"):
         return f"sleep {key[2:]!r}"
     if key.startswith("l:"):

@@ -4,7 +4,9 @@ Every ``append`` joins a FIFO queue. If nobody is writing, the caller becomes th
 takes everything queued (its own records and whatever other sessions queued meanwhile), commits it
 in one transaction, and wakes the waiters of that batch. If records arrived while it was
 committing, it hands leadership to the first of them and returns -- a leader never commits other
-callers' later batches on its own time. Followers simply wait for their batch.
+callers' later batches on its own time. Followers simply wait for their batch. If a batch fails,
+each caller's records are committed again on their own, so one caller's bad record fails only
+that caller (and the later records of its session), never other sessions.
 
 So there is exactly one writer per store at any moment, batches commit in queue order (the records
 of one session stay in order, and the journal is always a prefix of what was queued), and each
@@ -145,6 +147,26 @@ class GroupCommitter:
                         kept.append(t)
                 batch = kept
                 continue
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                # One caller's bad record must not fail the others' (their functions have run,
+                # and their sessions are fine): commit each caller's records on its own, so a
+                # failure reaches only the callers whose transaction failed.
+                # A session whose record failed commits nothing after it: its journal stays a
+                # prefix of what it queued.
+                failed: set[str] = set()
+                for t in batch:
+                    sessions = {r.session_id for r in t.records}
+                    if sessions & failed:
+                        t.error = _after_failure(t, sorted(sessions & failed)[0])
+                        continue
+                    try:
+                        await self._commit_batch([t])
+                    except Exception as exc:
+                        t.error = exc
+                        failed |= sessions
+                return
             self.commits += 1
             if conflicts:
                 for t in batch:
@@ -171,3 +193,14 @@ class GroupCommitter:
                 t.error.__cause__ = exc
             else:
                 t.error = exc
+
+
+def _after_failure(ticket: _Ticket, session_id: str) -> StoreError:
+    first = ticket.records[0] if ticket.records else None
+    return StoreError(
+        f"session {session_id!r}: an earlier record of this session failed to commit in the same "
+        "group commit, so this one was not committed either (the journal keeps no gap). Open "
+        "the session again to resume from what was committed.",
+        session_id=session_id,
+        step=first.key if first else None,
+    )

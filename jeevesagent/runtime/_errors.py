@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "InvalidNameError",
     "JournalCorruptError",
     "JournalIntegrityError",
     "JournalMismatchError",
@@ -79,3 +80,9 @@ class StoreError(RuntimeJournalError):
 
 class StoreClosedError(StoreError):
     """The store (or runtime) was used after ``aclose()``."""
+
+
+class InvalidNameError(RuntimeJournalError, ValueError, TypeError):
+    """A session id, step name, signal name, idempotency key or sleep name that no store can
+    hold (not a str, empty, a NUL character, a lone surrogate, too long). Raised before anything
+    runs or is written; a ``ValueError`` (and, for a value that is not a str, a ``TypeError``)."""

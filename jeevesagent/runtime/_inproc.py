@@ -17,6 +17,7 @@ from ._base import (
     call_step_fn,
     open_producer,
 )
+from ._names import check_name, check_signal_target
 from ._policy import StepPolicy, policy_of, run_with_policy
 
 __all__ = ["InProcRuntime", "InProcSession"]
@@ -62,6 +63,9 @@ class InProcRuntime(BaseRuntime[_InProcState]):
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` (awaiting it if it is async) and return its result, under
         the step policy (retries, timeouts; failures are not journaled: there is no journal)."""
+        check_name("step name", name, self.current_session_id())
+        if idempotency_key is not None:
+            check_name("idempotency key", str(idempotency_key), self.current_session_id())
         self._check_open(self.current_session_id(), name)
         policy = self._policy_for(fn)
         run = _observe.StepRun(self, self._current.get(), name)  # its span is current until end
@@ -82,6 +86,7 @@ class InProcRuntime(BaseRuntime[_InProcState]):
 
     async def sleep(self, name: str, seconds: float) -> None:
         """Sleep ``seconds`` (nothing is journaled in this runtime)."""
+        check_name("sleep name", name, self.current_session_id())
         self._check_open(self.current_session_id(), name)
         await anyio.sleep(seconds)
 
@@ -89,6 +94,7 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> StreamStep:
         """Yield what ``fn(*args, **kwargs)`` yields; the producer is closed when this stops."""
+        check_name("stream step name", name, self.current_session_id())
         self._check_open(self.current_session_id(), name)
 
         async def reopen() -> AsyncIterator[Any]:
@@ -116,6 +122,7 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         return value
 
     def poll_signal(self, session_id: str, name: str) -> Any:
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         got, value = self._mailbox.get_nowait(session_id, name)
         if got:

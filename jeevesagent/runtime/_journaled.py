@@ -35,6 +35,7 @@ from ._codec import (
 )
 from ._errors import JournalMismatchError, SessionBusyError, StoreClosedError, StoreError
 from ._jsignals import SignalsMixin
+from ._names import check_name
 from ._owner import new_owner_id, owner_is_dead
 from ._policy import (
     JournaledFailure,
@@ -85,7 +86,7 @@ class JournaledSession(BaseSession):
         state = self._state
         steps = pending = 0
         if state is not None:
-            receipts = sum(1 for key in state.steps if key.startswith("g:"))
+            receipts = sum(1 for key in state.steps if key[:2] in ("g:", "o:"))
             steps = len(state.steps) - receipts
             pending = receipts - sum(state.signals_received.values())
         pending += self._runtime._mailbox.pending(self.id) if self._runtime else 0
@@ -494,6 +495,11 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         Outside a session, ``fn`` just runs.
         """
         state = self._current.get()
+        sid = None if state is None else state.id
+        check_name("step name", name, sid)
+        if idempotency_key is not None:
+            idempotency_key = str(idempotency_key)
+            check_name("idempotency key", idempotency_key, sid)
         policy = self._policy_for(fn)
         if state is None:
             self._check_open(None, name)
@@ -501,7 +507,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         self._require_open(state, name)
         fp = ""
         if idempotency_key is not None:
-            key = idempotency_journal_key(str(idempotency_key))
+            key = idempotency_journal_key(idempotency_key)
         else:
             fp = fingerprint(args, kwargs, session_id=state.id, step=name)
             key = step_journal_key(name, fp)
@@ -602,6 +608,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         session sleeps only what remains (or not at all if the time has passed). Outside a
         session it is a plain ``anyio.sleep``."""
         state = self._current.get()
+        check_name("sleep name", name, None if state is None else state.id)
         if state is None:
             self._check_open(None, name)
             await anyio.sleep(seconds)
@@ -630,6 +637,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         ``contextlib.aclosing`` when you may stop early: that closes the producer at once.
         """
         state = self._current.get()
+        check_name("stream step name", name, None if state is None else state.id)
         policy = self._policy_for(fn)
 
         async def reopen() -> AsyncIterator[Any]:

@@ -14,9 +14,16 @@ import anyio
 
 from . import _observe
 from ._base import Mailbox
-from ._codec import JournalCodec, decode_value, encode_value, signal_journal_key
+from ._codec import (
+    JournalCodec,
+    decode_value,
+    encode_value,
+    signal_journal_key,
+    signal_outcome_key,
+)
 from ._errors import SessionBusyError
-from ._store import STEP, Fenced, JournalEntry, NativeStore, Row
+from ._names import check_signal_target
+from ._store import STEP, Fenced, JournalEntry, NativeStore, Record, Row
 from ._values import signal_context
 
 if TYPE_CHECKING:
@@ -58,6 +65,7 @@ class SignalsMixin:
         returns -- whether the session is open here, in another process or host, or not at all --
         and it is delivered when the session waits for it.
         """
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         data = encode_value(
             self._codec,
@@ -81,17 +89,78 @@ class SignalsMixin:
             await self._fetch(state, name)
         self._wake(session_id)
 
-    def _replay_signal(self, state: _JState, name: str) -> tuple[bool, Any]:
-        """Consume the next journaled receipt of ``name`` (a replay, or a signal already moved
-        into the journal), if there is one."""
+    # -- receive outcomes ---------------------------------------------------------------------
+    # Every receive of a signal in a session open here is journaled, in order, at index n of its
+    # name: a payload at ``g:name:n`` (the mailbox row moved as is), or -- a wait that timed
+    # out, a poll that found nothing -- an outcome at ``o:name:n``. A replay meets the same
+    # outcomes in the same order, so it takes the same branch as the first run.
+
+    def _next_outcome(self, state: _JState, name: str) -> tuple[str, Any] | None:
+        """Consume the next journaled receive of ``name``, if the journal holds one:
+        ``("payload", value)``, ``("timeout", None)`` or ``("nothing", None)``."""
         index = state.signals_received.get(name, 0)
         key = signal_journal_key(name, index)
         row = state.steps.get(key)
+        if row is not None:
+            state.signals_received[name] = index + 1
+            _observe.signal_received(state.id, name)
+            return "payload", self._decode(state, key, row)
+        key = signal_outcome_key(name, index)
+        row = state.steps.get(key)
         if row is None:
-            return False, None
+            return None
         state.signals_received[name] = index + 1
-        _observe.signal_received(state.id, name)
-        return True, self._decode(state, key, row)
+        return str(self._decode(state, key, row)), None
+
+    async def _replayed_wait(self, state: _JState, name: str) -> tuple[bool, Any]:
+        """The next journaled receive for a wait: its payload, or ``TimeoutError`` if that
+        wait timed out. A poll's "nothing" met here (the code changed) is passed over."""
+        while True:
+            await self._read_outcome(state, name)
+            outcome = self._next_outcome(state, name)
+            if outcome is None:
+                return False, None
+            what, value = outcome
+            if what == "payload":
+                return True, value
+            if what == "timeout":
+                raise TimeoutError(
+                    f"session {state.id!r}: the wait for signal {name!r} timed out "
+                    "(replayed from the journal: it timed out when the session first ran)"
+                )
+
+    async def _read_outcome(self, state: _JState, name: str) -> None:
+        """A third-party store: read the next receive of ``name`` into ``state`` (bundled
+        stores hold the whole journal already; this costs them nothing)."""
+        if self._native is not None:
+            return
+        index = state.signals_received.get(name, 0)
+        if await self._lookup_step(state, signal_journal_key(name, index)) is None:
+            await self._lookup_step(state, signal_outcome_key(name, index))
+
+    def _outcome(self, state: _JState, name: str, what: str) -> tuple[str, bytes]:
+        """Take the next receive index of ``name`` for outcome ``what``: its key and row."""
+        index = state.signals_received.get(name, 0)
+        key = signal_outcome_key(name, index)
+        data = b""
+        if self._native is not None:
+            data = encode_value(self._codec, what, session_id=state.id, step=key)
+            state.receipt_next[name] = index + 1
+        state.signals_received[name] = index + 1
+        return key, data
+
+    async def _record_outcome(self, state: _JState, name: str, what: str) -> None:
+        key, data = self._outcome(state, name, what)
+        await self._record(state, STEP, key, what, data)
+
+    def _buffer_outcome(self, state: _JState, name: str, what: str) -> None:
+        """Journal an outcome without awaiting (poll_signal is synchronous): it commits with
+        the session's next record, or when the session exits."""
+        assert self._native is not None  # a third-party store cannot be read here: see poll
+        key, data = self._outcome(state, name, what)
+        record = Record(state.id, STEP, key, data, time.time())
+        state.steps[key] = Row(data, record.created_at)
+        state.buffer.append(record)
 
     async def _fetch(self, state: _JState, name: str) -> bool:
         """Move the oldest mailbox signal ``name`` into the session's journal (one transaction:
@@ -101,7 +170,10 @@ class SignalsMixin:
         index = state.receipt_next.get(name)
         if index is None:
             index = state.signals_received.get(name, 0)
-            while signal_journal_key(name, index) in state.steps:
+            while (
+                signal_journal_key(name, index) in state.steps
+                or signal_outcome_key(name, index) in state.steps
+            ):
                 index += 1
         key = signal_journal_key(name, index)
         if state.buffer:
@@ -127,13 +199,13 @@ class SignalsMixin:
         if event is not None:
             event.set()
 
-    async def _idle(self, native: NativeStore, event: anyio.Event) -> None:
-        """Wait for a signal notice (this runtime's own, or the store's push), or the poll."""
+    async def _idle(self, native: NativeStore, event: anyio.Event, limit: float | None) -> None:
+        """Wait for a signal notice (this runtime's own, or the store's push), or the poll,
+        for at most ``limit`` seconds."""
         if self._pushed is None:
             self._pushed = await native._watch(self._wake)
-        with anyio.move_on_after(
-            max(1.0, self.poll_interval) if self._pushed else self.poll_interval
-        ):
+        wait = max(1.0, self.poll_interval) if self._pushed else self.poll_interval
+        with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()
 
     async def wait_for_signal(
@@ -144,29 +216,41 @@ class SignalsMixin:
         In a session open in this runtime the receipt is journaled atomically with taking the
         signal: a replay returns the same payload without waiting, and after a crash a signal
         is either still waiting or journaled as received -- never lost, never received twice.
+        A wait that timed out is journaled too: its replay raises ``TimeoutError`` at once, even
+        if the signal has arrived since (it is left for the next wait).
         """
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         state = self._states.get(session_id)
         native = self._native
         if native is None:
             return await self._wait_in_process(state, session_id, name, timeout)
         native.check_open(session_id, name)
-        with anyio.fail_after(timeout):
-            while True:
-                event = self._wakeups.setdefault(session_id, anyio.Event())
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            event = self._wakeups.setdefault(session_id, anyio.Event())
+            if state is not None and state.claimed:
+                replayed, value = await self._replayed_wait(state, name)
+                if replayed:
+                    return value
+                if await self._fetch(state, name):
+                    continue
+            else:
+                row = await native._take_signal(session_id, name, None, None)
+                if row is not None:
+                    return self._decode_signal(session_id, name, row.data)
+            # The timeout ends only a wait, never a store call: whether a signal was taken is
+            # always known, and a timeout is journaled only when none was.
+            left = None if deadline is None else deadline - anyio.current_time()
+            if left is not None and left <= 0:
                 if state is not None and state.claimed:
-                    replayed, value = self._replay_signal(state, name)
-                    if replayed:
-                        return value
-                    if await self._fetch(state, name):
-                        continue
-                else:
-                    row = await native._take_signal(session_id, name, None, None)
-                    if row is not None:
-                        return self._decode_signal(session_id, name, row.data)
-                await self._idle(native, event)
-                self._check_open(session_id, name)
-                native.check_open(session_id, name)
+                    await self._record_outcome(state, name, "timeout")
+                raise TimeoutError(
+                    f"session {session_id!r}: no signal {name!r} arrived within {timeout} s"
+                )
+            await self._idle(native, event, left)
+            self._check_open(session_id, name)
+            native.check_open(session_id, name)
 
     async def _wait_in_process(
         self, state: _JState | None, session_id: str, name: str, timeout: float | None
@@ -175,13 +259,14 @@ class SignalsMixin:
         if state is None:
             data = await self._mailbox.get(session_id, name, timeout)
             return self._decode_signal(session_id, name, data)
-        await self._lookup_step(
-            state, signal_journal_key(name, state.signals_received.get(name, 0))
-        )
-        replayed, value = self._replay_signal(state, name)
+        replayed, value = await self._replayed_wait(state, name)
         if replayed:
             return value
-        data = await self._mailbox.get(session_id, name, timeout)
+        try:
+            data = await self._mailbox.get(session_id, name, timeout)
+        except TimeoutError:
+            await self._record_outcome(state, name, "timeout")
+            raise
         key, value = self._receipt(state, name, data)
         await self._record(state, STEP, key, value, data)
         return value
@@ -209,17 +294,24 @@ class SignalsMixin:
         Synchronous, so it reads no store: in a session open in this runtime it returns the next
         journaled receipt -- a replay, or a signal already moved into the journal (every signal
         sent through this runtime is, at once; a signal sent from elsewhere is, once a
-        ``wait_for_signal`` of the session has fetched it). With a third-party store, signals
-        queue in this process and receipts replay through ``wait_for_signal``.
+        ``wait_for_signal`` of the session has fetched it). Finding nothing is journaled too
+        (it commits with the session's next record), so a replay of this call returns ``None``
+        again even if a signal has arrived since; that signal is left for the next receive.
+        Each such poll adds a journal row: to wait for a signal, prefer ``wait_for_signal``
+        with a ``timeout`` over polling in a loop. With a third-party store, signals queue in
+        this process, receipts replay through ``wait_for_signal``, and "nothing" is not
+        journaled.
         """
+        check_signal_target(session_id, name)
         self._check_open(session_id, name)
         state = self._states.get(session_id)
         if state is not None:
-            replayed, value = self._replay_signal(state, name)
-            if replayed:
-                return value
+            outcome = self._next_outcome(state, name)
+            if outcome is not None:
+                return outcome[1]  # a payload, or None: what this poll returned the first time
         if self._native is not None:
             if state is not None and state.claimed:
+                self._buffer_outcome(state, name, "nothing")
                 return None
             row = self._native._take_signal_nowait(session_id, name)  # in-memory store only
             if row is None:
@@ -227,6 +319,8 @@ class SignalsMixin:
             return self._decode_signal(session_id, name, row.data)
         got, data = self._mailbox.get_nowait(session_id, name)
         if not got:
+            # Not journaled with a third-party store: this synchronous call cannot read the
+            # store to learn whether this receive was journaled already (the known limitation).
             return None
         if state is None:
             return self._decode_signal(session_id, name, data)
