@@ -366,6 +366,21 @@ async def test_attempt_timeout_raises_step_timeout_error_and_records_nothing(
     assert (again.session_id, again.step, str(again)) == (SID, "slow", str(err))
 
 
+async def test_a_timed_out_step_records_nothing_even_with_journal_failures(
+    store: NativeStore, store_factory: StoreFactory
+) -> None:
+    """As documented: a timeout says how long an attempt was allowed, not the step's outcome,
+    so the next run tries again -- with journal_failures=True too."""
+    slow = Sleepy()
+    rt = JournaledRuntime(store, policy=StepPolicy(journal_failures=True))
+    async with rt.session(SID):
+        with pytest.raises(StepTimeoutError):
+            await rt.step("slow", with_policy(slow, timeout=0.05), 1)
+    assert (await journal(store_factory)).steps == {}
+    async with JournaledRuntime(await store_factory.new()) as rt2, rt2.session(SID):
+        assert await rt2.step("slow", with_policy(Sleepy(seconds=0), timeout=5), 1) == "ok"
+
+
 async def test_timed_out_attempt_is_retried_and_a_fast_attempt_is_recorded(
     store: NativeStore, store_factory: StoreFactory
 ) -> None:
@@ -607,9 +622,11 @@ async def test_strict_replay_raises_journal_mismatch_on_other_arguments(
 
     strict = JournaledRuntime(await store_factory.new(), strict=True)
     async with strict.session(SID):
-        assert await strict.step("fetch", fn, 1) == "fetched"  # same arguments: replays
+        # "fetch" with other arguments while the recorded fetch(1) has not replayed yet: the
+        # code no longer takes the path it took.
         with pytest.raises(JournalMismatchError) as caught:
             await strict.step("fetch", fn, 2)
+        assert await strict.step("fetch", fn, 1) == "fetched"  # same arguments: replays
         assert await strict.step("other", fn, 3) == "fetched"  # a new name is a new step
     assert fn.calls == 2  # only "other" ran
     err = caught.value
@@ -623,6 +640,25 @@ async def test_strict_replay_raises_journal_mismatch_on_other_arguments(
         assert await lenient.step("fetch", fn, 2) == "fetched"  # runs, as a new step
     assert fn.calls == 3
     assert len(keys_of((await journal(store_factory)).steps, "fetch")) == 2
+
+
+async def test_strict_replay_allows_one_name_with_other_arguments_past_the_replay(
+    store: NativeStore, store_factory: StoreFactory
+) -> None:
+    """The README's pattern -- one step name, one call per input -- works in strict mode: on a
+    first run, and on a replay that goes on to new inputs once the recorded ones replayed."""
+    fn = Flaky(0, result="fetched")
+    async with JournaledRuntime(store, strict=True) as rt, rt.session(SID):
+        for url in ("a", "b"):
+            assert await rt.step("fetch", fn, url) == "fetched"
+    assert fn.calls == 2
+    async with (
+        JournaledRuntime(await store_factory.new(), strict=True) as rt,
+        rt.session(SID),
+    ):
+        for url in ("a", "b", "c"):  # a and b replay (in any order), then c is new work
+            assert await rt.step("fetch", fn, url) == "fetched"
+    assert fn.calls == 3
 
 
 async def test_strict_replay_also_covers_stream_steps() -> None:

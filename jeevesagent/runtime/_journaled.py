@@ -23,6 +23,7 @@ from ._base import (
     open_producer,
 )
 from ._codec import (
+    FINGERPRINT_CHARS,
     JournalCodec,
     decode_value,
     describe_key,
@@ -40,6 +41,7 @@ from ._owner import new_owner_id, owner_is_dead
 from ._policy import (
     JournaledFailure,
     StepPolicy,
+    StepTimeoutError,
     policy_of,
     run_with_policy,
 )
@@ -114,6 +116,10 @@ class _JState(SessionState):
         self.claim_error: BaseException | None = None  # the claim was lost (heartbeat)
         self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
+        # Strict replay: argument fingerprints per step name, as journaled when the session
+        # opened, and as called in this run.
+        self.recorded_fps: dict[str, set[str]] = {}
+        self.called_fps: dict[str, set[str]] = {}
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
 
@@ -211,6 +217,11 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             state.legacy = any(k.startswith("l:") for k in journal.steps) or any(
                 k.startswith("l:") for k in journal.streams
             )
+            if self.strict:
+                for key in (*journal.steps, *journal.streams):
+                    if key.startswith("s:"):
+                        name, fp = key[2 : -FINGERPRINT_CHARS - 1], key[-FINGERPRINT_CHARS:]
+                        state.recorded_fps.setdefault(name, set()).add(fp)
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
             for name in await native._pending_names(state.id):
@@ -511,6 +522,8 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         else:
             fp = fingerprint(args, kwargs, session_id=state.id, step=name)
             key = step_journal_key(name, fp)
+            if self.strict:
+                state.called_fps.setdefault(name, set()).add(fp)
         while True:
             row = await self._lookup_step(state, key)
             if row is None and state.legacy:
@@ -541,7 +554,9 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             try:
                 result = await self._attempts(fn, args, kwargs, policy, state.id, name)
             except Exception as exc:
-                if not policy.journal_failures:
+                # A timed-out step records nothing, as documented: the timeout says how long
+                # this attempt was allowed, not what the step's outcome is.
+                if not policy.journal_failures or isinstance(exc, StepTimeoutError):
                     raise
                 # Failed for good: journal the failure so a replay raises it without running.
                 failure = JournaledFailure.of(exc)
@@ -582,23 +597,21 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         )
 
     def _check_strict(self, state: _JState, name: str, fp: str) -> None:
-        """Strict replay: the journal has this step name with other arguments -> mismatch."""
-        prefix = f"s:{name}:"
-        n = len(prefix)
-        # The rest of a key of this very name is exactly one fingerprint (hex, no colon).
-        recorded = [
-            k[n:]
-            for table in (state.steps, state.streams)
-            for k in table
-            if k.startswith(prefix) and ":" not in k[n:]
-        ]
-        if recorded and fp not in recorded:
+        """Strict replay: a step is called with arguments the journal does not hold for its
+        name while a recorded call of that name has not been replayed yet in this run -> the
+        code no longer takes the path it took. Calls of one name with new arguments after every
+        recorded one has replayed (a first run, or new work past the replay) are fine."""
+        recorded = state.recorded_fps.get(name)
+        if not recorded or fp in recorded:
+            return
+        pending = recorded - state.called_fps.get(name, set())
+        if pending:
             raise JournalMismatchError(
                 f"session {state.id!r}, step {name!r}: the journal recorded this step with "
-                f"arguments fingerprint {recorded[0]}, but it was called with {fp}. The code or "
-                "its inputs no longer match the journal (strict replay). Make the workflow "
-                "deterministic, give each distinct call its own step name, or start a new "
-                "session.",
+                f"arguments fingerprint {min(pending)}, not replayed yet in this run, but it was "
+                f"called with {fp}. The code or its inputs no longer match the journal (strict "
+                "replay). Make the workflow deterministic, give each distinct call its own step "
+                "name, or start a new session.",
                 session_id=state.id,
                 step=name,
             )
@@ -653,8 +666,10 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         self._require_open(state, name)
         fp = fingerprint(args, kwargs, session_id=state.id, step=name)
         key = step_journal_key(name, fp)
-        if self.strict and key not in state.streams:
-            self._check_strict(state, name, fp)
+        if self.strict:
+            state.called_fps.setdefault(name, set()).add(fp)
+            if key not in state.streams:
+                self._check_strict(state, name, fp)
 
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self._require_open(state, name)
