@@ -176,3 +176,90 @@ async def test_one_bad_step_name_fails_only_its_own_session(store_factory: Store
     assert sorted(ran) == sorted(outcome)  # the refused steps' functions never ran
     for n in outcome:
         assert len((await store.load_session(f"s{n}")).steps) == 1
+
+
+# -- a copied signed signal ----------------------------------------------------------------------
+
+
+def sqlite_exec(path: str, sql: str) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(sql)
+    finally:
+        conn.close()
+
+
+async def durable_exec(kind: str, target: str, sql: str) -> None:
+    if kind == "sqlite":
+        sqlite_exec(target, sql)
+        return
+    from .conftest import pg
+
+    async def go(conn: Any) -> None:
+        await conn.execute(sql)
+
+    pg(target, go)
+
+
+COPY_MAILBOX_ROW = (
+    "INSERT INTO jrt_mailbox (session_id, name, payload, created_at) "
+    "SELECT session_id, name, payload, created_at FROM jrt_mailbox"
+)
+COPY_RECEIPT = (
+    "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
+    "SELECT session_id, kind, 'g:approve:1', value, created_at FROM jrt_journal "
+    "WHERE key = 'g:approve:0'"
+)
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+async def test_a_copied_signed_signal_is_received_once(
+    store_factory: StoreFactory, store_kind: str, store_target: str
+) -> None:
+    """Someone with write access copies a signed approval -- in the mailbox, then in the
+    journal. Each copy verifies (the signature is genuine), but a session receives one send
+    once: the copies are skipped, live and on replay."""
+    async with runtime(await store_factory.new(signing_key=KEY)) as rt:
+        await rt.signal("s", "approve", "yes")
+    await durable_exec(store_kind, store_target, COPY_MAILBOX_ROW)
+    store = await store_factory.new(signing_key=KEY)
+    assert await store._pending_signals("s") == 2
+    async with runtime(store) as rt, rt.session("s"):
+        assert await rt.wait_for_signal("s", "approve", timeout=5) == "yes"
+        with pytest.raises(TimeoutError):
+            await rt.wait_for_signal("s", "approve", timeout=0.05)
+    # The journal now holds the receipt and the skipped copy; copy the receipt once more.
+    await durable_exec(
+        store_kind, store_target, "DELETE FROM jrt_journal WHERE key <> 'g:approve:0'"
+    )
+    await durable_exec(store_kind, store_target, COPY_RECEIPT)
+    async with runtime(await store_factory.new(signing_key=KEY)) as rt, rt.session("s"):
+        assert await rt.wait_for_signal("s", "approve", timeout=5) == "yes"
+        with pytest.raises(TimeoutError):
+            await rt.wait_for_signal("s", "approve", timeout=0.05)
+
+
+async def test_two_sends_of_one_signed_payload_are_two_signals(
+    store_factory: StoreFactory,
+) -> None:
+    async with runtime(await store_factory.new(signing_key=KEY)) as rt:
+        await rt.signal("s", "vote", "yes")
+        await rt.signal("s", "vote", "yes")
+        async with rt.session("s"):
+            assert await rt.wait_for_signal("s", "vote", timeout=5) == "yes"
+            assert await rt.wait_for_signal("s", "vote", timeout=5) == "yes"
+
+
+async def test_the_cli_preview_verifies_a_signed_signal_receipt(tmp_path: Any) -> None:
+    from jeevesagent.runtime._values import JournalCodec, peek
+
+    path = str(tmp_path / "signed.sqlite3")
+    async with SqliteJournalStore(path, signing_key=KEY, codec="json") as store:
+        async with runtime(store) as rt, rt.session("s"):
+            await rt.signal("s", "approve", {"ok": True})
+            assert await rt.wait_for_signal("s", "approve", timeout=5) == {"ok": True}
+        row = (await store.load_session("s")).steps["g:approve:0"]
+    seen = peek(row.data, JournalCodec("json", KEY), "s", 0, "g:approve:0", trust=False)
+    assert (seen.signed, seen.verified, seen.value) == (True, True, {"ok": True})

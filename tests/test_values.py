@@ -24,7 +24,14 @@ from jeevesagent.runtime import (
 )
 from jeevesagent.runtime._codec import fingerprint, signal_journal_key, step_journal_key
 from jeevesagent.runtime._store import STEP, STREAM, NativeStore, Row, SessionJournal
-from jeevesagent.runtime._values import MAGIC, JournalCodec, peek, pickle_summary
+from jeevesagent.runtime._values import (
+    MAGIC,
+    NONCE_BYTES,
+    NONCE_MARK,
+    JournalCodec,
+    peek,
+    pickle_summary,
+)
 
 from .conftest import StoreFactory, _run_sql
 
@@ -143,6 +150,10 @@ async def test_signed_rows_round_trip(store_factory: StoreFactory) -> None:
         assert [c async for c in rt.stream_step("st", _chunks)] == [1, 2, 3]
         await rt.signal("s1", "approve", "yes")
     rows = await raw_rows(store, "s1")
+    # A signal receipt is signed too, behind its nonce (which its signature binds).
+    receipt = rows.steps.pop("g:approve:0")
+    assert receipt.data.startswith(NONCE_MARK)
+    assert receipt.data[len(NONCE_MARK) + NONCE_BYTES :].startswith(MAGIC)
     assert all(r.data.startswith(MAGIC) for r in rows.steps.values())
     assert all(r.data.startswith(MAGIC) for r in rows.streams.values())
     async with JournaledRuntime(await store_factory.new(signing_key=KEY)) as rt, rt.session("s1"):

@@ -31,10 +31,11 @@ import anyio
 
 from ._codec import describe_key
 from ._errors import RuntimeJournalError, StoreError
+from ._jsignals import seal_signal
 from ._postgres import PostgresJournalStore
 from ._sqlite import SqliteJournalStore
 from ._store import SESSION_STATUSES, STEP, STREAM, NativeStore, Row, SessionInfo
-from ._values import MAGIC, SIGNING_KEY_ENV, JournalCodec, encode_value, peek, signal_context
+from ._values import MAGIC, SIGNING_KEY_ENV, JournalCodec, peek
 
 __all__ = ["main"]
 
@@ -250,7 +251,7 @@ def _one_line(text: str, limit: int | None) -> str:
 def row_kind(kind: int, key: str) -> str:
     if kind == STREAM:
         return "legacy-stream" if key.startswith("l:") else "stream"
-    return {"g:": "signal", "t:": "sleep", "l:": "legacy"}.get(key[:2], "step")
+    return {"g:": "signal", "o:": "signal", "t:": "sleep", "l:": "legacy"}.get(key[:2], "step")
 
 
 def row_object(
@@ -458,14 +459,7 @@ async def cmd_signal(store: NativeStore, args: argparse.Namespace) -> int:
         )
     # JSON, whatever the journal's codec: every runtime reads JSON rows (the pickle codec too).
     codec = JournalCodec("json", signing_key=args.signing_key)
-    data = encode_value(
-        codec,
-        args.payload_value,
-        session_id=sid,
-        step=f"signal {name!r}",
-        what="payload",
-        context=signal_context(name),
-    )
+    data = seal_signal(codec, sid, name, args.payload_value)
     exists = await _find_session(store, sid) is not None
     if not exists:
         journal = await store.load_session(sid)

@@ -109,6 +109,7 @@ class _JState(SessionState):
         self.streams: dict[str, Row | list[Any]] = {}
         self.inflight: dict[str, anyio.Event] = {}
         self.signals_received: dict[str, int] = {}
+        self.signal_tags: set[bytes] = set()  # signatures of the signed signals received
         self.buffer: list[Record] = []  # recorded here, not yet handed to the store
         self.write_error: BaseException | None = None  # a buffered commit failed: stop
         self.claimed = False  # this runtime holds the session's claim in the store

@@ -2,10 +2,16 @@
 durable mailbox, receiving with the receipt journaled in the same transaction, and replaying
 receipts. A mixin, so the runtime class stays readable; it uses the runtime's journal access
 (``_record``, ``_decode``, ``_flush``, ``_lookup_step``) declared below for the type checker.
+
+A signed signal carries a random nonce bound into its signature: each send is unique, so a copy
+of a signed row -- someone with write access duplicating an approval in the mailbox or the
+journal -- is recognized by its signature and received only once per session (the first time
+in journal order, so a replay skips the same copies).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -24,12 +30,38 @@ from ._codec import (
 from ._errors import SessionBusyError
 from ._names import check_signal_target
 from ._store import STEP, Fenced, JournalEntry, NativeStore, Record, Row
-from ._values import signal_context
+from ._values import _HEADER, MAGIC, NONCE_BYTES, NONCE_MARK, signal_context, split_nonce
 
 if TYPE_CHECKING:
     from ._journaled import _JState
 
-__all__ = ["SignalsMixin"]
+__all__ = ["SignalsMixin", "open_signal", "seal_signal"]
+
+
+def seal_signal(codec: JournalCodec, session_id: str, name: str, payload: Any) -> bytes:
+    """Encode a signal's payload for the mailbox; signed (with a nonce) if ``codec`` signs."""
+    nonce = os.urandom(NONCE_BYTES) if codec.signed else b""
+    context = signal_context(name) + (f"#{nonce.hex()}" if nonce else "")
+    data = encode_value(
+        codec,
+        payload,
+        session_id=session_id,
+        step=f"signal {name!r}",
+        what="payload",
+        context=context,
+    )
+    return NONCE_MARK + nonce + data if nonce else data
+
+
+def open_signal(
+    codec: JournalCodec, data: bytes, session_id: str, name: str, step: str
+) -> tuple[Any, bytes | None]:
+    """Decode a signal row: its payload, and its signature (``None`` if unsigned), which
+    identifies this one send."""
+    data, context = split_nonce(data, signal_context(name))
+    value = decode_value(codec, data, session_id=session_id, step=step, context=context)
+    tag = data[len(MAGIC) : _HEADER] if data[: len(MAGIC)] == MAGIC else None
+    return value, tag
 
 
 class SignalsMixin:
@@ -67,14 +99,7 @@ class SignalsMixin:
         """
         check_signal_target(session_id, name)
         self._check_open(session_id, name)
-        data = encode_value(
-            self._codec,
-            payload,
-            session_id=session_id,
-            step=f"signal {name!r}",
-            what="payload",
-            context=signal_context(name),
-        )
+        data = seal_signal(self._codec, session_id, name, payload)
         native = self._native
         if native is None:
             self._mailbox.put(session_id, name, data)
@@ -98,13 +123,24 @@ class SignalsMixin:
     def _next_outcome(self, state: _JState, name: str) -> tuple[str, Any] | None:
         """Consume the next journaled receive of ``name``, if the journal holds one:
         ``("payload", value)``, ``("timeout", None)`` or ``("nothing", None)``."""
-        index = state.signals_received.get(name, 0)
-        key = signal_journal_key(name, index)
-        row = state.steps.get(key)
-        if row is not None:
+        while True:
+            index = state.signals_received.get(name, 0)
+            key = signal_journal_key(name, index)
+            row = state.steps.get(key)
+            if row is None:
+                break
             state.signals_received[name] = index + 1
+            if isinstance(row, JournalEntry):  # a third-party store: decoded already
+                value = row.value
+            else:
+                value, tag = open_signal(self._codec, row.data, state.id, name, key)
+                if tag is not None:
+                    if tag in state.signal_tags:
+                        _observe.signal_duplicate(state.id, name)
+                        continue  # a copy of a signed signal received before: never twice
+                    state.signal_tags.add(tag)
             _observe.signal_received(state.id, name)
-            return "payload", self._decode(state, key, row)
+            return "payload", value
         key = signal_outcome_key(name, index)
         row = state.steps.get(key)
         if row is None:
@@ -273,20 +309,14 @@ class SignalsMixin:
 
     def _decode_signal(self, session_id: str, name: str, data: bytes) -> Any:
         _observe.signal_received(session_id, name)  # a receipt outside a session open here
-        return decode_value(
-            self._codec,
-            data,
-            session_id=session_id,
-            step=f"signal {name!r}",
-            context=signal_context(name),
-        )
+        return open_signal(self._codec, data, session_id, name, f"signal {name!r}")[0]
 
     def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
         _observe.signal_received(state.id, name)
         index = state.signals_received.get(name, 0)
         state.signals_received[name] = index + 1
         key = signal_journal_key(name, index)
-        return key, decode_value(self._codec, data, session_id=state.id, step=key)
+        return key, open_signal(self._codec, data, state.id, name, key)[0]
 
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next signal ``name`` without waiting; ``None`` if none is at hand.

@@ -420,6 +420,15 @@ def signal_received(session_id: str, name: str) -> None:
         log.debug("session %r: signal %r received", session_id, name)
 
 
+def signal_duplicate(session_id: str, name: str) -> None:
+    log.warning(
+        "session %r: a copy of signed signal %r that the session received before was skipped "
+        "(someone with write access to the store duplicated it)",
+        session_id,
+        name,
+    )
+
+
 def claim_taken_over(session_id: str, dead_owner: str) -> None:
     log.info(
         "session %r: took over the claim of owner %s, whose process is gone", session_id, dead_owner

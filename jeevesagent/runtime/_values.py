@@ -152,6 +152,20 @@ def signal_context(name: str) -> str:
     return f"signal:{name}"
 
 
+# A signed signal: NONCE_MARK, NONCE_BYTES random bytes, then the row signed with the nonce in its
+# context (see _jsignals), so every send is unique and a copy is recognized by its signature.
+NONCE_MARK = b"\x00jrn1"
+NONCE_BYTES = 16
+
+
+def split_nonce(data: bytes, context: str) -> tuple[bytes, str]:
+    """A signal row without its nonce, and the signature context that binds the nonce."""
+    if data[: len(NONCE_MARK)] != NONCE_MARK:
+        return data, context
+    start = len(NONCE_MARK) + NONCE_BYTES
+    return data[start:], f"{context}#{data[len(NONCE_MARK) : start].hex()}"
+
+
 class JournalCodec:
     """A codec plus the optional signing key: what a store uses to write and read rows.
 
@@ -317,6 +331,7 @@ def peek(
     """Decode a row for display only when that is safe: JSON always; a pickle only if its
     signature verifies with ``codec``'s key, or if ``trust`` (the caller vouches for the
     database). Otherwise the pickle's opcodes are read -- never executed -- for a summary."""
+    data, context = split_nonce(data, row_context(kind, key))
     signed = data[: len(MAGIC)] == MAGIC
     verified = False
     payload = data
@@ -324,7 +339,7 @@ def peek(
         payload = data[_HEADER:]
         if codec.signed:
             try:
-                codec.verified_payload(data, session_id, row_context(kind, key))
+                codec.verified_payload(data, session_id, context)
                 verified = True
             except _Refused as exc:
                 return Peek(_format(payload), True, False, False, None, f"REFUSED: {exc}")
