@@ -215,6 +215,7 @@ async def test_a_failed_buffered_flush_fails_the_session_and_leaves_no_gap(
         with pytest.raises(StoreError) as caught:
             await body()
         assert caught.value.session_id == "s"
+        assert caught.value.step == "first"  # by its name, not its journal key
         assert not ran_to_end
         await rt.aclose()
         journal = await store.load_session("s")
@@ -346,6 +347,7 @@ async def test_a_concurrent_same_key_caller_never_sees_an_uncommitted_value(
                     await lock.release(kill=True)  # the first commit fails
                     lock_released.set()
         assert isinstance(seen["first"], StoreError), seen
+        assert seen["first"].step == "idempotency_key='pay-1'"  # not the key "k:pay-1"
         # The second caller must not have returned the first caller's value, which was never
         # committed: it ran the step itself, and its value is the one recorded.
         assert seen["second"] == "value of second", seen

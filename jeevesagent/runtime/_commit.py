@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ._codec import describe_key
 from ._errors import SessionBusyError, StoreError
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class GroupCommitter:
                             "claim expired and another runtime took it over), so its records "
                             "were refused. The other owner's journal stands; do not retry here.",
                             session_id=sid,
-                            step=t.records[0].key if t.records else None,
+                            step=describe_key(t.records[0].key) if t.records else None,
                         )
                     else:
                         kept.append(t)
@@ -188,7 +189,7 @@ class GroupCommitter:
                 t.error = StoreError(
                     f"the transaction that carried this record failed: {exc}",
                     session_id=first.session_id if first else None,
-                    step=first.key if first else None,
+                    step=describe_key(first.key) if first else None,
                 )
                 t.error.__cause__ = exc
             else:
@@ -202,5 +203,5 @@ def _after_failure(ticket: _Ticket, session_id: str) -> StoreError:
         "group commit, so this one was not committed either (the journal keeps no gap). Open "
         "the session again to resume from what was committed.",
         session_id=session_id,
-        step=first.key if first else None,
+        step=describe_key(first.key) if first else None,
     )

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._codec import describe_key
 from ._errors import StoreError
 from ._pgbridge import AsyncFn, _AsyncioBridge
 from ._pgschema import _NOW, _migrate, _prune, schema_statements
@@ -303,7 +304,10 @@ class PostgresJournalStore(NativeStore):
 
     async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._run(
-            lambda: _get_row(self._pool, session_id, kind, key), "reading", session_id, key
+            lambda: _get_row(self._pool, session_id, kind, key),
+            "reading",
+            session_id,
+            describe_key(key),
         )
 
     async def _insert(
@@ -314,7 +318,7 @@ class PostgresJournalStore(NativeStore):
         # A batch may span sessions (group commit): name the session and step only if unique.
         sessions = {r.session_id for r in records}
         session_id = records[0].session_id if len(sessions) == 1 else None
-        step = records[0].key if len(records) == 1 else None
+        step = describe_key(records[0].key) if len(records) == 1 else None
         # Shielded: a caller must never walk away not knowing whether its commit happened.
         return await self._run(
             lambda: self._write_rows(records, owners), "recording", session_id, step, shield=True
@@ -370,7 +374,7 @@ class PostgresJournalStore(NativeStore):
             lambda: _take(self._pool, session_id, name, key, owner),
             "receiving a signal",
             session_id,
-            key,
+            describe_key(key) if key else None,
             shield=True,
         )
 

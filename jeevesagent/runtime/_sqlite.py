@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ._codec import describe_key
 from ._errors import JournalCorruptError, StoreError
 from ._store import (
     STEP,
@@ -484,7 +485,7 @@ class SqliteJournalStore(NativeStore):
             records,
             owners,
             session_id=first.session_id if first else None,
-            step=first.key if first else None,
+            step=describe_key(first.key) if first else None,
         )
 
     async def _send_signal(
@@ -496,7 +497,13 @@ class SqliteJournalStore(NativeStore):
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
         return await self._call(
-            _take_signal, session_id, name, key, owner, session_id=session_id, step=key
+            _take_signal,
+            session_id,
+            name,
+            key,
+            owner,
+            session_id=session_id,
+            step=describe_key(key) if key else None,
         )
 
     async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
@@ -527,7 +534,9 @@ class SqliteJournalStore(NativeStore):
         return await self._call(_prune, older_than, sessions, statuses, dry_run)
 
     async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
-        return await self._call(_get, session_id, kind, key, session_id=session_id, step=key)
+        return await self._call(
+            _get, session_id, kind, key, session_id=session_id, step=describe_key(key)
+        )
 
     async def _close(self) -> None:
         await self._worker.aclose()
