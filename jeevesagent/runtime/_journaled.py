@@ -716,8 +716,10 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled
-        stores). ``status``: ``"running"``, ``"completed"``, ``"failed"``, ``"cancelled"`` or
-        ``"imported"`` (sessions copied from a jeevesagent 0.9.7 journal, not run since)."""
+        stores). ``status``: ``"running"``, ``"completed"``, ``"failed"``, ``"interrupted"``
+        (stopped by the application: to be resumed), ``"imported"`` (sessions copied from a
+        jeevesagent 0.9.7 journal, not run since), or ``"cancelled"`` (sessions that ended so
+        before this release)."""
         native = self._require_native("list_sessions")
         if status is not None and status not in SESSION_STATUSES:
             raise ValueError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
