@@ -454,3 +454,41 @@ async def test_a_session_cancelled_by_its_application_is_interrupted_and_resumab
         async with rt.session("deploy"):
             assert await rt.step("one", lambda: 0) == 1
         assert [i.session_id for i in await rt.orphaned_sessions()] == ["ctrl-c"]
+
+
+# -- closing a SQLite store leaves no thread behind ------------------------------------------------
+
+IDLE_THREAD_SCRIPT = """
+import os, sys, tempfile, threading
+import anyio
+from jeevesagent.runtime import JournaledRuntime, SqliteJournalStore
+
+async def main():
+    before = set(threading.enumerate())
+    store = SqliteJournalStore(os.path.join(tempfile.mkdtemp(), "j.sqlite3"))
+    async with JournaledRuntime(store) as rt, rt.session("s"):
+        await rt.step("one", lambda: 1)
+    await store.aclose()
+    print(sorted(t.name for t in set(threading.enumerate()) - before if t.is_alive()))
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_closing_a_sqlite_store_leaves_no_idle_thread() -> None:
+    """The store's worker thread is joined without borrowing a thread of the event loop's pool
+    (trio's thread cache and anyio's workers keep such a thread idle after the call). In a
+    process of its own: the test runner itself runs trio with helper threads."""
+    import subprocess
+    import sys
+
+    for backend in ("asyncio", "trio"):
+        out = subprocess.run(
+            [sys.executable, "-c", IDLE_THREAD_SCRIPT, backend],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert out.stdout.strip() == "[]", (backend, out.stdout, out.stderr)
