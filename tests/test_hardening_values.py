@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import json
 import re
 import ssl
 import sys
@@ -22,16 +23,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jeevesagent.runtime import (
+    JournalCorruptError,
     JournaledRuntime,
+    RetryPolicy,
+    StepFailedError,
     ValueEncodingError,
     _codec,
+    with_policy,
 )
 from jeevesagent.runtime._codec import (
+    describe_key,
     fingerprint,
+    idempotency_journal_key,
+    legacy_journal_key,
+    signal_journal_key,
+    step_journal_key,
+    timer_journal_key,
 )
+from jeevesagent.runtime._store import STEP
+from jeevesagent.runtime._values import JsonCodec, PickleCodec
 
 from .conftest import StoreFactory
-from .test_values import Calls
+from .test_values import Calls, create_journal, plant, raw_rows
 
 
 class Customer(pydantic.BaseModel):
@@ -342,3 +355,110 @@ def test_type_and_exact_value_are_part_of_the_identity() -> None:
     assert len({fp(1), fp(1.0), fp(True)}) == 3
     assert fp(0.0) != fp(-0.0)
     assert fp(decimal.Decimal("1.0")) != fp(decimal.Decimal("1.00"))
+
+
+# -- the JSON codec keeps values as they are (item 7) ---------------------------------------------
+
+MARKER = "__jeevesagent_failure__"
+
+
+async def test_json_codec_refuses_non_string_keys(store_factory: StoreFactory) -> None:
+    store = await store_factory.new(codec="json")
+    async with JournaledRuntime(store) as rt, rt.session("s1"):
+        with pytest.raises(ValueEncodingError) as info:
+            await rt.step("plan", Calls(), {1: "a", "1": "b"})
+        with pytest.raises(ValueEncodingError, match=r"value\['rows'\]\[0\] has the key 2"):
+            await rt.step("nested", Calls(), {"rows": [{2: "x"}]})
+        assert await rt.step("ok", Calls(), {"1": "b"}) == {"1": "b"}
+    err = info.value
+    assert err.session_id == "s1"
+    assert err.step == "plan"
+    assert "key 1 of type int" in str(err)
+    assert "string keys" in str(err)
+    assert list((await raw_rows(store, "s1")).steps) == [step_journal_key("ok", fp({"1": "b"}))]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {MARKER: {"type": "builtins.RuntimeError", "message": "card declined"}},
+        {MARKER: {"data": 1}},
+        {MARKER: None},
+    ],
+    ids=["failure-shaped", "escape-shaped", "other"],
+)
+async def test_a_json_result_shaped_like_the_failure_marker_replays_as_data(
+    store_factory: StoreFactory, value: Any
+) -> None:
+    calls = Calls()
+    for _ in range(2):
+        async with (
+            JournaledRuntime(await store_factory.new(codec="json")) as rt,
+            rt.session("s1"),
+        ):
+            assert await rt.step("echo", calls, value) == value
+            await rt.signal("s1", "note", value)
+            assert await rt.wait_for_signal("s1", "note", timeout=5) == value
+        await store_factory.recycle()
+    assert calls.n == 1
+
+
+async def test_a_json_failure_journaled_by_earlier_code_still_replays(
+    store_factory: StoreFactory,
+) -> None:
+    await create_journal(store_factory, codec="json")
+    row = json.dumps({MARKER: {"type": "builtins.RuntimeError", "message": "card declined"}})
+    await plant(store_factory, "s1", STEP, step_journal_key("charge", fp()), row.encode())
+    charge = with_policy(Calls(), retry=RetryPolicy(attempts=1), journal_failures=True)
+    async with JournaledRuntime(await store_factory.new(codec="json")) as rt, rt.session("s1"):
+        with pytest.raises(StepFailedError, match="card declined") as info:
+            await rt.step("charge", charge)
+    assert info.value.type_name == "builtins.RuntimeError"
+    assert info.value.step == "charge"
+
+
+def test_json_rows_shaped_like_the_marker_read_back_in_both_codecs() -> None:
+    value = {MARKER: {"type": "x", "message": "y"}}
+    row = JsonCodec().encode(value)
+    assert JsonCodec().decode(row) == value
+    assert PickleCodec().decode(row) == value  # a CLI signal in a pickle journal
+    assert PickleCodec().decode(PickleCodec().encode(value)) == value
+
+
+# -- codec errors name the step as the user wrote it ---------------------------------------------
+
+
+def test_describe_key_names_every_kind_of_key() -> None:
+    assert describe_key(step_journal_key("plan:2", fp(1))) == "plan:2"
+    assert describe_key(idempotency_journal_key("order-42")) == "idempotency_key='order-42'"
+    assert describe_key(signal_journal_key("approve", 3)) == "signal 'approve' #3"
+    assert describe_key(timer_journal_key("cool-off")) == "sleep 'cool-off'"
+    assert describe_key(legacy_journal_key("plan")) == "plan"
+    assert describe_key("signal 'approve'") == "signal 'approve'"
+    assert describe_key("s:no-fingerprint") == "s:no-fingerprint"  # not a key we write
+
+
+async def test_codec_errors_name_the_step_not_its_journal_key(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory.new(codec="json")
+    async with JournaledRuntime(store) as rt, rt.session("s1"):
+        with pytest.raises(ValueEncodingError) as encoding:
+            await rt.step("plan", Calls(), {1, 2})
+        with pytest.raises(ValueEncodingError) as keyed:
+            await rt.step("plan", Calls(), {1, 2}, idempotency_key="order-42")
+    for info, name in ((encoding, "plan"), (keyed, "idempotency_key='order-42'")):
+        assert info.value.step == name
+        assert f"step {name!r}" in str(info.value)
+        assert "s:plan:" not in str(info.value)
+    await store_factory.recycle()
+    await plant(store_factory, "s1", STEP, step_journal_key("broken", fp()), b"{not json")
+    await plant(store_factory, "s1", STEP, signal_journal_key("approve", 0), b"{not json")
+    async with JournaledRuntime(await store_factory.new(codec="json")) as rt, rt.session("s1"):
+        with pytest.raises(JournalCorruptError) as corrupt:
+            await rt.step("broken", Calls())
+        with pytest.raises(JournalCorruptError) as receipt:
+            await rt.wait_for_signal("s1", "approve", timeout=5)
+    assert corrupt.value.step == "broken"
+    assert "step 'broken'" in str(corrupt.value)
+    assert receipt.value.step == "signal 'approve' #0"

@@ -576,10 +576,18 @@ def timer_journal_key(name: str) -> str:
     return f"t:{name}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def describe_key(key: str) -> str:
-    """A readable form of a journal key for messages and listings."""
+    """A readable form of a journal key for messages, listings and errors' ``step``: the step's
+    name, ``idempotency_key='K'``, ``signal 'name' #n``, ``sleep 'name'``; any other text (a name
+    already, or a key of a third-party store) as is."""
     if key.startswith("s:"):
-        return key[2 : -(FINGERPRINT_CHARS + 1)]
+        name, sep, fp = key[2:].rpartition(":")
+        if sep and len(fp) == FINGERPRINT_CHARS and all(c in _HEX for c in fp):
+            return name
+        return key
     if key.startswith("k:"):
         return f"idempotency_key={key[2:]!r}"
     if key.startswith("g:"):
