@@ -28,7 +28,7 @@ from jeevesagent.runtime import (
     RetryPolicy,
     StepFailedError,
     ValueEncodingError,
-    _codec,
+    _fingerprint,
     with_policy,
 )
 from jeevesagent.runtime._codec import (
@@ -328,8 +328,8 @@ PLAIN = st.recursive(
 def test_the_long_int_text_equals_the_fast_text(value: Any) -> None:
     fast: list[str] = []
     slow: list[str] = []
-    _codec._plain(value, fast)
-    _codec._plain_big(value, slow)
+    _fingerprint._plain(value, fast)
+    _fingerprint._plain_big(value, slow)
     assert slow == fast
 
 
