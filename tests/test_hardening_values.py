@@ -137,6 +137,12 @@ def golden_samples() -> dict[str, str]:
         ),
         "plain-object": fingerprint((Bag(),), {"p": Point(0, 0)}),
         "aliased-strict-nested": fingerprint((team(),), {}),
+        "excluded-client": fingerprint((WithClient(name="a", client=threading.Lock()),), {}),
+        "excluded-at-default": fingerprint((Account(name="a"),), {}),
+        "nested-excluded-client": fingerprint(
+            (Deps(tools=WithClient(name="a", client=threading.Lock())),), {}
+        ),
+        "nested-excluded-at-default": fingerprint((Wrapper(account=Account(name="a")),), {}),
     }
 
 
@@ -161,6 +167,10 @@ GOLDEN = {
     "repr-types": "553c1d7adb6f5593ed67ab28",
     "plain-object": "985ed7db32eddb0575c0779f",
     "aliased-strict-nested": "9b8c0ee36b68c8cbcf6a69ee",
+    "excluded-client": "914b02afc14976469b7d287e",
+    "excluded-at-default": "898c85654d8f91d46b39d648",
+    "nested-excluded-client": "3bec5c40eb738e743d9d3419",
+    "nested-excluded-at-default": "1d771a162d32df66d94e7371",
 }
 
 
@@ -249,6 +259,10 @@ def test_a_nested_subclass_and_its_fields_are_part_of_the_identity() -> None:
     assert base == fp(Holder(customer=Customer(name="a")))
 
 
+class Deps(pydantic.BaseModel):
+    tools: WithClient
+
+
 def test_excluded_fields_are_part_of_the_identity() -> None:
     assert fp(Account(name="a", token="t1")) != fp(Account(name="a", token="t2"))
     assert fp(Account(name="a", token="t1")) == fp(Account(name="a", token="t1"))
@@ -257,12 +271,66 @@ def test_excluded_fields_are_part_of_the_identity() -> None:
     )
 
 
-def test_an_unfingerprintable_excluded_field_is_left_out_as_before() -> None:
-    """A client kept in an ``exclude=True`` field: the model is identified by its dump, as it
-    was before -- not refused."""
-    assert fp(WithClient(name="a", client=threading.Lock())) == fp(
-        WithClient(name="a", client=threading.Lock())
-    )
+def test_an_unfingerprintable_excluded_field_counts_as_its_default() -> None:
+    """A client kept in an ``exclude=True`` field is not data: the model is identified by its
+    dump, as it was before -- not refused -- also inside another model."""
+    with_lock = fp(WithClient(name="a", client=threading.Lock()))
+    assert with_lock == fp(WithClient(name="a", client=threading.Lock()))
+    assert with_lock == fp(WithClient(name="a"))
+    assert with_lock != fp(WithClient(name="a", client="x"))
+    nested = fp(Deps(tools=WithClient(name="a", client=threading.Lock())))
+    assert nested == fp(Deps(tools=WithClient(name="a")))
+    assert nested != fp(Deps(tools=WithClient(name="a", client="x")))
+
+
+def same_identity(a: Any, b: Any) -> bool:
+    """The oracle: the same classes all the way down and equal fields."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, pydantic.BaseModel):
+        return same_identity(
+            {**a.__dict__, **(a.__pydantic_extra__ or {})},
+            {**b.__dict__, **(b.__pydantic_extra__ or {})},
+        )
+    if dataclasses.is_dataclass(a):
+        return same_identity(dataclasses.asdict(a), dataclasses.asdict(b))  # type: ignore[arg-type]
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_identity(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(map(same_identity, a, b))
+    return bool(a == b)
+
+
+NAMES = st.sampled_from(["a", "b"])
+LEAF = st.none() | st.integers(0, 1) | NAMES
+CUSTOMERS = st.builds(Customer, name=NAMES, tier=st.integers(0, 1)) | st.builds(
+    VipCustomer, name=NAMES, tier=st.integers(0, 1), lounge=st.sampled_from(["none", "x"])
+)
+ACCOUNTS = st.builds(Account, name=NAMES, token=st.sampled_from(["", "t"]))
+ANY = (
+    LEAF
+    | CUSTOMERS
+    | st.builds(Vendor, name=NAMES)
+    | st.builds(Point, x=st.integers(0, 1), y=st.integers(0, 1))
+    | st.fixed_dictionaries({"name": NAMES, "tier": st.integers(0, 1)})
+    | st.fixed_dictionaries({"x": st.integers(0, 1), "y": st.integers(0, 1)})
+)
+MODELS = (
+    st.builds(Box, item=ANY | st.lists(ANY, max_size=2))
+    | st.builds(Holder, customer=CUSTOMERS)
+    | st.builds(Party, who=CUSTOMERS | st.builds(Vendor, name=NAMES))
+    | ACCOUNTS
+    | st.builds(Wrapper, account=ACCOUNTS)
+    | st.builds(Order, order_id=NAMES, customer=CUSTOMERS, lines=st.lists(CUSTOMERS, max_size=2))
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=MODELS, b=MODELS, copy=st.booleans())
+def test_models_share_a_fingerprint_only_when_they_are_the_same(a: Any, b: Any, copy: bool) -> None:
+    if copy:
+        b = a.model_copy(deep=True)
+    assert (fp(a) == fp(b)) == same_identity(a, b)
 
 
 async def test_a_call_with_an_unequal_model_runs_again(store_factory: StoreFactory) -> None:

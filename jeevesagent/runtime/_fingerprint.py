@@ -188,10 +188,10 @@ def _enc_other(value: Any, out: bytearray) -> None:
 
 def _enc_model(value: Any, out: bytearray) -> None:
     """A pydantic model: ``P`` + class + its ``model_dump()``, as keys always were -- when that
-    dump says everything about the model. It does not when a field is ``exclude=True``, or when a
-    nested model or dataclass became a dict that does not say its class (a subclass, a field typed
-    ``Any``, a union), or lost a subclass's fields: such a model is encoded by its class and every
-    field (``Q``), so unequal models never share a key."""
+    dump says everything about the model. It does not when an ``exclude=True`` field is left out,
+    or when a nested model or dataclass became a dict that does not say its class (a subclass, a
+    field typed ``Any``, a union), or lost a subclass's fields: such a model is encoded by its
+    class and every field (``Q``), so unequal models never share a key."""
     dumped = value.model_dump(mode="python")
     full = _unless_faithful(value, dumped)
     if full is not None:
@@ -202,42 +202,55 @@ def _enc_model(value: Any, out: bytearray) -> None:
 
 
 def _unless_faithful(value: Any, dumped: Any) -> bytes | None:
-    """The ``Q`` encoding of a model whose dump loses something, ``None`` if the dump says all:
-    the model has no excluded field and holds no nested model or dataclass, or validating the
-    dump gives back the same model (then no other model has that dump)."""
+    """The ``Q`` encoding of a model whose dump loses some of its identity, ``None`` if the dump
+    says it all: nothing excluded and no nested model or dataclass, or validating the dump gives
+    back the same model (then no other model has that dump: its key stays what it was)."""
     t = type(value)
-    excluded = False
-    for info in t.model_fields.values():
-        if info.exclude or getattr(info, "exclude_if", None) is not None:
-            excluded = True
-            break
-    extra = getattr(value, "__pydantic_extra__", None)
-    if not excluded and not _holds_objects(
-        [*value.__dict__.values(), *extra.values()] if extra else list(value.__dict__.values())
-    ):
+    identity, excluded = _identity(value)
+    if not excluded and not _holds_objects(list(identity.values())):
         return None
-    if not excluded:
-        try:
-            try:
-                back = t.model_validate(dumped, strict=False, by_name=True)
-            except TypeError:  # pydantic < 2.11 has no by_name=
-                back = t.model_validate(dumped, strict=False)
-            if _same(value, back):
-                return None
-        except Exception:  # the dump does not validate back (a validator refused it)
-            pass
     try:
-        return _model_fields_enc(value)
+        try:
+            back = t.model_validate(dumped, strict=False, by_name=True)
+        except TypeError:  # pydantic < 2.11 has no by_name=
+            back = t.model_validate(dumped, strict=False)
+        if type(back) is t and _same(value, back):
+            return None
+    except Exception:  # the dump does not validate back (a validator refused it)
+        pass
+    buf = bytearray(b"Q" + _qualname(t) + b"\0")
+    try:
+        _enc_mapping(identity, buf, b"d")
     except _Unfingerprintable:
-        # A field the dump leaves out or serializes (a client marked exclude=True) cannot be
-        # fingerprinted itself: identify the model by its dump, as before, rather than refuse.
-        return None
+        return None  # a field the dump serializes, and we cannot: identify it by its dump
+    return bytes(buf)
+
+
+def _identity(value: Any) -> tuple[dict[str, Any], bool]:
+    """A model's identity: its fields and extras -- except an excluded field whose value cannot
+    be fingerprinted (a client kept out of the dump), which counts as its default, as before.
+    And whether it keeps an excluded field (one the dump leaves out)."""
+    identity: dict[str, Any] = {}
+    excluded = False
+    for name, info in type(value).model_fields.items():
+        v = getattr(value, name)
+        if info.exclude or getattr(info, "exclude_if", None) is not None:
+            try:
+                _enc(v, bytearray())
+            except _Unfingerprintable:
+                continue
+            excluded = True
+        identity[name] = v
+    extra = getattr(value, "__pydantic_extra__", None)
+    if extra:
+        identity.update(extra)
+    return identity, excluded
 
 
 def _same(a: Any, b: Any) -> bool:
     """Whether ``b`` (a model validated from ``a``'s dump) is ``a`` again: the same classes all
-    the way down and equal fields. What the dump keeps (ints vs floats, decimals' digits) is in
-    the dump's own encoding; this only has to see what it may lose."""
+    the way down and equal identities. What the dump keeps (ints vs floats, decimals' digits) is
+    in the dump's own encoding; this only has to see what it may lose."""
     if a is b:
         return True
     t = type(a)
@@ -248,8 +261,11 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if hasattr(t, "model_fields") and hasattr(a, "model_dump"):
-        return all(_same(getattr(a, n), getattr(b, n)) for n in t.model_fields) and _same(
-            getattr(a, "__pydantic_extra__", None), getattr(b, "__pydantic_extra__", None)
+        extra_a = getattr(a, "__pydantic_extra__", None) or {}
+        extra_b = getattr(b, "__pydantic_extra__", None) or {}
+        return extra_a.keys() == extra_b.keys() and all(
+            _same(v, extra_b[n] if n in extra_b else getattr(b, n))
+            for n, v in _identity(a)[0].items()
         )
     if dataclasses.is_dataclass(a):
         return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
@@ -257,17 +273,6 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b) or (a != a and b != b)  # NaN is not equal to itself
     except Exception:
         return False
-
-
-def _model_fields_enc(value: Any) -> bytes:
-    t = type(value)
-    fields = {name: getattr(value, name) for name in t.model_fields}
-    extra = getattr(value, "__pydantic_extra__", None)
-    if extra:
-        fields.update(extra)
-    buf = bytearray(b"Q" + _qualname(t) + b"\0")
-    _enc_mapping(fields, buf, b"d")
-    return bytes(buf)
 
 
 _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
