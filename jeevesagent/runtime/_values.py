@@ -129,8 +129,9 @@ class JsonCodec:
     """Plain JSON (UTF-8, no NaN/Infinity), for journals other tools must read.
 
     Values must be JSON data: dicts with string keys, lists, strings, numbers, booleans, ``None``.
-    Tuples come back as lists. Anything else (a pydantic model, a dataclass, a dict with an int
-    key) raises ``ValueEncodingError``: return ``model.model_dump(mode="json")`` from the step
+    Tuples come back as lists, and subclasses of str, int and float (``StrEnum``, ``IntEnum``)
+    as the plain type. Anything else (a pydantic model, a dataclass, a dict with an int key)
+    raises ``ValueEncodingError``: return ``model.model_dump(mode="json")`` from the step
     instead. A journaled failure is stored as
     ``{"__jeevesagent_failure__": {"type": ..., "message": ...}}`` and replays as
     ``StepFailedError``; a result that is a dict whose only key is ``"__jeevesagent_failure__"`` is
