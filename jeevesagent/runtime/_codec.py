@@ -21,6 +21,7 @@ from ._fingerprint import FINGERPRINT_CHARS, fingerprint
 from ._values import JournalCodec, PickleCodec, decode_value, encode_value
 
 __all__ = [
+    "FINGERPRINT_CHARS",
     "JournalCodec",
     "PickleCodec",
     "decode_value",
