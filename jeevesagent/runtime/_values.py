@@ -73,21 +73,69 @@ class PickleCodec:
 
     def decode(self, data: bytes) -> Any:
         if data[:1] != b"\x80":
-            return json.loads(data)  # a JSON row (a signal sent by the CLI)
+            return _unescape(json.loads(data))  # a JSON row (a signal sent by the CLI)
         return pickle.loads(data)
 
 
+# A journaled failure in a JSON row is {_FAILURE: {"type": ..., "message": ...}}, as it always was.
+# Data of that shape (a dict whose only key is _FAILURE) is written {_FAILURE: {_DATA: <its value>}}
+# -- never a failure's shape -- so a step result can never replay as a failure. (A pickle row needs
+# no marker: a failure is a JournaledFailure object, which no step result becomes by accident.)
 _FAILURE = "__jeevesagent_failure__"
+_DATA = "data"
+
+
+def _unescape(value: Any) -> Any:
+    if type(value) is dict and len(value) == 1 and _FAILURE in value:
+        inner = value[_FAILURE]
+        if type(inner) is dict and len(inner) == 1 and _DATA in inner:
+            return {_FAILURE: inner[_DATA]}
+    return value
+
+
+def _check_json_keys(value: Any) -> None:
+    """Refuse dict keys that are not strings: JSON would turn them into strings silently
+    (``{1: "a", "1": "b"}`` would come back as ``{"1": "b"}``)."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        v, path = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise TypeError(_bad_key(k, "value" + "".join(f"[{p!r}]" for p in path)))
+                if isinstance(item, (dict, list, tuple)):
+                    stack.append((item, (*path, k)))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(
+                (item, (*path, i))
+                for i, item in enumerate(v)
+                if isinstance(item, (dict, list, tuple))
+            )
+
+
+def _bad_key(key: Any, where: str) -> str:
+    try:
+        coerced = json.dumps(next(iter(json.loads(json.dumps({key: None})))))
+        fate = f", so it would come back as the string {coerced}"
+    except (TypeError, ValueError):
+        fate = ""
+    return (
+        f"{where} has the key {key!r} of type {type(key).__qualname__}; JSON object keys are "
+        f"strings{fate}. Use string keys, or a list of pairs"
+    )
 
 
 class JsonCodec:
     """Plain JSON (UTF-8, no NaN/Infinity), for journals other tools must read.
 
     Values must be JSON data: dicts with string keys, lists, strings, numbers, booleans, ``None``.
-    Tuples come back as lists. Anything else (a pydantic model, a dataclass) raises
-    ``ValueEncodingError``: return ``model.model_dump(mode="json")`` from the step instead. A
-    journaled failure is stored as ``{"__jeevesagent_failure__": {"type": ..., "message": ...}}``
-    and replays as ``StepFailedError``.
+    Tuples come back as lists, and subclasses of str, int and float (``StrEnum``, ``IntEnum``)
+    as the plain type. Anything else (a pydantic model, a dataclass, a dict with an int key)
+    raises ``ValueEncodingError``: return ``model.model_dump(mode="json")`` from the step
+    instead. A journaled failure is stored as
+    ``{"__jeevesagent_failure__": {"type": ..., "message": ...}}`` and replays as
+    ``StepFailedError``; a result that is a dict whose only key is ``"__jeevesagent_failure__"`` is
+    stored as ``{"__jeevesagent_failure__": {"data": <its value>}}`` and replays as itself.
     """
 
     name = "json"
@@ -97,6 +145,10 @@ class JsonCodec:
 
         if type(value) is JournaledFailure:
             value = {_FAILURE: {"type": value.type_name, "message": value.message}}
+        else:
+            _check_json_keys(value)
+            if isinstance(value, dict) and len(value) == 1 and _FAILURE in value:
+                value = {_FAILURE: {_DATA: value[_FAILURE]}}
         return json.dumps(
             value, ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode()
@@ -106,6 +158,9 @@ class JsonCodec:
             raise ValueError("the row is a pickle, and the JSON codec never unpickles")
         value = json.loads(data)
         if type(value) is dict and len(value) == 1 and _FAILURE in value:
+            data_value = _unescape(value)
+            if data_value is not value:
+                return data_value  # a result that looks like the marker, written escaped
             from ._policy import JournaledFailure
 
             failure = value[_FAILURE]
@@ -261,13 +316,14 @@ def encode_value(
         return codec.encode(value, session_id or "", context or row_context(kind, step))
     except Exception as exc:
         t = type(value)
+        step = _step_name(step)
         raise ValueEncodingError(
             f"session {session_id!r}, step {step!r}: the {what} of type "
             f"{t.__module__}.{t.__qualname__} cannot be encoded with the {codec.name} codec "
             f"({type(exc).__name__}: {exc}). Nothing was recorded. "
             + (
-                "Return JSON data (dicts, lists, strings, numbers) from the step, e.g. "
-                "model.model_dump(mode='json')."
+                "Return JSON data (dicts with string keys, lists, strings, numbers) from the "
+                "step, e.g. model.model_dump(mode='json')."
                 if codec.name == "json"
                 else "Return a picklable value (plain data, a dataclass, a pydantic model) "
                 "from the step."
@@ -293,6 +349,7 @@ def decode_value(
             return pickle.loads(data)
         return codec.decode(data, session_id or "", context or row_context(kind, step))
     except _Refused as exc:
+        step = _step_name(step)
         raise JournalIntegrityError(
             f"session {session_id!r}, step {step!r}: {exc}. The row was refused without being "
             "decoded. If someone else wrote it, remove it (jeevesagent-runtime prune) and find "
@@ -301,6 +358,7 @@ def decode_value(
             step=step,
         ) from None
     except Exception as exc:
+        step = _step_name(step)
         raise JournalCorruptError(
             f"session {session_id!r}, step {step!r}: the recorded value cannot be decoded with "
             f"the {codec.name} codec ({type(exc).__name__}: {exc}). The row was not used. If the "
@@ -309,6 +367,13 @@ def decode_value(
             session_id=session_id,
             step=step,
         ) from exc
+
+
+def _step_name(step: str) -> str:
+    """How errors name the step: callers pass its journal key (which the signature binds)."""
+    from ._codec import describe_key  # _codec imports this module
+
+    return describe_key(step)
 
 
 # -- previews for the CLI: read a row without running anything --------------------------------
