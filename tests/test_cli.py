@@ -85,7 +85,11 @@ async def open_runtime(db: str, **options: Any) -> JournaledRuntime:
     return SqliteRuntime(db, **options)
 
 
-# A pickle whose unpickling leaves a trace: Path.touch(marker).
+# A pickle whose unpickling leaves a trace: Path.touch(marker). The preview names the function as
+# the pickle does: by the module Python defines it in (pathlib; pathlib._local from 3.13 on).
+TOUCH = f"{pathlib.Path.touch.__module__}.{pathlib.Path.touch.__qualname__}"
+
+
 class Planted:
     def __init__(self, marker: pathlib.Path) -> None:
         self.marker = marker
@@ -197,7 +201,7 @@ def test_sessions_show_and_export(db: str, tmp_path: pathlib.Path) -> None:
 
     # An unsigned pickle is never unpickled without --trust: neither by show nor by export.
     out = ok(cli("show", "pickled", "--db", db))
-    assert "pickle, not unpickled (unsigned); refers to pathlib.Path.touch" in out
+    assert f"pickle, not unpickled (unsigned); refers to {TOUCH}" in out
     assert "pass --trust" in out
     assert not marker.exists()
     exported = [json.loads(line) for line in ok(cli("export", "pickled", "--db", db)).splitlines()]
