@@ -277,6 +277,59 @@ def test_import_and_run_without_asyncpg_and_trio() -> None:
     assert proc.stdout.strip() == "OK"
 
 
+CONNECT_WITHOUT_ASYNCPG = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+    import threading
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "asyncpg":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import anyio
+
+    from jeevesagent.runtime import PostgresJournalStore, PostgresRuntime
+
+    async def main():
+        for cls in (PostgresJournalStore, PostgresRuntime):
+            try:
+                await cls.connect("postgresql://nobody@127.0.0.1:1/db")
+            except ImportError as exc:
+                print(f"{cls.__name__}: {exc}")
+            else:
+                raise SystemExit(f"{cls.__name__}.connect() did not fail")
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(main, backend=backend)
+    assert threading.active_count() == 1, threading.enumerate()
+    """
+)
+
+
+def test_connect_without_asyncpg_says_what_to_install() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CONNECT_WITHOUT_ASYNCPG],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4, proc.stdout  # two classes, two event loops
+    for line in lines:
+        assert "No module named 'asyncpg'" in line, line
+        assert 'install it with `pip install "jeevesagent[postgres]"`' in line, line
+
+
 # -- small contracts ------------------------------------------------------------------------------
 
 
