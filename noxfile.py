@@ -1,14 +1,27 @@
-"""Developer tasks: ``nox -s tests`` (the CI command), ``lint``, ``typing``, ``demo``, ``bench``."""
+"""Developer tasks: ``nox -s tests`` (the README's test command), ``tests-lowest``,
+``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import tempfile
+import tomllib
 
 import nox
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 nox.options.sessions = ["tests", "lint", "typing"]
 nox.options.default_venv_backend = "venv"
+
+ROOT = pathlib.Path(__file__).resolve().parent
+# Every CPython the package supports (requires-python >= 3.11); tests-versions runs each.
+PYTHONS = ["3.11", "3.12", "3.13"]
+# What the lowest-versions run installs: the package with these extras, and the build backend.
+LOWEST_EXTRAS = ("postgres", "trio", "otel", "test")
 
 
 @nox.session
@@ -16,6 +29,59 @@ def tests(session: nox.Session) -> None:
     """The test suite on asyncio and trio, over memory, SQLite and a real Postgres."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(name="tests-versions", python=PYTHONS)
+def tests_versions(session: nox.Session) -> None:
+    """The test suite on each supported CPython (``nox -s tests-versions-3.13`` for one)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(name="tests-lowest", python=PYTHONS[0])
+def tests_lowest(session: nox.Session) -> None:
+    """The test suite on the oldest Python with every dependency at its lowest declared version:
+    each ``>=`` bound of pyproject.toml (dependencies, the extras, the build backend) becomes an
+    ``==`` pin; what they need in turn resolves as usual."""
+    pins = lowest_pins()
+    constraints = pathlib.Path(session.create_tmp()) / "lowest-constraints.txt"
+    constraints.write_text("".join(f"{name}=={version}\n" for name, version in pins.items()))
+    session.log("lowest pins: " + ", ".join(f"{n}=={v}" for n, v in pins.items()))
+    # The build backend at its lowest too: installed here, then used without build isolation.
+    session.install("-c", str(constraints), "setuptools")
+    extras = ",".join(LOWEST_EXTRAS)
+    session.install("--no-build-isolation", "-c", str(constraints), "-e", f".[{extras}]")
+    # Each pin really is what got installed (a pin pip could not honour fails the install).
+    listed = session.run("python", "-m", "pip", "list", "--format=json", silent=True)
+    installed = {canonicalize_name(d["name"]): Version(d["version"]) for d in json.loads(listed)}
+    wrong = [
+        f"{n}=={v} (installed {installed.get(n)})" for n, v in pins.items() if installed.get(n) != v
+    ]
+    if wrong:
+        session.error("not installed at the lowest version: " + ", ".join(wrong))
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+def lowest_pins() -> dict[str, Version]:
+    """``name -> lowest version`` for the build backend, the dependencies and LOWEST_EXTRAS.
+
+    Every one of them must have a ``>=`` bound, and a name listed twice must have one bound."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    project = meta["project"]
+    lines = list(meta["build-system"]["requires"]) + list(project["dependencies"])
+    for extra in LOWEST_EXTRAS:
+        lines += project["optional-dependencies"][extra]
+    pins: dict[str, Version] = {}
+    for line in lines:
+        req = Requirement(line)
+        if req.name == "jeevesagent":
+            continue
+        lower = [Version(s.version) for s in req.specifier if s.operator == ">="]
+        if len(lower) != 1:
+            raise ValueError(f"pyproject.toml: {line!r} needs one >= lower bound")
+        if pins.setdefault(canonicalize_name(req.name), lower[0]) != lower[0]:
+            raise ValueError(f"pyproject.toml: {req.name} has two lower bounds; keep one")
+    return pins
 
 
 @nox.session

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -85,7 +86,11 @@ async def open_runtime(db: str, **options: Any) -> JournaledRuntime:
     return SqliteRuntime(db, **options)
 
 
-# A pickle whose unpickling leaves a trace: Path.touch(marker).
+# A pickle whose unpickling leaves a trace: Path.touch(marker). The preview names the function as
+# the pickle does: by the module Python defines it in (pathlib; pathlib._local from 3.13 on).
+TOUCH = f"{pathlib.Path.touch.__module__}.{pathlib.Path.touch.__qualname__}"
+
+
 class Planted:
     def __init__(self, marker: pathlib.Path) -> None:
         self.marker = marker
@@ -197,7 +202,7 @@ def test_sessions_show_and_export(db: str, tmp_path: pathlib.Path) -> None:
 
     # An unsigned pickle is never unpickled without --trust: neither by show nor by export.
     out = ok(cli("show", "pickled", "--db", db))
-    assert "pickle, not unpickled (unsigned); refers to pathlib.Path.touch" in out
+    assert f"pickle, not unpickled (unsigned); refers to {TOUCH}" in out
     assert "pass --trust" in out
     assert not marker.exists()
     exported = [json.loads(line) for line in ok(cli("export", "pickled", "--db", db)).splitlines()]
@@ -409,6 +414,68 @@ def test_postgres_errors(pg_dsn: str, pg_schema_dsn: str) -> None:
     failed(
         cli("show", "x", "--db", pg_schema_dsn), 1, "no jeevesagent journal tables", "init_schema"
     )
+
+
+# A sitecustomize that makes asyncpg impossible to import, as in an install without the extra.
+NO_ASYNCPG = """
+import importlib.abc
+import sys
+
+class NoAsyncpg(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "asyncpg":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoAsyncpg())
+"""
+
+
+def test_malformed_dsn_is_one_error_line() -> None:
+    dsn = "postgresql://u:s3cret@[::1/db"
+    for result in (cli("sessions", "--db", dsn), cli("show", "x", env={"JEEVESAGENT_DB": dsn})):
+        error = failed(result, 2, "malformed", "Invalid IPv6 URL", "postgresql://USER:")
+        assert "s3cret" not in error
+
+
+@STORES
+def test_postgres_target_without_asyncpg(db: str, tmp_path: pathlib.Path) -> None:
+    """An install without asyncpg: a postgres target says what to install; SQLite still works."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_ASYNCPG)
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    if db.startswith("postgres"):
+        for args in (["sessions"], ["show", "x"], ["signal", "x", "go", '"yes"']):
+            failed(
+                cli(*args, "--db", db, env=env),
+                1,
+                "asyncpg",
+                'pip install "jeevesagent[postgres]"',
+            )
+    else:
+        anyio.run(prepare, db, tmp_path / "marker")
+        assert "trip" in ok(cli("sessions", "--db", db, env=env))
+    blocked = cli("sessions", "--db", "postgresql://u@[::1]/db", "--json", env=env)
+    failed(blocked, 1, 'pip install "jeevesagent[postgres]"')
+
+
+def test_help_names_the_real_defaults_and_json_keys(tmp_path: pathlib.Path) -> None:
+    wide = {"COLUMNS": "200"}  # argparse wraps help to the terminal width
+    out = ok(cli("demo", "--help", env=wide))
+    assert "None" not in out
+    assert "--path PATH  SQLite journal (default: jeevesagent-demo.sqlite3" in out
+
+    journal = str(tmp_path / "journal.sqlite3")
+    anyio.run(prepare, journal, tmp_path / "marker")
+    for command, run in [
+        ("show", ("show", "trip", "--json")),
+        ("prune", ("prune", "--session", "broken", "--dry-run", "--json")),
+    ]:
+        help_text = ok(cli(command, "--help", env=wide))
+        [named] = re.findall(r"--json +a JSON object \(([^)]*)\)", help_text)
+        keys = set(json.loads(ok(cli(*run, "--db", journal))))
+        assert set(named.split(", ")) == keys, (command, named, keys)
 
 
 def test_help_and_entry_points() -> None:

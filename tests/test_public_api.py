@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import inspect
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -87,6 +89,10 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
 RUNTIME_CLASSES: list[type[Any]] = [InProcRuntime, JournaledRuntime, SqliteRuntime, PostgresRuntime]
 
 
+# Dunder names the package exports on purpose (public_names leaves every underscored name out).
+EXPORTED_DUNDERS = {"__version__"}
+
+
 def public_names(module: ModuleType) -> set[str]:
     """Names a user sees in ``dir(module)``: not underscored, not a submodule."""
     return {
@@ -105,7 +111,7 @@ def test_all_is_a_tuple_without_duplicates() -> None:
 
 
 def test_all_matches_the_public_names_of_the_package() -> None:
-    exported = public_names(rt_pkg)
+    exported = public_names(rt_pkg) | (EXPORTED_DUNDERS & set(dir(rt_pkg)))
     declared = set(rt_pkg.__all__)
     assert not exported - declared, f"public but missing from __all__: {exported - declared}"
     assert not declared - exported, f"in __all__ but not defined: {declared - exported}"
@@ -114,6 +120,40 @@ def test_all_matches_the_public_names_of_the_package() -> None:
 def test_every_name_in_all_resolves() -> None:
     for name in rt_pkg.__all__:
         assert getattr(rt_pkg, name) is not None, name
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import jeevesagent
+
+    assert "__version__" in rt_pkg.__all__
+    assert (
+        rt_pkg.__version__ == jeevesagent.__version__ == importlib.metadata.version("jeevesagent")
+    )
+    assert "__version__" in jeevesagent.__all__
+
+
+def test_version_falls_back_when_the_package_is_not_installed(tmp_path: Path) -> None:
+    # A copy of the source tree, imported with no site-packages: no distribution metadata at all.
+    shutil.copytree(REPO_ROOT / "jeevesagent", tmp_path / "jeevesagent")
+    code = "import jeevesagent, sys; print(jeevesagent.__version__, 'anyio' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0+unknown", "False"]
+
+
+def test_the_mit_license_ships_in_the_package_metadata() -> None:
+    text = (REPO_ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 jeevesagent.runtime developers\n")
+    meta = importlib.metadata.metadata("jeevesagent")
+    assert meta["License-Expression"] == "MIT"
+    assert "LICENSE" in (meta.get_all("License-File") or [])
 
 
 def test_the_eleven_published_classes_are_exported() -> None:
@@ -276,6 +316,59 @@ def test_import_and_run_without_asyncpg_and_trio() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK"
+
+
+CONNECT_WITHOUT_ASYNCPG = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+    import threading
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] == "asyncpg":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import anyio
+
+    from jeevesagent.runtime import PostgresJournalStore, PostgresRuntime
+
+    async def main():
+        for cls in (PostgresJournalStore, PostgresRuntime):
+            try:
+                await cls.connect("postgresql://nobody@127.0.0.1:1/db")
+            except ImportError as exc:
+                print(f"{cls.__name__}: {exc}")
+            else:
+                raise SystemExit(f"{cls.__name__}.connect() did not fail")
+
+    for backend in ("asyncio", "trio"):
+        anyio.run(main, backend=backend)
+    assert threading.active_count() == 1, threading.enumerate()
+    """
+)
+
+
+def test_connect_without_asyncpg_says_what_to_install() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CONNECT_WITHOUT_ASYNCPG],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4, proc.stdout  # two classes, two event loops
+    for line in lines:
+        assert "No module named 'asyncpg'" in line, line
+        assert 'install it with `pip install "jeevesagent[postgres]"`' in line, line
 
 
 # -- small contracts ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ codec keeps journals readable by other tools. Every store, both event loops."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import pickle
@@ -72,7 +73,7 @@ async def plant(factory: StoreFactory, session_id: str, kind: int, key: str, dat
         journal = memory._rows.setdefault(session_id, SessionJournal({}, {}))
         (journal.steps if kind == STEP else journal.streams)[key] = Row(data, now)
     elif factory.kind == "sqlite":
-        with sqlite3.connect(factory.target) as conn:
+        with contextlib.closing(sqlite3.connect(factory.target)) as conn, conn:
             conn.execute(
                 "INSERT OR REPLACE INTO jrt_journal VALUES (?, ?, ?, ?, ?)",
                 (session_id, kind, key, data, now),
@@ -98,7 +99,7 @@ async def plant_signal(factory: StoreFactory, session_id: str, name: str, data: 
         assert store is not None
         await store._send_signal(session_id, name, data, time.time())
     elif factory.kind == "sqlite":
-        with sqlite3.connect(factory.target) as conn:
+        with contextlib.closing(sqlite3.connect(factory.target)) as conn, conn:
             conn.execute(
                 "INSERT INTO jrt_mailbox (session_id, name, payload, created_at) "
                 "VALUES (?, ?, ?, ?)",

@@ -3,6 +3,7 @@
 Run it with ``python docs/examples/security.py``. The journal lives in a temporary directory.
 """
 
+import contextlib
 import json
 import pickle
 import sqlite3
@@ -37,14 +38,14 @@ async def main(folder: Path) -> None:
         await rt.step("lookup", lookup, "ada")
 
     # Any tool can read the values: each is "\x00jrt1" + a 32-byte tag + plain JSON.
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         (value,) = db.execute(
             "SELECT value FROM jrt_journal WHERE session_id = 'user-7'"
         ).fetchone()
     print("stored:", json.loads(value[5 + 32 :]))
 
     # 2. Someone with write access to the database swaps the recorded value for a pickle.
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # closed, after a commit
         db.execute("UPDATE jrt_journal SET value = ?", (pickle.dumps(Planted()),))
 
     # 3. The runtime refuses the row before decoding it: the planted code never runs, and the step

@@ -5,6 +5,7 @@ Run it with ``python docs/examples/upgrade_from_097.py``. It first writes a jour
 keys), then opens it with the current runtime.
 """
 
+import contextlib
 import pickle
 import sqlite3
 import tempfile
@@ -19,7 +20,7 @@ from jeevesagent.runtime import SqliteRuntime
 
 def write_097_journal(path: Path) -> None:
     """What jeevesagent 0.9.7's SqliteJournalStore left on disk after a crashed run."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # closed, after a commit
         db.execute(
             "CREATE TABLE journal_steps (session_id TEXT NOT NULL, step_name TEXT NOT NULL, "
             "value BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (session_id, step_name))"

@@ -5,6 +5,8 @@ Wrap each side effect in ``await runtime.step(name, fn, *args)`` inside
 replay from the journal instead of running again.
 """
 
+from jeevesagent import __version__ as __version__
+
 from ._errors import InvalidNameError as InvalidNameError
 from ._errors import JournalCorruptError as JournalCorruptError
 from ._errors import JournalIntegrityError as JournalIntegrityError
@@ -36,6 +38,7 @@ from ._values import JsonCodec as JsonCodec
 from ._values import PickleCodec as PickleCodec
 
 __all__ = (
+    "__version__",
     "InMemoryJournalStore",
     "InProcRuntime",
     "InProcSession",

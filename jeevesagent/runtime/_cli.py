@@ -2,8 +2,9 @@
 
 Commands: ``sessions``, ``show``, ``signal``, ``prune``, ``export`` (on a journal named by
 ``--db`` or ``$JEEVESAGENT_DB``: a SQLite path or a ``postgres://`` / ``postgresql://`` DSN) and
-``demo``. Values are shown only through :func:`~jeevesagent.runtime._values.peek`, which never
-unpickles a row it cannot vouch for (unsigned, unless ``--trust``).
+``demo``; opening that journal is :mod:`~jeevesagent.runtime._clitarget`'s. Values are shown only
+through :func:`~jeevesagent.runtime._values.peek`, which never unpickles a row it cannot vouch for
+(unsigned, unless ``--trust``).
 
 Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid database, refused),
 2 usage error. Errors are one line on stderr starting with ``error:``.
@@ -17,20 +18,20 @@ import datetime
 import json
 import math
 import os
-import pathlib
 import re
 import sqlite3
 import sys
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import anyio
 
+from ._clitarget import DB_ENV, CliError, open_store, parse_target
 from ._codec import describe_key
-from ._errors import RuntimeJournalError, StoreError
+from ._demo import DEFAULT_PATH
+from ._errors import RuntimeJournalError
 from ._jsignals import seal_signal
 from ._postgres import PostgresJournalStore
 from ._sqlite import SqliteJournalStore
@@ -39,22 +40,11 @@ from ._values import MAGIC, SIGNING_KEY_ENV, JournalCodec, peek
 
 __all__ = ["main"]
 
-DB_ENV = "JEEVESAGENT_DB"
 PREVIEW_CHARS = 60
 NOTE_CHARS = 100  # why a value is not shown (and what a pickle refers to) is worth more room
-CONNECT_TIMEOUT = 15.0  # seconds; asyncpg's own default (60 s) is long for a command line
 _SAMPLE_ROWS = 100  # rows read to tell whether a journal is signed (see _signed_rows)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-class CliError(Exception):
-    """A failure reported as one ``error:`` line; ``code`` 1 (operational) or 2 (usage)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,109 +52,7 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
 
 
-# -- the journal to open -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    kind: Literal["sqlite", "postgres"]
-    value: str  # the path or DSN as given
-    shown: str  # for messages: the DSN without its password
-    secrets: tuple[str, ...] = ()  # never printed
-
-    def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-def parse_target(raw: str | None) -> Target:
-    if not raw:
-        raise CliError(f"no journal given: pass --db PATH_OR_DSN or set ${DB_ENV}", 2)
-    if not raw.startswith(("postgres://", "postgresql://")):
-        return Target("sqlite", raw, raw)
-    parts = urllib.parse.urlsplit(raw)
-    secrets = []
-    netloc = parts.netloc
-    if parts.password:
-        secrets.append(parts.password)
-        user, _, hosts = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{hosts}"
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    for name, value in query:
-        if name == "password" and value:
-            secrets.append(value)
-    shown_query = "&".join(
-        f"{name}={'***' if name == 'password' else value}" for name, value in query
-    )
-    shown = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, shown_query, ""))
-    return Target("postgres", raw, shown, tuple(s for s in secrets if s))
-
-
-def _check_sqlite_file(target: Target) -> None:
-    """Refuse, before the store opens it (which would create the file or tables), a path that is
-    not a journal. Read-only: ``mode=ro`` never creates a file."""
-    path = pathlib.Path(target.value).expanduser()
-    if not path.exists():
-        raise CliError(f"no journal at {target.value}")
-    if path.is_dir():
-        raise CliError(f"{target.value} is a directory, not a journal file")
-    try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = {name for (name,) in rows}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise CliError(f"{target.value} cannot be read as a SQLite database ({exc})") from None
-    # journal_steps/journal_streams: a jeevesagent 0.9.7 journal, imported when the store opens
-    if not tables & {"jrt_journal", "journal_steps", "journal_streams"}:
-        raise CliError(
-            f"{target.value} is a SQLite database but not a jeevesagent journal "
-            "(it has no jrt_journal table)"
-        )
-
-
-async def open_store(target: Target, signing_key: str | None) -> NativeStore:
-    if target.kind == "sqlite":
-        _check_sqlite_file(target)
-        return SqliteJournalStore(target.value, signing_key=signing_key)
-    try:
-        with anyio.fail_after(CONNECT_TIMEOUT):
-            store = await PostgresJournalStore.connect(
-                target.value, min_size=1, max_size=2, signing_key=signing_key
-            )
-    except TimeoutError:
-        raise CliError(
-            f"cannot connect to PostgreSQL at {target.shown}: "
-            f"no answer within {CONNECT_TIMEOUT:g} s"
-        ) from None
-    except (StoreError, ValueError) as exc:
-        cause = exc.__cause__ or exc
-        raise CliError(
-            f"cannot connect to PostgreSQL at {target.shown}: {type(cause).__name__}: {cause}"
-        ) from None
-    try:
-        await _check_pg_tables(store, target)
-    except BaseException:
-        await store.aclose()
-        raise
-    return store
-
-
-async def _check_pg_tables(store: PostgresJournalStore, target: Target) -> None:
-    sql = (
-        "SELECT current_schema(), to_regclass('jrt_journal') IS NOT NULL AND "
-        "to_regclass('jrt_mailbox') IS NOT NULL AND to_regclass('jrt_sessions') IS NOT NULL"
-    )
-    schema, ok = await store._run(lambda: store._pool.fetchrow(sql), "checking the tables")
-    if not ok:
-        raise CliError(
-            f"no jeevesagent journal tables at {target.shown} (schema {schema!r}): create them "
-            "once with `await PostgresJournalStore.connect(dsn)` and `await store.init_schema()` "
-            "(or apply PostgresJournalStore.schema_sql()), and check the search_path"
-        )
+# -- running a command on the journal ------------------------------------------------------------
 
 
 def _signing_key(args: argparse.Namespace) -> str:
@@ -548,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", parents=[db, key], help="every row of a session")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("--json", action="store_true", help="a JSON object (session, pending, rows)")
+    p.add_argument(
+        "--json", action="store_true", help="a JSON object (session, pending_signals, rows)"
+    )
     p.add_argument("--trust", action="store_true", help="unpickle unsigned rows (runs code!)")
     p.add_argument("--values", action="store_true", help="print values in full")
     p.set_defaults(command_fn=cmd_show)
@@ -569,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--status", action="append", choices=SESSION_STATUSES, help="this status (repeatable)"
     )
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
-    p.add_argument("--json", action="store_true", help="a JSON object (pruned, skipped)")
+    p.add_argument("--json", action="store_true", help="a JSON object (pruned, skipped, dry_run)")
     p.set_defaults(command_fn=cmd_prune)
 
     p = commands.add_parser("export", parents=[db, key], help="a session's rows as JSON lines")
@@ -580,7 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="a durable agent session that crashes, then resumes (run it twice)"
     )
-    demo.add_argument("--path", default=None, help="SQLite journal (default: %(default)s)")
+    demo.add_argument(
+        "--path",
+        default=DEFAULT_PATH,
+        help="SQLite journal (default: %(default)s, in the current folder)",
+    )
     demo.add_argument("--reset", action="store_true", help="delete the journal first")
     demo.add_argument("--no-crash", action="store_true", help="do not crash on the first run")
     return parser
@@ -588,9 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from ._demo import DEFAULT_PATH, run_demo
+        from ._demo import run_demo
 
-        return run_demo(args.path or DEFAULT_PATH, reset=args.reset, crash=not args.no_crash)
+        return run_demo(args.path, reset=args.reset, crash=not args.no_crash)
     if args.command == "prune" and not (args.older_than is not None or args.session or args.status):
         raise CliError(
             "prune needs at least one filter (--older-than, --session or --status); "

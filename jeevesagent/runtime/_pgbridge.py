@@ -1,4 +1,5 @@
-"""Run asyncpg (asyncio-only) from any anyio event loop: the Postgres store's bridge."""
+"""Run asyncpg (asyncio-only) from any anyio event loop: the Postgres store's bridge; and the
+check that asyncpg is there at all (:func:`require_asyncpg`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,23 @@ import anyio
 from ._errors import StoreClosedError, StoreError
 from ._thread import LoopHandle, call_soon_in_loop
 
-__all__ = ["AsyncFn", "_AsyncioBridge"]
+__all__ = ["AsyncFn", "_AsyncioBridge", "require_asyncpg"]
 
 T = TypeVar("T")
 AsyncFn = Callable[[], Coroutine[Any, Any, T]]
+
+
+def require_asyncpg() -> None:
+    """Fail before anything starts, saying what to install, when the driver cannot be imported
+    (it is optional: the ``postgres`` extra)."""
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"PostgreSQL needs the asyncpg driver, which cannot be imported ({exc}): install it "
+            'with `pip install "jeevesagent[postgres]"`',
+            name="asyncpg",
+        ) from exc
 
 
 class _AsyncioBridge:

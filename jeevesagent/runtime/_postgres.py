@@ -31,7 +31,7 @@ import anyio
 
 from ._codec import describe_key
 from ._errors import StoreError
-from ._pgbridge import AsyncFn, _AsyncioBridge
+from ._pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from ._pgschema import _NOW, _migrate, _prune, schema_statements
 from ._store import (
     SESSION_STATUSES,
@@ -245,7 +245,10 @@ class PostgresJournalStore(NativeStore):
         signing_key: str | bytes | None = None,
     ) -> PostgresJournalStore:
         """Open a connection pool to ``dsn``; the store owns it and closes it in ``aclose()``.
-        ``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
+        ``codec`` and ``signing_key``: see :class:`SqliteJournalStore`.
+
+        :raises ImportError: the asyncpg driver is not installed (the ``postgres`` extra)"""
+        require_asyncpg()
         JournalCodec(codec, signing_key)  # a bad key fails here, before anything is opened
         loop = LoopHandle().asyncio_loop
         # On trio, asyncpg gets an asyncio loop in a thread of the store's own.
