@@ -16,12 +16,11 @@ from anyio.abc import TaskGroup
 from . import _observe
 from ._base import (
     BaseRuntime,
-    BaseSession,
-    SessionState,
     StreamStep,
     call_step_fn,
     open_producer,
 )
+from ._claims import ClaimHolder, session_status
 from ._codec import (
     FINGERPRINT_CHARS,
     JournalCodec,
@@ -34,8 +33,9 @@ from ._codec import (
     step_journal_key,
     timer_journal_key,
 )
-from ._errors import JournalMismatchError, SessionBusyError, StoreClosedError, StoreError
+from ._errors import JournalMismatchError, SessionBusyError, StoreError
 from ._jsignals import SignalsMixin
+from ._jstate import JournaledSession, JournaledState
 from ._names import check_name
 from ._owner import new_owner_id, owner_is_dead
 from ._policy import (
@@ -62,70 +62,7 @@ from ._store import (
 __all__ = ["JournaledRuntime", "JournaledSession"]
 
 
-def session_status(exc: BaseException | None) -> str:
-    """How a session ended, as the sessions table records it.
-
-    ``interrupted``: the body was stopped by the application itself -- a cancelled scope or task
-    group, ``KeyboardInterrupt``, ``SystemExit`` -- so the session is resumable and recovery
-    finds it. ``failed``: the body raised.
-    """
-    if exc is None:
-        return "completed"
-    if isinstance(exc, BaseExceptionGroup):
-        rest = exc.split((anyio.get_cancelled_exc_class(), KeyboardInterrupt, SystemExit))[1]
-        return "interrupted" if rest is None else "failed"
-    if isinstance(exc, (anyio.get_cancelled_exc_class(), KeyboardInterrupt, SystemExit)):
-        return "interrupted"
-    return "failed"
-
-
-class JournaledSession(BaseSession):
-    """A session of a :class:`JournaledRuntime`: ``.id`` and ``await deliver(name, payload)``."""
-
-    _state: _JState | None = None
-
-    def __repr__(self) -> str:
-        state = self._state
-        steps = pending = 0
-        if state is not None:
-            receipts = sum(1 for key in state.steps if key[:2] in ("g:", "o:"))
-            steps = len(state.steps) - receipts
-            pending = receipts - sum(state.signals_received.values())
-        pending += self._runtime._mailbox.pending(self.id) if self._runtime else 0
-        return f"<JournaledSession id={self.id!r} steps={steps} pending_signals={pending}>"
-
-
-class _JState(SessionState):
-    """One open session's journal, held in memory while it is open.
-
-    ``steps``/``streams`` map journal keys to encoded rows (bundled stores, loaded in one round
-    trip when the session opens, so replay never reads the database) or to decoded values (a
-    third-party store, read per step).
-    """
-
-    def __init__(self, session_id: str, runtime: JournaledRuntime) -> None:
-        super().__init__(session_id)
-        self.steps: dict[str, Row | JournalEntry] = {}
-        self.streams: dict[str, Row | list[Any]] = {}
-        self.inflight: dict[str, anyio.Event] = {}
-        self.signals_received: dict[str, int] = {}
-        self.signal_tags: set[bytes] = set()  # signatures of the signed signals received
-        self.buffer: list[Record] = []  # recorded here, not yet handed to the store
-        self.write_error: BaseException | None = None  # a buffered commit failed: stop
-        self.claimed = False  # this runtime holds the session's claim in the store
-        self.claimed_at = 0.0  # anyio.current_time() just before the claim was taken
-        self.claim_error: BaseException | None = None  # the claim was lost (heartbeat)
-        self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
-        self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
-        # Strict replay: argument fingerprints per step name, as journaled when the session
-        # opened, and as called in this run.
-        self.recorded_fps: dict[str, set[str]] = {}
-        self.called_fps: dict[str, set[str]] = {}
-        self.session = JournaledSession(session_id, runtime)
-        self.session._state = self
-
-
-class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
+class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
     """Journals every step of a session in ``store`` and replays recorded steps on the next run.
 
     :param store: any :class:`JournalStore`; the default is a new :class:`InMemoryJournalStore`.
@@ -186,6 +123,11 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             self.store if isinstance(self.store, NativeStore) else None
         )
         self._codec: JournalCodec = self._native.codec if self._native else JournalCodec()
+        self._claims = (
+            None
+            if self._native is None
+            else ClaimHolder(self._native, self.owner_id, lease, poll_interval)
+        )
         if durability == "buffered" and self._native is None:
             raise ValueError(
                 "durability='buffered' needs a bundled store (InMemoryJournalStore, "
@@ -198,18 +140,19 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         return f"<{type(self).__name__} {state} store={self.store!r} sessions={len(self._states)}>"
 
     # -- session state ---------------------------------------------------------------------------
-    def _new_state(self, session_id: str) -> _JState:
-        return _JState(session_id, self)
+    def _new_state(self, session_id: str) -> JournaledState:
+        return JournaledState(session_id, self)
 
-    def _session_object(self, state: _JState) -> JournaledSession:
+    def _session_object(self, state: JournaledState) -> JournaledSession:
         return state.session
 
-    async def _load_state(self, state: _JState, wait: float | None) -> None:
+    async def _load_state(self, state: JournaledState, wait: float | None) -> None:
         native = self._native
         if native is None:
             return
         native.check_open(state.id)
-        state.claimed_at = await self._claim(native, state.id, wait)
+        assert self._claims is not None
+        state.claimed_at = await self._claims.take(state.id, wait)
         state.claimed = True
         try:
             journal = await native.load_session(state.id)
@@ -233,110 +176,36 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
                 await native._release(state.id, self.owner_id, "failed", 0)
             raise
 
-    async def _claim(self, native: NativeStore, session_id: str, wait: float | None) -> float:
-        """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds).
-        Returns the time (``anyio.current_time()``) just before the claim that was granted."""
-        deadline = None if wait is None else anyio.current_time() + wait
-        while True:
-            sent = anyio.current_time()
-            info = await native._claim(session_id, self.owner_id, self.lease)
-            if info.owner == self.owner_id:
-                return sent
-            if info.owner is not None and owner_is_dead(info.owner):
-                # Its process is gone (same host): end its claim now instead of waiting.
-                await native._release(session_id, info.owner, "failed", info.steps)
-                _observe.claim_taken_over(session_id, info.owner)
-                continue
-            now = anyio.current_time()
-            if deadline is None or now >= deadline:
-                until = (
-                    f" until {time.strftime('%H:%M:%S', time.localtime(info.lease_expires))}"
-                    if info.lease_expires
-                    else ""
-                )
-                raise SessionBusyError(
-                    f"session {session_id!r} is running in another runtime ({info.owner}, claim "
-                    f"held{until}). Open it with session({session_id!r}, wait=seconds) to wait "
-                    "for it, or run it where it is owned.",
-                    session_id=session_id,
-                )
-            await anyio.sleep(min(self.poll_interval, deadline - now))
-
-    async def _finish_state(self, state: _JState, exc: BaseException | None) -> None:
-        native = self._native
-        if native is None or not state.claimed or native._closed:
+    async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
+        if self._claims is None or not state.claimed:
             return
         status = session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
-        try:
-            await native._release(
-                state.id, self.owner_id, status, len(state.steps) + len(state.streams)
-            )
-        except StoreError as error:  # the claim expires on its own when its lease runs out
-            _observe.release_failed(state.id, error)
+        await self._claims.release(state.id, status, len(state.steps) + len(state.streams))
 
-    async def _interrupt(self, state: _JState) -> None:
+    async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
-        native = self._native
-        if native is None or not state.claimed or native._closed:
+        if self._claims is None or not state.claimed or self._claims.native._closed:
             return
         try:
             await self._flush(state)
         except StoreError as error:
             _observe.release_failed(state.id, error)
         state.claimed = False  # released here; the session's own exit has nothing to end
-        try:
-            await native._release(
-                state.id, self.owner_id, "interrupted", len(state.steps) + len(state.streams)
-            )
-        except StoreError as error:  # the claim expires on its own when its lease runs out
-            _observe.release_failed(state.id, error)
+        await self._claims.release(state.id, "interrupted", len(state.steps) + len(state.streams))
 
-    async def _heartbeat(self, state: _JState, native: NativeStore) -> None:
-        """Renew the claim every ``lease / 3``. A renewal that fails on a store error (a
-        transient database or network failure) is retried every second or so, as long as the
-        lease would still hold; the session is stopped only when the claim is known lost (another
-        runtime took it) or when the lease has run out without a renewal."""
-        retry = min(1.0, self.lease / 10)
-        renewed_at = state.claimed_at
-        wait = self.lease / 3
+    async def _heartbeat(self, state: JournaledState, claims: ClaimHolder) -> None:
         try:
-            while True:
-                await anyio.sleep(wait)
-                if native._closed or self._closed or not state.claimed:
-                    return  # the runtime is closing: aclose() releases the claim
-                sent = anyio.current_time()
-                try:
-                    held = await native._renew(state.id, self.owner_id, self.lease)
-                except StoreClosedError:
-                    return
-                except StoreError as exc:
-                    if anyio.current_time() + retry >= renewed_at + self.lease:
-                        raise StoreError(
-                            f"session {state.id!r}: the claim on the session could not be "
-                            f"renewed for {self.lease} s (its lease) because the store failed "
-                            f"({exc}); another runtime may take the session over now, so it "
-                            "was stopped here. Open it again once the store is reachable.",
-                            session_id=state.id,
-                        ) from exc
-                    _observe.claim_renewal_retried(state.id, exc)
-                    wait = retry
-                    continue
-                if not held:
-                    raise SessionBusyError(
-                        f"session {state.id!r}: this runtime lost its claim on the session (the "
-                        "lease expired and another runtime took it over); it was stopped here.",
-                        session_id=state.id,
-                    )
-                renewed_at = sent
-                wait = self.lease / 3
+            await claims.renew(
+                state.id, state.claimed_at, lambda: state.claimed and not self._closed
+            )
         except Exception as exc:
             state.claim_error = exc
             _observe.claim_renewal_failed(state.id, exc)
             raise
 
-    def _require_open(self, state: _JState, step: str) -> None:
+    def _require_open(self, state: JournaledState, step: str) -> None:
         self._check_open(state.id, step)
         if self._native is not None:
             self._native.check_open(state.id, step)
@@ -352,7 +221,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             raise self._write_failed(state, step)
 
     @staticmethod
-    def _write_failed(state: _JState, step: str | None) -> StoreError:
+    def _write_failed(state: JournaledState, step: str | None) -> StoreError:
         where = f", step {step!r}" if step is not None else ""
         error = StoreError(
             f"session {state.id!r}{where}: an earlier buffered journal commit of this session "
@@ -364,15 +233,14 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         error.__cause__ = state.write_error
         return error
 
-    def _context_entered(self, state: _JState, tg: TaskGroup) -> None:
+    def _context_entered(self, state: JournaledState, tg: TaskGroup) -> None:
         # Services of the shared state: they outlive this context if others are still open.
-        native = self._native
-        if state.claimed and native is not None:
-            state.keep_running("heartbeat", partial(self._heartbeat, state, native))
+        if state.claimed and self._claims is not None:
+            state.keep_running("heartbeat", partial(self._heartbeat, state, self._claims))
         if self._buffered:
             state.keep_running("flusher", partial(self._flush_periodically, state))
 
-    async def _flush_periodically(self, state: _JState) -> None:
+    async def _flush_periodically(self, state: JournaledState) -> None:
         # A failed flush raises here, in the session's task group: the session stops with the
         # error at once (and every later write of the session is refused, see _flush).
         while True:
@@ -381,12 +249,12 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
                 with anyio.CancelScope(shield=True):
                     await self._flush(state)
 
-    async def _context_exiting(self, state: _JState) -> None:
+    async def _context_exiting(self, state: JournaledState) -> None:
         await self._flush(state)
         if state.write_error is not None:
             raise self._write_failed(state, None)
 
-    async def _flush(self, state: _JState) -> None:
+    async def _flush(self, state: JournaledState) -> None:
         """Commit the session's buffered records (in order, in one transaction)."""
         records, state.buffer = state.buffer, []
         if not records or self._native is None:
@@ -416,19 +284,19 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
         self._adopt(state, conflicts)
 
     @staticmethod
-    def _adopt(state: _JState, conflicts: dict[tuple[str, int, str], Row]) -> None:
+    def _adopt(state: JournaledState, conflicts: dict[tuple[str, int, str], Row]) -> None:
         # Someone else recorded these keys first (another runtime on the same store): everyone
         # sees the first record.
         for (_, kind, key), row in conflicts.items():
             (state.steps if kind == STEP else state.streams)[key] = row
 
     # -- journal access --------------------------------------------------------------------------
-    def _decode(self, state: _JState, key: str, row: Row | JournalEntry) -> Any:
+    def _decode(self, state: JournaledState, key: str, row: Row | JournalEntry) -> Any:
         if isinstance(row, JournalEntry):
             return row.value
         return decode_value(self._codec, row.data, session_id=state.id, step=key)
 
-    async def _lookup_step(self, state: _JState, key: str) -> Row | JournalEntry | None:
+    async def _lookup_step(self, state: JournaledState, key: str) -> Row | JournalEntry | None:
         row = state.steps.get(key)
         if row is None and self._native is None:
             row = await self.store.get_step(state.id, key)
@@ -436,7 +304,9 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
                 state.steps[key] = row
         return row
 
-    async def _record(self, state: _JState, kind: int, key: str, value: Any, data: bytes) -> Any:
+    async def _record(
+        self, state: JournaledState, kind: int, key: str, value: Any, data: bytes
+    ) -> Any:
         """Commit one record and return the value every reader will see for ``key``.
 
         The write is shielded: once ``fn`` has returned, its result is the step's outcome, and a
@@ -468,7 +338,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             return decode_value(self._codec, row.data, session_id=state.id, step=key, kind=kind)
         return value
 
-    async def _record_foreign(self, state: _JState, kind: int, key: str, value: Any) -> Any:
+    async def _record_foreign(self, state: JournaledState, kind: int, key: str, value: Any) -> Any:
         # A third-party store: write, then read back what the store kept (first writer wins
         # there too), so this caller sees the same value as every other reader.
         with anyio.CancelScope(shield=True):
@@ -597,7 +467,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             partial(call_step_fn, fn, args, kwargs), policy, session_id=session_id, step=name
         )
 
-    def _check_strict(self, state: _JState, name: str, fp: str) -> None:
+    def _check_strict(self, state: JournaledState, name: str, fp: str) -> None:
         """Strict replay: a step is called with arguments the journal does not hold for its
         name while a recorded call of that name has not been replayed yet in this run -> the
         code no longer takes the path it took. Calls of one name with new arguments after every
@@ -698,7 +568,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[_JState]):
             self, state, name, start, complete, policy, reopen, (state.id, name)
         )
 
-    async def _lookup_stream(self, state: _JState, key: str) -> list[Any] | None:
+    async def _lookup_stream(self, state: JournaledState, key: str) -> list[Any] | None:
         row = state.streams.get(key)
         if row is None:
             if self._native is not None:

@@ -28,12 +28,10 @@ from ._codec import (
     signal_outcome_key,
 )
 from ._errors import SessionBusyError
+from ._jstate import JournaledState
 from ._names import check_signal_target
 from ._store import STEP, Fenced, JournalEntry, NativeStore, Record, Row
 from ._values import _HEADER, MAGIC, NONCE_BYTES, NONCE_MARK, signal_context, split_nonce
-
-if TYPE_CHECKING:
-    from ._journaled import _JState
 
 __all__ = ["SignalsMixin", "open_signal", "seal_signal"]
 
@@ -66,7 +64,7 @@ def open_signal(
 
 class SignalsMixin:
     # Provided by JournaledRuntime (and BaseRuntime).
-    _states: dict[str, _JState]
+    _states: dict[str, JournaledState]
     _native: NativeStore | None
     _codec: JournalCodec
     _mailbox: Mailbox
@@ -79,15 +77,17 @@ class SignalsMixin:
 
         def _check_open(self, session_id: str | None = None, step: str | None = None) -> None: ...
 
-        async def _flush(self, state: _JState) -> None: ...
+        async def _flush(self, state: JournaledState) -> None: ...
 
         async def _record(
-            self, state: _JState, kind: int, key: str, value: Any, data: bytes
+            self, state: JournaledState, kind: int, key: str, value: Any, data: bytes
         ) -> Any: ...
 
-        def _decode(self, state: _JState, key: str, row: Row | JournalEntry) -> Any: ...
+        def _decode(self, state: JournaledState, key: str, row: Row | JournalEntry) -> Any: ...
 
-        async def _lookup_step(self, state: _JState, key: str) -> Row | JournalEntry | None: ...
+        async def _lookup_step(
+            self, state: JournaledState, key: str
+        ) -> Row | JournalEntry | None: ...
 
     async def signal(self, session_id: str, name: str, payload: Any) -> None:
         """Send a signal to a session (FIFO per name; each signal is received once).
@@ -120,7 +120,7 @@ class SignalsMixin:
     # out, a poll that found nothing -- an outcome at ``o:name:n``. A replay meets the same
     # outcomes in the same order, so it takes the same branch as the first run.
 
-    def _next_outcome(self, state: _JState, name: str) -> tuple[str, Any] | None:
+    def _next_outcome(self, state: JournaledState, name: str) -> tuple[str, Any] | None:
         """Consume the next journaled receive of ``name``, if the journal holds one:
         ``("payload", value)``, ``("timeout", None)`` or ``("nothing", None)``."""
         while True:
@@ -148,7 +148,7 @@ class SignalsMixin:
         state.signals_received[name] = index + 1
         return str(self._decode(state, key, row)), None
 
-    async def _replayed_wait(self, state: _JState, name: str) -> tuple[bool, Any]:
+    async def _replayed_wait(self, state: JournaledState, name: str) -> tuple[bool, Any]:
         """The next journaled receive for a wait: its payload, or ``TimeoutError`` if that
         wait timed out. A poll's "nothing" met here (the code changed) is passed over."""
         while True:
@@ -165,7 +165,7 @@ class SignalsMixin:
                     "(replayed from the journal: it timed out when the session first ran)"
                 )
 
-    async def _read_outcome(self, state: _JState, name: str) -> None:
+    async def _read_outcome(self, state: JournaledState, name: str) -> None:
         """A third-party store: read the next receive of ``name`` into ``state`` (bundled
         stores hold the whole journal already; this costs them nothing)."""
         if self._native is not None:
@@ -174,7 +174,7 @@ class SignalsMixin:
         if await self._lookup_step(state, signal_journal_key(name, index)) is None:
             await self._lookup_step(state, signal_outcome_key(name, index))
 
-    def _outcome(self, state: _JState, name: str, what: str) -> tuple[str, bytes]:
+    def _outcome(self, state: JournaledState, name: str, what: str) -> tuple[str, bytes]:
         """Take the next receive index of ``name`` for outcome ``what``: its key and row."""
         index = state.signals_received.get(name, 0)
         key = signal_outcome_key(name, index)
@@ -185,11 +185,11 @@ class SignalsMixin:
         state.signals_received[name] = index + 1
         return key, data
 
-    async def _record_outcome(self, state: _JState, name: str, what: str) -> None:
+    async def _record_outcome(self, state: JournaledState, name: str, what: str) -> None:
         key, data = self._outcome(state, name, what)
         await self._record(state, STEP, key, what, data)
 
-    def _buffer_outcome(self, state: _JState, name: str, what: str) -> None:
+    def _buffer_outcome(self, state: JournaledState, name: str, what: str) -> None:
         """Journal an outcome without awaiting (poll_signal is synchronous): it commits with
         the session's next record, or when the session exits."""
         assert self._native is not None  # a third-party store cannot be read here: see poll
@@ -198,7 +198,7 @@ class SignalsMixin:
         state.steps[key] = Row(data, record.created_at)
         state.buffer.append(record)
 
-    async def _fetch(self, state: _JState, name: str) -> bool:
+    async def _fetch(self, state: JournaledState, name: str) -> bool:
         """Move the oldest mailbox signal ``name`` into the session's journal (one transaction:
         taken from the mailbox and journaled as received, or neither). ``False`` if none."""
         native = self._native
@@ -289,7 +289,7 @@ class SignalsMixin:
             native.check_open(session_id, name)
 
     async def _wait_in_process(
-        self, state: _JState | None, session_id: str, name: str, timeout: float | None
+        self, state: JournaledState | None, session_id: str, name: str, timeout: float | None
     ) -> Any:
         # A third-party store has no mailbox: signals queue in this process.
         if state is None:
@@ -311,7 +311,7 @@ class SignalsMixin:
         _observe.signal_received(session_id, name)  # a receipt outside a session open here
         return open_signal(self._codec, data, session_id, name, f"signal {name!r}")[0]
 
-    def _receipt(self, state: _JState, name: str, data: bytes) -> tuple[str, Any]:
+    def _receipt(self, state: JournaledState, name: str, data: bytes) -> tuple[str, Any]:
         _observe.signal_received(state.id, name)
         index = state.signals_received.get(name, 0)
         state.signals_received[name] = index + 1

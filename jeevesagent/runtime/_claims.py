@@ -1,0 +1,128 @@
+"""The claim lifecycle of a journaled runtime's sessions (bundled stores): taking a session's
+claim -- waiting for it, or ending the claim of an owner whose process is gone -- renewing its
+lease while the session is open, and releasing it with the status the session ended with.
+
+A :class:`ClaimHolder` belongs to one runtime (one owner token); the runtime composes it and
+calls it, holding the per-session bookkeeping itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import anyio
+
+from . import _observe
+from ._errors import SessionBusyError, StoreClosedError, StoreError
+from ._owner import owner_is_dead
+from ._store import NativeStore
+
+__all__ = ["ClaimHolder", "session_status"]
+
+
+def session_status(exc: BaseException | None) -> str:
+    """How a session ended, as the sessions table records it.
+
+    ``interrupted``: the body was stopped by the application itself -- a cancelled scope or task
+    group, ``KeyboardInterrupt``, ``SystemExit`` -- so the session is resumable and recovery
+    finds it. ``failed``: the body raised.
+    """
+    if exc is None:
+        return "completed"
+    stopped = (anyio.get_cancelled_exc_class(), KeyboardInterrupt, SystemExit)
+    if isinstance(exc, BaseExceptionGroup):
+        return "interrupted" if exc.split(stopped)[1] is None else "failed"
+    return "interrupted" if isinstance(exc, stopped) else "failed"
+
+
+class ClaimHolder:
+    """Takes, renews and releases session claims in ``native`` as owner ``owner_id``."""
+
+    def __init__(
+        self, native: NativeStore, owner_id: str, lease: float, poll_interval: float
+    ) -> None:
+        self.native = native
+        self.owner_id = owner_id
+        self.lease = lease
+        self.poll_interval = poll_interval
+
+    async def take(self, session_id: str, wait: float | None) -> float:
+        """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds).
+        Returns the time (``anyio.current_time()``) just before the claim that was granted."""
+        native = self.native
+        deadline = None if wait is None else anyio.current_time() + wait
+        while True:
+            sent = anyio.current_time()
+            info = await native._claim(session_id, self.owner_id, self.lease)
+            if info.owner == self.owner_id:
+                return sent
+            if info.owner is not None and owner_is_dead(info.owner):
+                # Its process is gone (same host): end its claim now instead of waiting.
+                await native._release(session_id, info.owner, "failed", info.steps)
+                _observe.claim_taken_over(session_id, info.owner)
+                continue
+            now = anyio.current_time()
+            if deadline is None or now >= deadline:
+                until = (
+                    f" until {time.strftime('%H:%M:%S', time.localtime(info.lease_expires))}"
+                    if info.lease_expires
+                    else ""
+                )
+                raise SessionBusyError(
+                    f"session {session_id!r} is running in another runtime ({info.owner}, claim "
+                    f"held{until}). Open it with session({session_id!r}, wait=seconds) to wait "
+                    "for it, or run it where it is owned.",
+                    session_id=session_id,
+                )
+            await anyio.sleep(min(self.poll_interval, deadline - now))
+
+    async def release(self, session_id: str, status: str, rows: int) -> None:
+        """End the claim, recording ``status``. A store error is logged, not raised: the claim
+        then expires on its own when its lease runs out."""
+        if self.native._closed:
+            return
+        try:
+            await self.native._release(session_id, self.owner_id, status, rows)
+        except StoreError as error:
+            _observe.release_failed(session_id, error)
+
+    async def renew(self, session_id: str, claimed_at: float, held: Callable[[], bool]) -> None:
+        """Renew the claim every ``lease / 3`` while ``held()``; returns when it is not (or the
+        store closed). A renewal that fails on a store error (a transient database or network
+        failure) is retried every second or so, as long as the lease would still hold; raises
+        only when the claim is known lost (another runtime took it) or the lease ran out without
+        a renewal."""
+        native = self.native
+        retry = min(1.0, self.lease / 10)
+        renewed_at = claimed_at
+        wait = self.lease / 3
+        while True:
+            await anyio.sleep(wait)
+            if native._closed or not held():
+                return  # the runtime is closing: it releases the claim
+            sent = anyio.current_time()
+            try:
+                still_ours = await native._renew(session_id, self.owner_id, self.lease)
+            except StoreClosedError:
+                return
+            except StoreError as exc:
+                if anyio.current_time() + retry >= renewed_at + self.lease:
+                    raise StoreError(
+                        f"session {session_id!r}: the claim on the session could not be "
+                        f"renewed for {self.lease} s (its lease) because the store failed "
+                        f"({exc}); another runtime may take the session over now, so it "
+                        "was stopped here. Open it again once the store is reachable.",
+                        session_id=session_id,
+                    ) from exc
+                _observe.claim_renewal_retried(session_id, exc)
+                wait = retry
+                continue
+            if not still_ours:
+                raise SessionBusyError(
+                    f"session {session_id!r}: this runtime lost its claim on the session (the "
+                    "lease expired and another runtime took it over); it was stopped here.",
+                    session_id=session_id,
+                )
+            renewed_at = sent
+            wait = self.lease / 3
