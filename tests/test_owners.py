@@ -148,3 +148,40 @@ async def test_a_live_owner_in_another_pid_namespace_is_not_taken_over(
                 assert await process.wait() == 0, holder.stderr()
         async with rt.session("held"):  # released by its owner: free again
             pass
+
+
+# -- orphans are decided on the store's clock -----------------------------------------------------
+
+SKEWED = textwrap.dedent(
+    """
+    import sys, time
+    real_time = time.time
+    time.time = lambda: real_time() + 3600.0  # this worker's clock runs an hour ahead
+
+    import anyio
+    from jeevesagent.runtime import PostgresRuntime
+
+    async def main(dsn):
+        async with await PostgresRuntime.connect(dsn, min_size=1, max_size=1) as rt:
+            print(" ".join(i.session_id for i in await rt.orphaned_sessions()) or "-")
+
+    anyio.run(main, sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("store_kind", ["postgres"])
+async def test_a_worker_whose_clock_runs_ahead_lists_no_live_session_as_orphaned(
+    store_factory: StoreFactory, store_target: str
+) -> None:
+    store = await store_factory.new()
+    await store._claim("lost", "otherhost:9:z", 0.05)  # a host gone; its lease ends at once
+    async with JournaledRuntime(await store_factory.new(), lease=30) as rt, rt.session("live"):
+        with anyio.fail_after(TIMEOUT):
+            while [i.session_id for i in await rt.orphaned_sessions()] != ["lost"]:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            result = await anyio.run_process(
+                [sys.executable, "-c", SKEWED, store_target], env=ENV, check=False
+            )
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().split() == ["lost"]

@@ -182,6 +182,7 @@ _LIST_STATUS = (
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CHANNEL = "jrt_signal"
+_CLOCK = f"SELECT {_NOW}"
 
 
 class PostgresJournalStore(NativeStore):
@@ -440,6 +441,10 @@ class PostgresJournalStore(NativeStore):
             lambda: self._pool.fetch(_PENDING_NAMES, session_id), "listing signals", session_id
         )
         return [row[0] for row in rows]
+
+    async def _now(self) -> float:
+        now: float = await self._run(lambda: self._pool.fetchval(_CLOCK), "reading the clock")
+        return now
 
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.

@@ -228,6 +228,11 @@ class NativeStore(abc.ABC):
         :meth:`prune`; arguments already checked), leave those with a live claim alone, and
         unless ``dry_run`` delete the others' journal rows, mailbox and sessions row."""
 
+    async def _now(self) -> float:
+        """The store's clock, in epoch seconds: the one its leases are measured on (a database
+        server's, for a store that many hosts share). Local stores use this machine's clock."""
+        return time.time()
+
     def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         """Take a signal without I/O (no receipt), where the store can; ``None`` otherwise."""
         return None
