@@ -240,8 +240,9 @@ class NativeStore(abc.ABC):
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Ask to have ``wake(session_id)`` called (in the calling event loop's thread) whenever
         a signal is sent to a session by anyone, in any process. Returns ``False`` when the store
-        cannot push such notices (then waiters poll). Idempotent per ``wake``; ended by
-        ``aclose()``."""
+        cannot push such notices now (then waiters poll). Idempotent per ``wake``, and called
+        before every wait, so a call for a ``wake`` already registered should cost no I/O; ended
+        by ``aclose()``."""
         return False
 
     @abc.abstractmethod
