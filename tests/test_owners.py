@@ -9,23 +9,28 @@ hour forward. The recovering workers run the README's own start-up recovery code
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.abc import Process
 
 from jeevesagent.runtime import JournaledRuntime, SessionBusyError
 from jeevesagent.runtime._owner import new_owner_id, owner_is_dead, pid_namespace
 
 from .conftest import IN_CI, StoreFactory
 from .test_coordination import dead_owner, dead_pid, open_session
-from .test_crash import Child
+from .test_crash import Child, open_store
+from .test_docs import readme_python_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -185,3 +190,124 @@ async def test_a_worker_whose_clock_runs_ahead_lists_no_live_session_as_orphaned
             )
         assert result.returncode == 0, result.stderr.decode()
         assert result.stdout.decode().split() == ["lost"]
+
+
+# -- several workers recover the same orphans at once ---------------------------------------------
+
+ORPHANS = [f"order-{i}" for i in range(5)]
+
+# Opens every order's session and holds them all, until it is killed.
+ORPHANER = textwrap.dedent(
+    """
+    import contextlib, sys
+    import anyio
+    from jeevesagent.runtime import JournaledRuntime, PostgresJournalStore, SqliteJournalStore
+
+    async def main(kind, target, *orders):
+        if kind == "sqlite":
+            store = SqliteJournalStore(target)
+        else:
+            store = await PostgresJournalStore.connect(target, min_size=1, max_size=2)
+            await store.init_schema()
+        async with store, JournaledRuntime(store) as rt, contextlib.AsyncExitStack() as stack:
+            for order in orders:
+                await stack.enter_async_context(rt.session(order))
+            print("holding", flush=True)
+            await anyio.sleep_forever()
+
+    anyio.run(main, *sys.argv[1:])
+    """
+)
+
+# Runs before the README's recovery code: its charge step logs and then waits at a gate.
+PRELUDE = textwrap.dedent(
+    """
+    import os, sys
+    import anyio
+    from jeevesagent.runtime import PostgresRuntime
+
+    TARGET, LOG, GATE, WHO = sys.argv[1:5]
+
+    async def charge(session_id):
+        with open(LOG, "a") as log:
+            log.write(f"{WHO} {session_id}\\n")
+        print("charging", session_id, flush=True)
+        while not os.path.exists(GATE):
+            await anyio.sleep(0.01)
+        return "charged"
+    """
+)
+
+
+def recovery_worker(kind: str) -> str:
+    """The README's start-up recovery, with a charge step that tells when it runs."""
+    [code] = [block for block in readme_python_blocks() if "orphaned_sessions()" in block]
+    edits = {'lambda: "charged"': "lambda: charge(session_id)"}
+    if kind == "postgres":
+        edits['SqliteRuntime("orders.sqlite3")'] = "await PostgresRuntime.connect(TARGET)"
+    for old, new in edits.items():
+        assert code.count(old) == 1, f"the README's recovery example no longer has {old!r}"
+        code = code.replace(old, new)
+    return PRELUDE + code
+
+
+@durable
+async def test_two_workers_recovering_the_same_orphans_resume_each_once(
+    store_factory: StoreFactory, store_target: str, tmp_path: Path
+) -> None:
+    target = str(tmp_path / "orders.sqlite3") if store_factory.kind == "sqlite" else store_target
+    kind = store_factory.kind
+    log = tmp_path / "charges.log"
+    code = recovery_worker(kind)
+
+    @contextlib.asynccontextmanager
+    async def start(*argv: str, name: str) -> AsyncIterator[tuple[Process, Child]]:
+        err = tmp_path / f"{name}.err"
+        with err.open("wb") as stderr:
+            process = await anyio.open_process(
+                [sys.executable, "-c", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=ENV,
+                cwd=tmp_path,
+            )
+        try:
+            yield process, Child(process, err)
+        finally:
+            if process.returncode is None:  # the test failed half way: it may wait at its gate
+                process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+
+    # A worker dies (SIGKILL) holding five sessions, none of them charged yet.
+    async with start(ORPHANER, kind, target, *ORPHANS, name="orphaner") as (_, child):
+        with anyio.fail_after(TIMEOUT):
+            await child.expect("holding")
+            await child.kill_and_drain()
+    store = await open_store(kind, target)
+    async with store, JournaledRuntime(store) as rt:
+        assert [i.session_id for i in await rt.orphaned_sessions()] == ORPHANS
+
+        # Two workers recover, in an order that makes them meet: A resumes order-0 and is held
+        # in its charge; B, started then, resumes order-1 and is held too; A goes on, finds
+        # order-1 busy (B has it) and must skip it, not crash; B goes on last.
+        gate_a, gate_b = tmp_path / "gate-a", tmp_path / "gate-b"
+        async with start(code, target, str(log), str(gate_a), "A", name="a") as (a, a_out):
+            with anyio.fail_after(TIMEOUT):
+                assert (await a_out.expect("charging")).split() == ["charging", "order-0"]
+            async with start(code, target, str(log), str(gate_b), "B", name="b") as (b, b_out):
+                with anyio.fail_after(TIMEOUT):
+                    assert (await b_out.expect("charging")).split() == ["charging", "order-1"]
+                gate_a.touch()
+                with anyio.fail_after(TIMEOUT):
+                    assert await a.wait() == 0, a_out.stderr()
+                gate_b.touch()
+                with anyio.fail_after(TIMEOUT):
+                    assert await b.wait() == 0, b_out.stderr()
+
+        charges = collections.Counter(line.split()[1] for line in log.read_text().splitlines())
+        assert charges == collections.Counter([*ORPHANS, "order-43"])  # each once, none skipped
+        assert await rt.orphaned_sessions() == []
+        statuses = {i.session_id: i.status for i in await rt.list_sessions()}
+        assert statuses == dict.fromkeys([*ORPHANS, "order-43"], "completed")
