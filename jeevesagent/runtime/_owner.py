@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 
-__all__ = ["new_owner_id", "owner_is_dead"]
+__all__ = ["new_owner_id", "owner_is_dead", "pid_namespace"]
 
 _HOST = socket.gethostname()
 
