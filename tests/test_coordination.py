@@ -11,7 +11,6 @@ runtime elsewhere that hangs, dies or takes a session over.
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from typing import Any
@@ -54,6 +53,13 @@ async def dead_pid() -> int:
     await process.wait()
     await process.aclose()
     return process.pid
+
+
+async def dead_owner() -> str:
+    """The owner token of a runtime whose process (on this host, in this pid namespace) ended."""
+    code = "from jeevesagent.runtime._owner import new_owner_id; print(new_owner_id())"
+    result = await anyio.run_process([sys.executable, "-c", code])
+    return result.stdout.decode().strip()
 
 
 async def take_over(store: Any, rt: JournaledRuntime, session_id: str) -> None:
@@ -184,7 +190,7 @@ async def test_a_dead_owner_on_this_host_is_taken_over_at_once(
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory.new()
-    await store._claim("s", f"{socket.gethostname()}:{await dead_pid()}:dead", 30)
+    await store._claim("s", await dead_owner(), 30)
     async with runtime(await store_factory.new()) as rt:
         started = time.monotonic()
         async with rt.session("s"):  # no wait: the claim of a dead process counts for nothing
@@ -362,7 +368,7 @@ async def test_orphaned_sessions_are_those_whose_owner_is_gone(
     store = await store_factory.new()
     await store._claim("lost", "otherhost:9:z", 0.1)
     await store._claim("hung-but-leased", "otherhost:9:z", 30)
-    await store._claim("dead", f"{socket.gethostname()}:{await dead_pid()}:gone", 30)
+    await store._claim("dead", await dead_owner(), 30)
     async with runtime(await store_factory.new(), lease=0.3) as rt:
         async with rt.session("done"):
             pass

@@ -56,7 +56,10 @@ async def recover(dsn: str) -> None:
     async with await PostgresRuntime.connect(dsn, min_size=1, max_size=2) as rt:
         todo = await rt.orphaned_sessions() + await rt.list_sessions(status="failed")
         for info in todo:
-            await run_order(rt, info.session_id)  # recorded steps replay: no second charge
+            try:
+                await run_order(rt, info.session_id)  # recorded steps replay: no second charge
+            except SessionBusyError:
+                continue  # another worker, recovering too, is resuming it right now
             print(f"{info.session_id} resumed")
 
 
@@ -71,7 +74,9 @@ async def main(dsn: str) -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(worker, dsn, ids, done)
-    await recover(dsn)
+    async with anyio.create_task_group() as tg:  # two workers restart and recover at once
+        for _ in range(2):
+            tg.start_soon(recover, dsn)
     print(f"{len(charged)} charges for {len(ids)} orders")
     assert sorted(charged) == sorted(ids), charged  # each order charged exactly once
 

@@ -602,7 +602,9 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
         native = self._require_native("orphaned_sessions")
-        now = time.time()
+        # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
+        # before the list: a lease renewed in between only lies further past `now`.
+        now = await native._now()
         running = [
             info
             for info in await native._list_sessions("running")

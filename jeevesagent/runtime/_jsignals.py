@@ -237,9 +237,9 @@ class SignalsMixin:
 
     async def _idle(self, native: NativeStore, event: anyio.Event, limit: float | None) -> None:
         """Wait for a signal notice (this runtime's own, or the store's push), or the poll,
-        for at most ``limit`` seconds."""
-        if self._pushed is None:
-            self._pushed = await native._watch(self._wake)
+        for at most ``limit`` seconds. Asked before every wait: pushes stop while a lost
+        listener is being reopened."""
+        self._pushed = await native._watch(self._wake)
         wait = max(1.0, self.poll_interval) if self._pushed else self.poll_interval
         with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ import anyio
 from ._codec import describe_key
 from ._errors import StoreError
 from ._pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
+from ._pglisten import Listener
 from ._pgschema import _NOW, _migrate, _prune, schema_statements
 from ._store import (
     SESSION_STATUSES,
@@ -44,7 +44,7 @@ from ._store import (
     SessionInfo,
     SessionJournal,
 )
-from ._thread import LoopHandle, call_soon_in_loop
+from ._thread import LoopHandle
 from ._values import Codec, JournalCodec
 
 __all__ = ["PostgresJournalStore"]
@@ -52,7 +52,6 @@ __all__ = ["PostgresJournalStore"]
 T = TypeVar("T")
 Key = tuple[str, int, str]
 
-_log = logging.getLogger(__name__)
 # How long closing waits for connections still in use before asyncpg terminates them.
 _CLOSE_TIMEOUT = 10.0
 
@@ -181,7 +180,7 @@ _LIST_STATUS = (
 )
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
-_CHANNEL = "jrt_signal"
+_CLOCK = f"SELECT {_NOW}"
 
 
 class PostgresJournalStore(NativeStore):
@@ -200,9 +199,11 @@ class PostgresJournalStore(NativeStore):
 
     Signal notices (:meth:`_watch`) come over one dedicated connection (``LISTEN jrt_signal``),
     opened on first use with the pool's connection arguments, outside the pool. If that
-    connection is lost, a warning is logged and notices stop until the next ``_watch`` call,
-    which reconnects; waiters meanwhile fall back to polling the mailbox. The channel is
-    database-wide: stores on other schemas of the same database cause harmless spurious wakes.
+    connection is lost, a warning is logged and the store reopens it (with backoff, until it is
+    back or the store is closed); waiters meanwhile poll the mailbox, and once it is back every
+    session with a signal waiting is woken, so a notice lost in between delays nothing further.
+    The channel is database-wide: stores on other schemas of the same database cause harmless
+    spurious wakes.
     """
 
     def __init__(
@@ -222,11 +223,7 @@ class PostgresJournalStore(NativeStore):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
-        # LISTEN connection and the wake callbacks with the event loop each registered from.
-        # Both are only touched on the pool's loop.
-        self._listener: Any = None
-        self._listen_lock: asyncio.Lock | None = None
-        self._wakes: dict[Callable[[str], None], LoopHandle] = {}
+        self._listener = Listener(pool)  # signal notices: the LISTEN connection
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -441,67 +438,28 @@ class PostgresJournalStore(NativeStore):
         )
         return [row[0] for row in rows]
 
+    async def _now(self) -> float:
+        now: float = await self._run(lambda: self._pool.fetchval(_CLOCK), "reading the clock")
+        return now
+
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.
 
-        The first call opens the LISTEN connection; a call finding it lost reconnects it.
+        ``True`` while notices arrive. The first call opens the LISTEN connection; later calls
+        cost no round trip, and answer ``False`` while a lost connection is being reopened.
         """
-        token = LoopHandle()
         self.check_open()
-        await self._run(lambda: self._listen(wake, token), "listening for signals")
-        return True
-
-    async def _listen(self, wake: Callable[[str], None], token: LoopHandle) -> None:
-        """On the pool's loop: register ``wake`` and make sure the LISTEN connection is up."""
-        self._wakes.setdefault(wake, token)
-        if self._listen_lock is None:
-            self._listen_lock = asyncio.Lock()
-        async with self._listen_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            self._listener = None
-            pool = self._pool
-            conn = await pool._connect(
-                *pool._connect_args,
-                loop=pool._loop,
-                connection_class=pool._connection_class,
-                record_class=pool._record_class,
-                **pool._connect_kwargs,
-            )
-            try:
-                await conn.add_listener(_CHANNEL, self._on_notify)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=_CLOSE_TIMEOUT)
-                raise
-            conn.add_termination_listener(self._on_listener_lost)
-            self._listener = conn
-
-    def _on_notify(self, conn: Any, pid: int, channel: str, session_id: str) -> None:
-        # On the pool's loop; every callback runs on the loop it registered from.
-        for wake, token in list(self._wakes.items()):
-            call_soon_in_loop(token, functools.partial(wake, session_id))
-
-    def _on_listener_lost(self, conn: Any) -> None:
-        if conn is self._listener and not self._closed:
-            self._listener = None
-            _log.warning(
-                "PostgresJournalStore: the LISTEN connection for signals was lost; waiters poll "
-                "until the next _watch() call reconnects it."
-            )
-
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        self._wakes.clear()
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close(timeout=_CLOSE_TIMEOUT)
+        listener = self._listener
+        if listener.registered(wake) and (listener.pushing or listener.reopening):
+            return listener.pushing
+        token = LoopHandle()
+        return await self._run(lambda: listener.watch(wake, token), "listening for signals")
 
     async def _close(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
-                if self._listener is not None or self._wakes:
-                    await self._run(self._close_listener, "closing the LISTEN connection")
+                if self._listener.active:
+                    await self._run(self._listener.aclose, "closing the LISTEN connection")
                 if self._writer is not None:
                     await self._run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:

@@ -228,6 +228,11 @@ class NativeStore(abc.ABC):
         :meth:`prune`; arguments already checked), leave those with a live claim alone, and
         unless ``dry_run`` delete the others' journal rows, mailbox and sessions row."""
 
+    async def _now(self) -> float:
+        """The store's clock, in epoch seconds: the one its leases are measured on (a database
+        server's, for a store that many hosts share). Local stores use this machine's clock."""
+        return time.time()
+
     def _take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         """Take a signal without I/O (no receipt), where the store can; ``None`` otherwise."""
         return None
@@ -235,8 +240,9 @@ class NativeStore(abc.ABC):
     async def _watch(self, wake: Callable[[str], None]) -> bool:
         """Ask to have ``wake(session_id)`` called (in the calling event loop's thread) whenever
         a signal is sent to a session by anyone, in any process. Returns ``False`` when the store
-        cannot push such notices (then waiters poll). Idempotent per ``wake``; ended by
-        ``aclose()``."""
+        cannot push such notices now (then waiters poll). Idempotent per ``wake``, and called
+        before every wait, so a call for a ``wake`` already registered should cost no I/O; ended
+        by ``aclose()``."""
         return False
 
     @abc.abstractmethod
