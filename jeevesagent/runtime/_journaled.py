@@ -597,7 +597,8 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
     async def orphaned_sessions(self) -> list[SessionInfo]:
         """Sessions to resume: those left ``running`` by an owner that is gone (its lease
-        expired, or its process on this host no longer exists), and those ``interrupted`` by
+        expired by the store's clock, or its process on this host, in this pid namespace, no
+        longer exists), and those ``interrupted`` by
         the application's own shutdown. Resume them by running them again (see the README);
         another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
