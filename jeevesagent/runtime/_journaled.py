@@ -77,8 +77,8 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
     :param flush_interval: the longest a buffered record waits, in seconds.
     :param lease: seconds a claim on a session lasts without renewal (bundled stores). The
         session renews it every ``lease / 3`` while open; a crashed owner's sessions can be taken
-        over ``lease`` seconds after its last renewal -- at once on the same host, where a dead
-        owner process is detected.
+        over ``lease`` seconds after its last renewal -- at once on the same host and in the same
+        pid namespace (Linux), where a dead owner process is detected.
     :param policy: the default :class:`StepPolicy` of every step (retries, timeouts, journaled
         failures); a policy attached to a step function with ``with_policy`` overrides it.
     :param strict: strict replay: a step name found in the journal with other arguments raises
