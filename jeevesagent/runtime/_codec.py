@@ -1,12 +1,14 @@
-"""Step identity: journal keys (the argument fingerprint in them comes from ``_fingerprint``);
-the value codecs are re-exported from ``_values``.
+"""Step identity: journal keys, every namespace in this one module (the argument fingerprint in
+them comes from ``_fingerprint``).
 
-Journal keys live in three namespaces, told apart by their first two characters, so a key of one
+Journal keys live in namespaces told apart by their first two characters, so a key of one
 kind can never equal a key of another:
 
 * ``s:<name>:<fingerprint>`` -- a plain step (or stream step) identified by name and arguments;
 * ``k:<idempotency key>`` -- a step called with ``idempotency_key=``;
 * ``g:<signal name>:<n>`` -- the n-th signal of that name received by the session;
+* ``o:<signal name>:<n>`` -- the n-th receive of that name, when it got no payload (a wait that
+  timed out, a poll that found nothing);
 * ``t:<name>`` -- the wake-up time of a durable ``sleep``;
 * ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
   alone: a step of that name whose own key is not journaled replays it.
@@ -18,18 +20,17 @@ never produce the same key either.
 from __future__ import annotations
 
 from ._fingerprint import FINGERPRINT_CHARS, fingerprint
-from ._values import JournalCodec, PickleCodec, decode_value, encode_value
 
 __all__ = [
     "FINGERPRINT_CHARS",
-    "JournalCodec",
-    "PickleCodec",
-    "decode_value",
-    "encode_value",
+    "describe_key",
     "fingerprint",
     "idempotency_journal_key",
+    "legacy_journal_key",
     "signal_journal_key",
+    "signal_outcome_key",
     "step_journal_key",
+    "timer_journal_key",
 ]
 
 

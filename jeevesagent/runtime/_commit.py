@@ -21,15 +21,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import anyio
 
 from ._codec import describe_key
 from ._errors import SessionBusyError, StoreError
-
-if TYPE_CHECKING:
-    from ._store import Record, Row
+from ._rows import Record, Row
 
 
 class Fenced(Exception):

@@ -212,8 +212,9 @@ def _unless_faithful(value: Any, dumped: Any) -> bytes | None:
     try:
         try:
             back = t.model_validate(dumped, strict=False, by_name=True)
-        except TypeError:  # pydantic < 2.11 has no by_name=
-            back = t.model_validate(dumped, strict=False)
+        except TypeError:  # pydantic < 2.11 has no by_name=: validate the dump by alias
+            by_alias = value.model_dump(mode="python", by_alias=True)
+            back = t.model_validate(by_alias, strict=False)
         if type(back) is t and _same(value, back):
             return None
     except Exception:  # the dump does not validate back (a validator refused it)

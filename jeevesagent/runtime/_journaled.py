@@ -23,10 +23,7 @@ from ._base import (
 from ._claims import ClaimHolder, session_status
 from ._codec import (
     FINGERPRINT_CHARS,
-    JournalCodec,
-    decode_value,
     describe_key,
-    encode_value,
     fingerprint,
     idempotency_journal_key,
     legacy_journal_key,
@@ -58,6 +55,7 @@ from ._store import (
     Row,
     SessionInfo,
 )
+from ._values import JournalCodec, decode_value, encode_value
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
 

@@ -21,9 +21,6 @@ import anyio
 from . import _observe
 from ._base import Mailbox
 from ._codec import (
-    JournalCodec,
-    decode_value,
-    encode_value,
     signal_journal_key,
     signal_outcome_key,
 )
@@ -31,7 +28,17 @@ from ._errors import SessionBusyError
 from ._jstate import JournaledState
 from ._names import check_signal_target
 from ._store import STEP, Fenced, JournalEntry, NativeStore, Record, Row
-from ._values import _HEADER, MAGIC, NONCE_BYTES, NONCE_MARK, signal_context, split_nonce
+from ._values import (
+    _HEADER,
+    MAGIC,
+    NONCE_BYTES,
+    NONCE_MARK,
+    JournalCodec,
+    decode_value,
+    encode_value,
+    signal_context,
+    split_nonce,
+)
 
 __all__ = ["SignalsMixin", "open_signal", "seal_signal"]
 

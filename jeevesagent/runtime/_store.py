@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from ._commit import Fenced, GroupCommitter
 from ._errors import StoreClosedError
+from ._rows import STEP, STREAM, Record, Row
 from ._values import Codec, JournalCodec, decode_value, encode_value
 
 __all__ = [
@@ -76,25 +77,6 @@ class JournalStore(Protocol):
     async def aclose(self) -> None:
         """Release the store's threads, connections and files. Idempotent."""
         ...
-
-
-STEP = 0
-STREAM = 1
-
-
-class Record(NamedTuple):
-    """One encoded journal row on its way to a store."""
-
-    session_id: str
-    kind: int  # STEP or STREAM
-    key: str
-    data: bytes
-    created_at: float
-
-
-class Row(NamedTuple):
-    data: bytes
-    created_at: float
 
 
 class SessionInfo(NamedTuple):

@@ -29,6 +29,7 @@ import pickle
 import pickletools
 from typing import Any, Literal, NamedTuple, Protocol
 
+from ._codec import describe_key
 from ._errors import JournalCorruptError, JournalIntegrityError, ValueEncodingError
 
 __all__ = [
@@ -371,8 +372,6 @@ def decode_value(
 
 def _step_name(step: str) -> str:
     """How errors name the step: callers pass its journal key (which the signature binds)."""
-    from ._codec import describe_key  # _codec imports this module
-
     return describe_key(step)
 
 
