@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 import anyio
 
 from ._codec import describe_key
-from ._errors import StoreError
 from ._pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
+from ._pgerrors import call_translated
 from ._pglisten import Listener
 from ._pgschema import _NOW, _migrate, _prune, schema_statements
 from ._store import (
@@ -251,7 +251,7 @@ class PostgresJournalStore(NativeStore):
         # On trio, asyncpg gets an asyncio loop in a thread of the store's own.
         bridge = _AsyncioBridge(loop) if loop is not None else _AsyncioBridge.start()
         try:
-            pool = await _call(
+            pool = await call_translated(
                 bridge,
                 None,
                 lambda: _create_pool(dsn, min_size, max_size),
@@ -296,7 +296,9 @@ class PostgresJournalStore(NativeStore):
         *,
         shield: bool = False,
     ) -> T:
-        return await _call(self._bridge, self._pool, fn, action, session_id, step, shield=shield)
+        return await call_translated(
+            self._bridge, self._pool, fn, action, session_id, step, shield=shield
+        )
 
     # -- primitives -------------------------------------------------------------------------------
     async def _load(self, session_id: str) -> SessionJournal:
@@ -600,82 +602,3 @@ async def _claim(pool: Any, session_id: str, owner: str, lease: float) -> Sessio
     if row is None:  # held by someone else: a separate statement sees the row that won
         row = await pool.fetchrow(_SESSION, session_id)
     return SessionInfo(*row)
-
-
-# -- errors ---------------------------------------------------------------------------------------
-@functools.cache
-def _driver_errors() -> tuple[type[Exception], ...]:
-    import asyncpg
-
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
-
-
-@functools.cache
-def _connection_errors() -> tuple[type[Exception], ...]:
-    import asyncpg
-
-    return (
-        OSError,  # refused, reset, timed out
-        asyncpg.ConnectionDoesNotExistError,  # the server went away mid-call
-        # ... or just before the call: asyncpg then sometimes reports "cannot switch to state
-        # N" (MagicStack/asyncpg#1069); the pool drops that connection all the same.
-        asyncpg.InternalClientError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.AdminShutdownError,
-        asyncpg.CrashShutdownError,
-        asyncpg.CannotConnectNowError,
-    )
-
-
-async def _call(
-    bridge: _AsyncioBridge,
-    pool: Any,
-    fn: AsyncFn[T],
-    action: str,
-    session_id: str | None = None,
-    step: str | None = None,
-    *,
-    shield: bool = False,
-) -> T:
-    """Run ``fn()`` through ``bridge``, translating driver errors into :class:`StoreError`."""
-    try:
-        return await bridge.run(lambda: _expiring_on_failure(pool, fn), shield=shield)
-    except _driver_errors() as exc:
-        raise _store_error(exc, action, session_id, step) from exc
-
-
-async def _expiring_on_failure(pool: Any, fn: AsyncFn[T]) -> T:
-    try:
-        return await fn()
-    except _connection_errors():
-        # One dead connection usually means the server restarted and every idle one is dead
-        # too: have the pool replace them all on their next acquire, so only this call fails.
-        if pool is not None:
-            await pool.expire_connections()
-        raise
-
-
-def _store_error(
-    exc: Exception, action: str, session_id: str | None, step: str | None
-) -> StoreError:
-    import asyncpg
-
-    where = ""
-    if session_id is not None:
-        where = f" (session {session_id!r}" + (f", step {step!r})" if step is not None else ")")
-    if isinstance(exc, _connection_errors()):
-        hint = (
-            "the database connection failed. Check that the PostgreSQL server is running and "
-            "reachable; the pool reconnects on the next call."
-        )
-    elif isinstance(exc, asyncpg.UndefinedTableError):
-        hint = (
-            "the journal tables do not exist. Call init_schema() once (or apply "
-            "PostgresJournalStore.schema_sql()), and check the search_path."
-        )
-    elif isinstance(exc, asyncpg.PostgresError):
-        hint = "PostgreSQL refused the operation."
-    else:
-        hint = "the asyncpg driver refused the call."
-    message = f"PostgresJournalStore: {action}{where} failed: {hint} ({type(exc).__name__}: {exc})"
-    return StoreError(message, session_id=session_id, step=step)
