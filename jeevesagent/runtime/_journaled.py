@@ -14,12 +14,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import _observe
-from ._base import (
-    BaseRuntime,
-    StreamStep,
-    call_step_fn,
-    open_producer,
-)
+from ._base import BaseRuntime
 from ._claims import ClaimHolder, session_status
 from ._codec import (
     FINGERPRINT_CHARS,
@@ -55,6 +50,7 @@ from ._store import (
     Row,
     SessionInfo,
 )
+from ._streams import StreamStep, call_step_fn, open_producer
 from ._values import JournalCodec, decode_value, encode_value
 
 __all__ = ["JournaledRuntime", "JournaledSession"]

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._base import SessionState, StreamStep
+from ._base import SessionState
 from ._errors import SessionBusyError
 from ._policy import JournaledFailure
+from ._streams import StreamStep
 
 if TYPE_CHECKING:
     from ._base import BaseRuntime
