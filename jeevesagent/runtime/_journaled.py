@@ -17,7 +17,6 @@ from . import _observe
 from ._base import BaseRuntime
 from ._claims import ClaimHolder, session_status
 from ._codec import (
-    FINGERPRINT_CHARS,
     describe_key,
     fingerprint,
     idempotency_journal_key,
@@ -25,7 +24,7 @@ from ._codec import (
     step_journal_key,
     timer_journal_key,
 )
-from ._errors import JournalMismatchError, SessionBusyError, StoreError
+from ._errors import SessionBusyError, StoreError
 from ._jsignals import SignalsMixin
 from ._jstate import JournaledSession, JournaledState
 from ._names import check_name
@@ -156,10 +155,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                 k.startswith("l:") for k in journal.streams
             )
             if self.strict:
-                for key in (*journal.steps, *journal.streams):
-                    if key.startswith("s:"):
-                        name, fp = key[2 : -FINGERPRINT_CHARS - 1], key[-FINGERPRINT_CHARS:]
-                        state.recorded_fps.setdefault(name, set()).add(fp)
+                state.note_recorded((*journal.steps, *journal.streams))
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
             for name in await native._pending_names(state.id):
@@ -212,20 +208,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                 step=step,
             ) from state.claim_error
         if state.write_error is not None:
-            raise self._write_failed(state, step)
-
-    @staticmethod
-    def _write_failed(state: JournaledState, step: str | None) -> StoreError:
-        where = f", step {step!r}" if step is not None else ""
-        error = StoreError(
-            f"session {state.id!r}{where}: an earlier buffered journal commit of this session "
-            f"failed ({state.write_error}); the session cannot go on without it, and nothing "
-            "after it is recorded. Open the session again to resume from what was committed.",
-            session_id=state.id,
-            step=step,
-        )
-        error.__cause__ = state.write_error
-        return error
+            raise state.write_failed(step)
 
     def _context_entered(self, state: JournaledState, tg: TaskGroup) -> None:
         # Services of the shared state: they outlive this context if others are still open.
@@ -246,7 +229,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
     async def _context_exiting(self, state: JournaledState) -> None:
         await self._flush(state)
         if state.write_error is not None:
-            raise self._write_failed(state, None)
+            raise state.write_failed(None)
 
     async def _flush(self, state: JournaledState) -> None:
         """Commit the session's buffered records (in order, in one transaction)."""
@@ -256,7 +239,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         if state.write_error is not None:
             # An earlier batch was lost: committing later records would leave a gap in the
             # journal (a later step without an earlier one). Refuse them all.
-            raise self._write_failed(state, describe_key(records[0].key))
+            raise state.write_failed(describe_key(records[0].key))
         try:
             owners = {state.id: self.owner_id} if state.claimed else None
             conflicts = await self._native.append(records, owners)
@@ -275,14 +258,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                 session_id=state.id,
                 step=describe_key(records[0].key),
             ) from exc
-        self._adopt(state, conflicts)
-
-    @staticmethod
-    def _adopt(state: JournaledState, conflicts: dict[tuple[str, int, str], Row]) -> None:
-        # Someone else recorded these keys first (another runtime on the same store): everyone
-        # sees the first record.
-        for (_, kind, key), row in conflicts.items():
-            (state.steps if kind == STEP else state.streams)[key] = row
+        state.adopt(conflicts)
 
     # -- journal access --------------------------------------------------------------------------
     def _decode(self, state: JournaledState, key: str, row: Row | JournalEntry) -> Any:
@@ -388,7 +364,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
             fp = fingerprint(args, kwargs, session_id=state.id, step=name)
             key = step_journal_key(name, fp)
             if self.strict:
-                state.called_fps.setdefault(name, set()).add(fp)
+                state.called(name, fp)
         while True:
             row = await self._lookup_step(state, key)
             if row is None and state.legacy:
@@ -412,7 +388,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
             # if it failed, run it ourselves).
             await running.wait()
         if self.strict and fp:
-            self._check_strict(state, name, fp)
+            state.check_strict(name, fp)
         run = _observe.StepRun(self, state, name)  # its span is current until run.end()
         done = state.inflight[key] = anyio.Event()
         try:
@@ -460,26 +436,6 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         return await run_with_policy(
             partial(call_step_fn, fn, args, kwargs), policy, session_id=session_id, step=name
         )
-
-    def _check_strict(self, state: JournaledState, name: str, fp: str) -> None:
-        """Strict replay: a step is called with arguments the journal does not hold for its
-        name while a recorded call of that name has not been replayed yet in this run -> the
-        code no longer takes the path it took. Calls of one name with new arguments after every
-        recorded one has replayed (a first run, or new work past the replay) are fine."""
-        recorded = state.recorded_fps.get(name)
-        if not recorded or fp in recorded:
-            return
-        pending = recorded - state.called_fps.get(name, set())
-        if pending:
-            raise JournalMismatchError(
-                f"session {state.id!r}, step {name!r}: the journal recorded this step with "
-                f"arguments fingerprint {min(pending)}, not replayed yet in this run, but it was "
-                f"called with {fp}. The code or its inputs no longer match the journal (strict "
-                "replay). Make the workflow deterministic, give each distinct call its own step "
-                "name, or start a new session.",
-                session_id=state.id,
-                step=name,
-            )
 
     async def sleep(self, name: str, seconds: float) -> None:
         """A durable sleep: the wake-up time is journaled under ``name``, so after a restart the
@@ -532,9 +488,9 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         fp = fingerprint(args, kwargs, session_id=state.id, step=name)
         key = step_journal_key(name, fp)
         if self.strict:
-            state.called_fps.setdefault(name, set()).add(fp)
+            state.called(name, fp)
             if key not in state.streams:
-                self._check_strict(state, name, fp)
+                state.check_strict(name, fp)
 
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self._require_open(state, name)

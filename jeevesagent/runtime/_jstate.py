@@ -1,16 +1,21 @@
 """What a journaled runtime holds for each open session: :class:`JournaledState` (the session's
-journal in memory, its write buffer, claim and signal bookkeeping) and the public
-:class:`JournaledSession` object that ``async with runtime.session(id)`` yields.
+journal in memory, its write buffer and write failure, claim, signal and strict-replay
+bookkeeping) and the public :class:`JournaledSession` object that
+``async with runtime.session(id)`` yields.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 
 from ._base import BaseRuntime, BaseSession, SessionState
-from ._store import JournalEntry, Record, Row
+from ._codec import FINGERPRINT_CHARS
+from ._errors import JournalMismatchError, StoreError
+from ._rows import STEP, Record, Row
+from ._store import JournalEntry
 
 __all__ = ["JournaledSession", "JournaledState"]
 
@@ -59,3 +64,54 @@ class JournaledState(SessionState):
         self.called_fps: dict[str, set[str]] = {}
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
+
+    # -- strict replay --------------------------------------------------------------------------
+    def note_recorded(self, keys: Iterable[str]) -> None:
+        """Remember the argument fingerprints the journal held per step name when it opened."""
+        for key in keys:
+            if key.startswith("s:"):
+                name, fp = key[2 : -FINGERPRINT_CHARS - 1], key[-FINGERPRINT_CHARS:]
+                self.recorded_fps.setdefault(name, set()).add(fp)
+
+    def called(self, name: str, fp: str) -> None:
+        self.called_fps.setdefault(name, set()).add(fp)
+
+    def check_strict(self, name: str, fp: str) -> None:
+        """Strict replay: a step is called with arguments the journal does not hold for its
+        name while a recorded call of that name has not been replayed yet in this run -> the
+        code no longer takes the path it took. Calls of one name with new arguments after every
+        recorded one has replayed (a first run, or new work past the replay) are fine."""
+        recorded = self.recorded_fps.get(name)
+        if not recorded or fp in recorded:
+            return
+        pending = recorded - self.called_fps.get(name, set())
+        if pending:
+            raise JournalMismatchError(
+                f"session {self.id!r}, step {name!r}: the journal recorded this step with "
+                f"arguments fingerprint {min(pending)}, not replayed yet in this run, but it was "
+                f"called with {fp}. The code or its inputs no longer match the journal (strict "
+                "replay). Make the workflow deterministic, give each distinct call its own step "
+                "name, or start a new session.",
+                session_id=self.id,
+                step=name,
+            )
+
+    # -- writes -----------------------------------------------------------------------------------
+    def write_failed(self, step: str | None) -> StoreError:
+        """The error of a write after a buffered commit of this session failed."""
+        where = f", step {step!r}" if step is not None else ""
+        error = StoreError(
+            f"session {self.id!r}{where}: an earlier buffered journal commit of this session "
+            f"failed ({self.write_error}); the session cannot go on without it, and nothing "
+            "after it is recorded. Open the session again to resume from what was committed.",
+            session_id=self.id,
+            step=step,
+        )
+        error.__cause__ = self.write_error
+        return error
+
+    def adopt(self, conflicts: dict[tuple[str, int, str], Row]) -> None:
+        """Someone else recorded these keys first (another runtime on the same store): everyone
+        sees the first record."""
+        for (_, kind, key), row in conflicts.items():
+            (self.steps if kind == STEP else self.streams)[key] = row
