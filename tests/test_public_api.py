@@ -44,6 +44,20 @@ from jeevesagent.runtime import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+
+def run_repo_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that imports the package from this checkout."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 PUBLISHED_CLASSES = {
     "InProcRuntime",
     "InProcSession",
@@ -304,16 +318,7 @@ WITHOUT_OPTIONAL_DEPS = textwrap.dedent(
 
 
 def test_import_and_run_without_asyncpg_and_trio() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", WITHOUT_OPTIONAL_DEPS],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_repo_python(WITHOUT_OPTIONAL_DEPS)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK"
 
@@ -353,16 +358,7 @@ CONNECT_WITHOUT_ASYNCPG = textwrap.dedent(
 
 
 def test_connect_without_asyncpg_says_what_to_install() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", CONNECT_WITHOUT_ASYNCPG],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_repo_python(CONNECT_WITHOUT_ASYNCPG)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 4, proc.stdout  # two classes, two event loops
