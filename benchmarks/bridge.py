@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from jeevesagent.runtime import PostgresJournalStore
-from jeevesagent.runtime._pgbridge import _AsyncioBridge
+from jeevesagent.runtime._backends.pgbridge import _AsyncioBridge
 
 
 async def _noop() -> None:

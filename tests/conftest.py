@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from jeevesagent.runtime import InMemoryJournalStore, PostgresJournalStore, SqliteJournalStore
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 STORES = ("memory", "sqlite", "postgres")
@@ -140,12 +140,12 @@ class StoreFactory:
     def __init__(self, kind: str, target: str) -> None:
         self.kind = kind
         self.target = target
-        self.opened: list[NativeStore] = []
+        self.opened: list[JournalBackend] = []
         self._memory: InMemoryJournalStore | None = None
 
-    async def new(self, **options: Any) -> NativeStore:
+    async def new(self, **options: Any) -> JournalBackend:
         """``options``: ``codec=``, ``signing_key=`` for the store object."""
-        store: NativeStore
+        store: JournalBackend
         if self.kind == "memory":
             if self._memory is None:
                 self._memory = InMemoryJournalStore(**options)
@@ -207,7 +207,7 @@ async def store_factory(store_kind: str, store_target: str) -> AsyncIterator[Sto
 
 
 @pytest.fixture
-async def store(store_factory: StoreFactory) -> NativeStore:
+async def store(store_factory: StoreFactory) -> JournalBackend:
     return await store_factory.new()
 
 

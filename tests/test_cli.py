@@ -24,7 +24,8 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, PostgresRuntime, SqliteRuntime
-from jeevesagent.runtime._cli import parse_duration, parse_target
+from jeevesagent.runtime._cli.commands import parse_duration
+from jeevesagent.runtime._cli.target import parse_target
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 KEY = "a-test-signing-key-of-32-bytes!!"

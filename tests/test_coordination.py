@@ -57,15 +57,15 @@ async def dead_pid() -> int:
 
 async def dead_owner() -> str:
     """The owner token of a runtime whose process (on this host, in this pid namespace) ended."""
-    code = "from jeevesagent.runtime._owner import new_owner_id; print(new_owner_id())"
+    code = "from jeevesagent.runtime._journal.owner import new_owner_id; print(new_owner_id())"
     result = await anyio.run_process([sys.executable, "-c", code])
     return result.stdout.decode().strip()
 
 
 async def take_over(store: Any, rt: JournaledRuntime, session_id: str) -> None:
     """Another runtime takes ``session_id`` from ``rt`` (as after ``rt``'s lease expired)."""
-    await store._release(session_id, rt.owner_id, "failed", 0)
-    assert (await store._claim(session_id, "otherhost:2:y", 30)).owner == "otherhost:2:y"
+    await store.release(session_id, rt.owner_id, "failed", 0)
+    assert (await store.claim(session_id, "otherhost:2:y", 30)).owner == "otherhost:2:y"
 
 
 # -- ownership ------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ async def test_an_open_that_fails_after_claiming_leaves_no_claim(
     store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await store_factory.new()
-    pending_names = store._pending_names
+    pending_names = store.pending_names
 
     async def slow_pending_names(session_id: str) -> list[str]:
         await anyio.sleep(1)  # a slow database
@@ -151,10 +151,10 @@ async def test_an_open_that_fails_after_claiming_leaves_no_claim(
         raise StoreError("the database went away", session_id=session_id)
 
     async with runtime(store) as b, runtime(await store_factory.new()) as a:
-        monkeypatch.setattr(store, "_pending_names", slow_pending_names)
+        monkeypatch.setattr(store, "pending_names", slow_pending_names)
         with anyio.move_on_after(0.05):
             await open_session(b, "cancelled")
-        monkeypatch.setattr(store, "_pending_names", failing_pending_names)
+        monkeypatch.setattr(store, "pending_names", failing_pending_names)
         with pytest.raises(StoreError):
             await open_session(b, "failed")
         monkeypatch.undo()
@@ -169,7 +169,7 @@ async def test_a_hung_owner_elsewhere_is_taken_over_when_its_lease_expires(
 ) -> None:
     store = await store_factory.new()
     started = time.monotonic()
-    await store._claim("s", "otherhost:1:x", 0.3)
+    await store.claim("s", "otherhost:1:x", 0.3)
     async with runtime(await store_factory.new()) as rt:
         with pytest.raises(SessionBusyError) as caught:
             await open_session(rt, "s")
@@ -190,7 +190,7 @@ async def test_a_dead_owner_on_this_host_is_taken_over_at_once(
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory.new()
-    await store._claim("s", await dead_owner(), 30)
+    await store.claim("s", await dead_owner(), 30)
     async with runtime(await store_factory.new()) as rt:
         started = time.monotonic()
         async with rt.session("s"):  # no wait: the claim of a dead process counts for nothing
@@ -225,7 +225,7 @@ async def test_a_step_after_losing_the_claim_is_refused_and_records_nothing(
         assert caught.value.session_id == "s"
     assert len((await other.load_session("s")).steps) == 1  # "before" only
     # The new owner keeps its claim: the fenced runtime's exit released nothing.
-    [info] = await other._list_sessions("running")
+    [info] = await other.list_sessions("running")
     assert info.owner == "otherhost:2:y"
 
 
@@ -238,13 +238,13 @@ async def test_a_fenced_runtime_leaves_a_signal_in_the_mailbox_for_the_new_owner
         async def run() -> None:
             async with a.session("s"):
                 await take_over(other, a, "s")
-                await other._send_signal("s", "go", b"not for a", time.time())
+                await other.send_signal("s", "go", b"not for a", time.time())
                 await a.wait_for_signal("s", "go", timeout=5)
                 pytest.fail("a fenced runtime received a signal")
 
         with pytest.raises(SessionBusyError):
             await run()
-    assert await other._pending_signals("s") == 1
+    assert await other.pending_signals("s") == 1
     assert (await other.load_session("s")).steps == {}
 
 
@@ -297,7 +297,7 @@ async def test_the_heartbeat_stops_a_session_whose_claim_was_taken_over(
             assert type(caught.value) is SessionBusyError
             assert caught.value.session_id in ("s", "w")
             assert time.monotonic() - started < 2.0
-    infos = await other._list_sessions("running")
+    infos = await other.list_sessions("running")
     assert [(i.session_id, i.owner) for i in infos] == [
         ("s", "otherhost:2:y"),
         ("w", "otherhost:2:y"),
@@ -366,9 +366,9 @@ async def test_orphaned_sessions_are_those_whose_owner_is_gone(
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory.new()
-    await store._claim("lost", "otherhost:9:z", 0.1)
-    await store._claim("hung-but-leased", "otherhost:9:z", 30)
-    await store._claim("dead", await dead_owner(), 30)
+    await store.claim("lost", "otherhost:9:z", 0.1)
+    await store.claim("hung-but-leased", "otherhost:9:z", 30)
+    await store.claim("dead", await dead_owner(), 30)
     async with runtime(await store_factory.new(), lease=0.3) as rt:
         async with rt.session("done"):
             pass
@@ -470,7 +470,7 @@ async def test_received_signals_replay_in_a_new_runtime_and_are_not_received_aga
         await b.signal("s", "go", "z")  # while the session is not running
     await store_factory.recycle()
     store = await store_factory.new()
-    assert await store._pending_signals("s") == 1
+    assert await store.pending_signals("s") == 1
     async with runtime(store) as c, c.session("s"):
         assert await c.wait_for_signal("s", "go", timeout=5) == "x"  # replayed, no wait
         assert c.poll_signal("s", "go") == "y"  # replayed from the journal
@@ -480,7 +480,7 @@ async def test_received_signals_replay_in_a_new_runtime_and_are_not_received_aga
             await c.wait_for_signal("s", "go", timeout=0.1)
         await c.signal("s", "go", "w")
         assert await c.wait_for_signal("s", "go", timeout=5) == "w"
-    assert await store._pending_signals("s") == 0
+    assert await store.pending_signals("s") == 0
     # Once more, in yet another runtime: everything replays, nothing is received twice, and
     # every receive gives what it gave the first time -- "nothing at hand" and a timeout too.
     async with runtime(await store_factory.new()) as d, d.session("s"):

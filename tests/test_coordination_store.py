@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import SessionBusyError
-from jeevesagent.runtime._store import STEP, Fenced, Record
+from jeevesagent.runtime._journal.backend import STEP, Fenced, Record
 
 from .conftest import StoreFactory
 
@@ -21,75 +21,75 @@ async def test_mailbox_is_fifo_per_name_and_kept_across_store_objects(
 ) -> None:
     sender, receiver = await store_factory.new(), await store_factory.new()
     for i in range(3):
-        await sender._send_signal("s", "approve", f"yes-{i}".encode(), time.time())
-    await sender._send_signal("s", "other", b"o", time.time())
-    assert await receiver._pending_signals("s") == 4
-    taken = [await receiver._take_signal("s", "approve", f"g:approve:{i}", None) for i in range(3)]
+        await sender.send_signal("s", "approve", f"yes-{i}".encode(), time.time())
+    await sender.send_signal("s", "other", b"o", time.time())
+    assert await receiver.pending_signals("s") == 4
+    taken = [await receiver.take_signal("s", "approve", f"g:approve:{i}", None) for i in range(3)]
     assert [row.data for row in taken if row] == [b"yes-0", b"yes-1", b"yes-2"]
-    assert await receiver._take_signal("s", "approve", "g:approve:3", None) is None
-    assert await receiver._pending_signals("s") == 1
+    assert await receiver.take_signal("s", "approve", "g:approve:3", None) is None
+    assert await receiver.pending_signals("s") == 1
 
 
 async def test_taking_a_signal_journals_its_receipt_in_the_same_transaction(
     store_factory: StoreFactory,
 ) -> None:
     store = await store_factory.new()
-    await store._send_signal("s", "go", b"payload", time.time())
-    row = await store._take_signal("s", "go", "g:go:0", None)
+    await store.send_signal("s", "go", b"payload", time.time())
+    row = await store.take_signal("s", "go", "g:go:0", None)
     assert row is not None
     assert row.data == b"payload"
     journal = await (await store_factory.new()).load_session("s")
     assert journal.steps["g:go:0"].data == b"payload"
     # Asking again for a receipt that exists returns it and takes nothing more.
-    await store._send_signal("s", "go", b"second", time.time())
-    again = await store._take_signal("s", "go", "g:go:0", None)
+    await store.send_signal("s", "go", b"second", time.time())
+    again = await store.take_signal("s", "go", "g:go:0", None)
     assert again is not None
     assert again.data == b"payload"
-    assert await store._pending_signals("s") == 1
+    assert await store.pending_signals("s") == 1
 
 
 async def test_taking_without_a_key_only_removes_the_signal(store_factory: StoreFactory) -> None:
     store = await store_factory.new()
-    await store._send_signal("s", "go", b"x", time.time())
-    row = await store._take_signal("s", "go", None, None)
+    await store.send_signal("s", "go", b"x", time.time())
+    row = await store.take_signal("s", "go", None, None)
     assert row is not None
     assert row.data == b"x"
     assert (await store.load_session("s")).steps == {}
-    assert await store._pending_signals("s") == 0
+    assert await store.pending_signals("s") == 0
 
 
 async def test_a_claim_is_exclusive_until_released(store_factory: StoreFactory) -> None:
     a, b = await store_factory.new(), await store_factory.new()
-    got = await a._claim("s", "owner-a", 30)
+    got = await a.claim("s", "owner-a", 30)
     assert (got.owner, got.status) == ("owner-a", "running")
-    refused = await b._claim("s", "owner-b", 30)
+    refused = await b.claim("s", "owner-b", 30)
     assert refused.owner == "owner-a"
-    assert await a._renew("s", "owner-a", 30)
-    assert not await b._renew("s", "owner-b", 30)
-    await a._release("s", "owner-a", "completed", 7)
-    [info] = await b._list_sessions("completed")
+    assert await a.renew("s", "owner-a", 30)
+    assert not await b.renew("s", "owner-b", 30)
+    await a.release("s", "owner-a", "completed", 7)
+    [info] = await b.list_sessions("completed")
     assert (info.session_id, info.owner, info.steps, info.lease_expires) == ("s", None, 7, None)
-    taken = await b._claim("s", "owner-b", 30)
+    taken = await b.claim("s", "owner-b", 30)
     assert (taken.owner, taken.status) == ("owner-b", "running")
-    assert [i.session_id for i in await a._list_sessions("running")] == ["s"]
+    assert [i.session_id for i in await a.list_sessions("running")] == ["s"]
 
 
 async def test_an_expired_claim_can_be_taken_over(store_factory: StoreFactory) -> None:
     a, b = await store_factory.new(), await store_factory.new()
-    await a._claim("s", "owner-a", 0.2)
-    assert (await b._claim("s", "owner-b", 30)).owner == "owner-a"
+    await a.claim("s", "owner-a", 0.2)
+    assert (await b.claim("s", "owner-b", 30)).owner == "owner-a"
     await anyio.sleep(0.3)
-    assert (await b._claim("s", "owner-b", 30)).owner == "owner-b"
-    assert not await a._renew("s", "owner-a", 30)  # the old owner learns it lost the claim
+    assert (await b.claim("s", "owner-b", 30)).owner == "owner-b"
+    assert not await a.renew("s", "owner-a", 30)  # the old owner learns it lost the claim
 
 
 async def test_writes_of_a_runtime_that_lost_its_claim_are_refused(
     store_factory: StoreFactory,
 ) -> None:
     a, b = await store_factory.new(), await store_factory.new()
-    await a._claim("s", "owner-a", 0.2)
+    await a.claim("s", "owner-a", 0.2)
     await anyio.sleep(0.3)
-    await b._claim("s", "owner-b", 30)
+    await b.claim("s", "owner-b", 30)
     record = Record("s", STEP, "k", b"late", time.time())
     with pytest.raises(SessionBusyError) as info:
         await a.append([record], {"s": "owner-a"})
@@ -98,23 +98,23 @@ async def test_writes_of_a_runtime_that_lost_its_claim_are_refused(
     journal = await (await store_factory.new()).load_session("s")
     assert journal.steps["k"].data == b"owner"
     with pytest.raises(Fenced):
-        await a._insert([record], {"s": "owner-a"})
+        await a.write_rows([record], {"s": "owner-a"})
 
 
 async def test_a_fenced_take_leaves_the_signal_in_the_mailbox(store_factory: StoreFactory) -> None:
     store = await store_factory.new()
-    await store._claim("s", "owner-b", 30)
-    await store._send_signal("s", "go", b"x", time.time())
+    await store.claim("s", "owner-b", 30)
+    await store.send_signal("s", "go", b"x", time.time())
     with pytest.raises(Fenced):
-        await store._take_signal("s", "go", "g:go:0", "owner-a")
-    assert await store._pending_signals("s") == 1
+        await store.take_signal("s", "go", "g:go:0", "owner-a")
+    assert await store.pending_signals("s") == 1
     assert (await store.load_session("s")).steps == {}
 
 
 async def test_group_commit_refuses_only_the_fenced_session(store_factory: StoreFactory) -> None:
     store = await store_factory.new()
-    await store._claim("mine", "me", 30)
-    await store._claim("theirs", "them", 30)
+    await store.claim("mine", "me", 30)
+    await store.claim("theirs", "them", 30)
     outcome: dict[str, BaseException | None] = {}
 
     async def write(session: str) -> None:

@@ -37,8 +37,8 @@ from jeevesagent.runtime import (
     SqliteJournalStore,
     StoreError,
 )
-from jeevesagent.runtime._codec import describe_key, signal_journal_key
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._core.keys import describe_key, signal_journal_key
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,7 +186,7 @@ def ran_counts(log: Path) -> collections.Counter[str]:
     return collections.Counter(line.split()[1] for line in text.splitlines())
 
 
-async def open_store(kind: str, target: str) -> NativeStore:
+async def open_store(kind: str, target: str) -> JournalBackend:
     if kind == "sqlite":
         return SqliteJournalStore(target)
     store = await PostgresJournalStore.connect(target, min_size=1, max_size=2)
@@ -306,7 +306,7 @@ async def test_sigkill_then_resume_runs_no_recorded_step_twice_and_loses_no_sign
         # The approval is either still in the mailbox or journaled as received -- never both,
         # never neither.
         receipt = RECEIPT in journal.steps
-        pending = await store._pending_signals("job")
+        pending = await store.pending_signals("job")
         assert int(receipt) + pending == int(signal_sent), (receipt, pending)
         if received_by_first:
             assert receipt
@@ -354,7 +354,7 @@ async def test_sigkill_then_resume_runs_no_recorded_step_twice_and_loses_no_sign
         assert receipts == [RECEIPT]  # received exactly once
         if receipt:  # received by the first run: the second one replayed that very receipt
             assert final.steps[RECEIPT] == journal.steps[RECEIPT]
-        assert await store._pending_signals("job") == 0  # the mailbox is empty
+        assert await store.pending_signals("job") == 0  # the mailbox is empty
         assert recorded_names(final) == set(ORDER)
         (info,) = await sender.list_sessions()
         assert (info.session_id, info.status, info.owner) == ("job", "completed", None)

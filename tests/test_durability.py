@@ -22,8 +22,8 @@ from jeevesagent.runtime import (
     SqliteJournalStore,
     StoreError,
 )
-from jeevesagent.runtime._codec import describe_key
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._core.keys import describe_key
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 from .conftest import StoreFactory
 
@@ -100,10 +100,10 @@ async def test_a_failed_buffered_commit_stops_the_session(tmp_path: Path) -> Non
     class FailingStore(SqliteJournalStore):
         fail = False
 
-        async def _insert(self, records, owners=None):  # type: ignore[no-untyped-def]
+        async def write_rows(self, records, owners=None):  # type: ignore[no-untyped-def]
             if self.fail:
                 raise OSError("disk full")
-            return await super()._insert(records, owners)
+            return await super().write_rows(records, owners)
 
     store = FailingStore(tmp_path / "j.sqlite3")
     rt = JournaledRuntime(store, durability="buffered", flush_interval=60)
@@ -150,7 +150,7 @@ CHILD = textwrap.dedent(
 
 def recorded_indices(kind: str, target: str) -> list[int]:
     async def load() -> list[int]:
-        store: NativeStore
+        store: JournalBackend
         if kind == "sqlite":
             store = SqliteJournalStore(target)
         else:

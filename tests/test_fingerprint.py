@@ -20,7 +20,7 @@ import pydantic
 import pytest
 
 from jeevesagent.runtime import InMemoryJournalStore, JournaledRuntime, ValueEncodingError
-from jeevesagent.runtime._codec import (
+from jeevesagent.runtime._core.keys import (
     FINGERPRINT_CHARS,
     describe_key,
     fingerprint,

@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, StoreError
-from jeevesagent.runtime._store import STEP, InMemoryJournalStore, NativeStore, Record, Row
+from jeevesagent.runtime._journal.backend import STEP, JournalBackend, Record, Row
+from jeevesagent.runtime._journal.memory import InMemoryJournalStore
 
 from .conftest import StoreFactory
 
@@ -31,7 +32,7 @@ async def test_concurrent_sessions_share_commits(store_factory: StoreFactory) ->
     async with anyio.create_task_group() as tg:
         for n in range(sessions):
             tg.start_soon(session, n)
-    commits = store._committer.commits
+    commits = store.commits
     assert commits < sessions * steps / 2, f"{commits} commits for {sessions * steps} records"
 
     reopened = await store_factory.new()
@@ -49,14 +50,14 @@ class SlowStore(InMemoryJournalStore):
         self.fail_keys: set[str] = set()
         self.gate = anyio.Event()
 
-    async def _insert(
+    async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:
         await self.gate.wait()
         self.batches.append([r.key for r in records])
         if self.fail_keys & {r.key for r in records}:
             raise OSError("disk on fire")
-        return await super()._insert(records, owners)
+        return await super().write_rows(records, owners)
 
 
 def record(session: str, key: str) -> Record:
@@ -80,7 +81,7 @@ async def test_callers_waiting_behind_a_commit_go_together_in_order() -> None:
         store.gate.set()
     assert store.batches == [["a1"], ["b1", "a2", "c1"]]
     assert sorted(results) == ["a1", "a2", "b1", "c1"]
-    assert store._committer.commits == 2
+    assert store.commits == 2
 
 
 async def test_a_failed_record_fails_only_its_caller_and_its_sessions_later_records() -> None:
@@ -154,7 +155,7 @@ async def test_a_cancelled_caller_still_learns_its_record_was_committed() -> Non
     assert ("s", "k") in store.step_keys()
 
 
-async def test_native_store_put_step_goes_through_group_commit(store: NativeStore) -> None:
-    before = store._committer.commits
+async def test_native_store_put_step_goes_through_group_commit(store: JournalBackend) -> None:
+    before = store.commits
     await store.put_step("s", "k", 1)
-    assert store._committer.commits == before + 1
+    assert store.commits == before + 1

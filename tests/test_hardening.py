@@ -221,7 +221,7 @@ async def test_a_failed_buffered_flush_fails_the_session_and_leaves_no_gap(
         journal = await store.load_session("s")
         names = sorted(key.split(":")[1] for key in journal.steps)
         assert "second" not in names or "first" in names, f"a gap in the journal: {names}"
-        [info] = [i for i in await store._list_sessions(None) if i.session_id == "s"]
+        [info] = [i for i in await store.list_sessions(None) if i.session_id == "s"]
         assert info.status == "failed"
     finally:
         await store.aclose()

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import InvalidNameError, JournaledRuntime, SqliteJournalStore
-from jeevesagent.runtime._values import MAGIC
+from jeevesagent.runtime._core.values import MAGIC
 
 from .conftest import StoreFactory
 
@@ -147,7 +147,7 @@ async def test_bad_names_are_refused_before_anything_runs(
         journal = await store.load_session("s")
         assert not journal.steps
         assert not journal.streams
-        assert await store._pending_signals("s") == 0
+        assert await store.pending_signals("s") == 0
 
 
 async def test_one_bad_step_name_fails_only_its_own_session(store_factory: StoreFactory) -> None:
@@ -225,7 +225,7 @@ async def test_a_copied_signed_signal_is_received_once(
         await rt.signal("s", "approve", "yes")
     await durable_exec(store_kind, store_target, COPY_MAILBOX_ROW)
     store = await store_factory.new(signing_key=KEY)
-    assert await store._pending_signals("s") == 2
+    assert await store.pending_signals("s") == 2
     async with runtime(store) as rt, rt.session("s"):
         assert await rt.wait_for_signal("s", "approve", timeout=5) == "yes"
         with pytest.raises(TimeoutError):
@@ -253,7 +253,7 @@ async def test_two_sends_of_one_signed_payload_are_two_signals(
 
 
 async def test_the_cli_preview_verifies_a_signed_signal_receipt(tmp_path: Any) -> None:
-    from jeevesagent.runtime._values import JournalCodec, peek
+    from jeevesagent.runtime._core.values import JournalCodec, peek
 
     path = str(tmp_path / "signed.sqlite3")
     async with SqliteJournalStore(path, signing_key=KEY, codec="json") as store:

@@ -28,10 +28,10 @@ from jeevesagent.runtime import (
     RetryPolicy,
     StepFailedError,
     ValueEncodingError,
-    _fingerprint,
     with_policy,
 )
-from jeevesagent.runtime._codec import (
+from jeevesagent.runtime._core import fingerprint as _fingerprint
+from jeevesagent.runtime._core.keys import (
     describe_key,
     fingerprint,
     idempotency_journal_key,
@@ -40,8 +40,8 @@ from jeevesagent.runtime._codec import (
     step_journal_key,
     timer_journal_key,
 )
-from jeevesagent.runtime._store import STEP
-from jeevesagent.runtime._values import JsonCodec, PickleCodec
+from jeevesagent.runtime._core.values import JsonCodec, PickleCodec
+from jeevesagent.runtime._journal.backend import STEP
 
 from .conftest import StoreFactory
 from .test_values import Calls, create_journal, plant, raw_rows

@@ -26,9 +26,9 @@ from jeevesagent.runtime import (
     SqliteJournalStore,
     SqliteRuntime,
 )
-from jeevesagent.runtime._pgschema import _PG_MIGRATIONS
-from jeevesagent.runtime._sqlite import _MIGRATIONS
-from jeevesagent.runtime._store import SESSION_STATUSES, NativeStore, SessionInfo
+from jeevesagent.runtime._backends.pgschema import _PG_MIGRATIONS
+from jeevesagent.runtime._backends.sqlite import _MIGRATIONS
+from jeevesagent.runtime._journal.backend import SESSION_STATUSES, JournalBackend, SessionInfo
 
 from .conftest import _run_sql, pg
 
@@ -134,7 +134,7 @@ def legacy_sqlite(tmp_path: Path) -> Path:
 
 async def open_sqlite(path: Path) -> SqliteJournalStore:
     store = SqliteJournalStore(path)
-    await store._list_sessions(None)  # the first call opens the file (and migrates it)
+    await store.list_sessions(None)  # the first call opens the file (and migrates it)
     return store
 
 
@@ -186,8 +186,8 @@ async def open_pg(dsn: str) -> PostgresJournalStore:
 # -- shared checks --------------------------------------------------------------------------------
 
 
-async def assert_imported_sessions(store: NativeStore) -> None:
-    imported = await store._list_sessions("imported")
+async def assert_imported_sessions(store: JournalBackend) -> None:
+    imported = await store.list_sessions("imported")
     assert {i.session_id: i for i in imported} == {
         sid: SessionInfo(sid, "imported", None, None, created, updated, n)
         for sid, (created, updated, n) in LEGACY_SESSIONS.items()
@@ -253,9 +253,9 @@ async def test_sqlite_version_2_journal_imports_and_keeps_existing_session_rows(
     conn.close()
     store = await open_sqlite(legacy_sqlite)
     try:
-        [kept] = await store._list_sessions("completed")
+        [kept] = await store.list_sessions("completed")
         assert kept == SessionInfo("order-2", "completed", None, None, 1.0, 2.0, 9)
-        imported = {i.session_id for i in await store._list_sessions("imported")}
+        imported = {i.session_id for i in await store.list_sessions("imported")}
         assert imported == {"order-1", "order-3"}
     finally:
         await store.aclose()
@@ -273,8 +273,8 @@ async def test_sqlite_two_stores_opening_one_097_file_at_once_migrate_it_once(
         a, b = SqliteJournalStore(path), SqliteJournalStore(path)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(a._list_sessions, None)
-                tg.start_soon(b._list_sessions, None)
+                tg.start_soon(a.list_sessions, None)
+                tg.start_soon(b.list_sessions, None)
         finally:
             await a.aclose()
             await b.aclose()
@@ -301,10 +301,10 @@ async def test_sqlite_journal_of_a_newer_version_is_refused(legacy_sqlite: Path)
 async def test_sqlite_an_imported_session_can_be_claimed(legacy_sqlite: Path) -> None:
     store = await open_sqlite(legacy_sqlite)
     try:
-        info = await store._claim("order-1", "owner-a", 30)
+        info = await store.claim("order-1", "owner-a", 30)
         assert (info.owner, info.status) == ("owner-a", "running")
-        await store._release("order-1", "owner-a", "completed", 6)
-        [done] = await store._list_sessions("completed")
+        await store.release("order-1", "owner-a", "completed", 6)
+        [done] = await store.list_sessions("completed")
         assert (done.session_id, done.steps) == ("order-1", 6)
     finally:
         await store.aclose()
@@ -405,9 +405,9 @@ async def test_postgres_version_2_database_is_migrated_and_keeps_its_sessions(
     )
     store = await open_pg(legacy_pg)
     try:
-        [kept] = await store._list_sessions("completed")
+        [kept] = await store.list_sessions("completed")
         assert kept == SessionInfo("order-2", "completed", None, None, 1.0, 2.0, 9)
-        imported = {i.session_id for i in await store._list_sessions("imported")}
+        imported = {i.session_id for i in await store.list_sessions("imported")}
         assert imported == {"order-1", "order-3"}
     finally:
         await store.aclose()
@@ -433,7 +433,7 @@ async def test_postgres_database_of_a_newer_version_is_refused(legacy_pg: str) -
 async def test_postgres_an_imported_session_can_be_claimed(legacy_pg: str) -> None:
     store = await open_pg(legacy_pg)
     try:
-        info = await store._claim("order-3", "owner-a", 30)
+        info = await store.claim("order-3", "owner-a", 30)
         assert (info.owner, info.status) == ("owner-a", "running")
     finally:
         await store.aclose()

@@ -199,8 +199,8 @@ async def test_a_fenced_step_is_a_warning(
         async def run() -> None:
             async with rt.session("obs-fenced"):
                 await rt.step("before", secret_work, SECRET)
-                await other._release("obs-fenced", rt.owner_id, "failed", 0)
-                await other._claim("obs-fenced", "otherhost:2:y", 30)
+                await other.release("obs-fenced", rt.owner_id, "failed", 0)
+                await other.claim("obs-fenced", "otherhost:2:y", 30)
                 await rt.step("after", secret_work, SECRET)
 
         with pytest.raises(SessionBusyError):
@@ -219,8 +219,8 @@ async def test_a_lost_claim_is_a_warning(
 
         async def run() -> None:
             async with rt.session("obs-lost"):
-                await other._release("obs-lost", rt.owner_id, "failed", 0)
-                await other._claim("obs-lost", "otherhost:2:y", 30)
+                await other.release("obs-lost", rt.owner_id, "failed", 0)
+                await other.claim("obs-lost", "otherhost:2:y", 30)
                 await anyio.sleep(5)
 
         with pytest.raises(SessionBusyError):

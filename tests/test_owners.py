@@ -25,7 +25,7 @@ import pytest
 from anyio.abc import Process
 
 from jeevesagent.runtime import JournaledRuntime, SessionBusyError
-from jeevesagent.runtime._owner import new_owner_id, owner_is_dead, pid_namespace
+from jeevesagent.runtime._journal.owner import new_owner_id, owner_is_dead, pid_namespace
 
 from .conftest import IN_CI, StoreFactory
 from .test_coordination import dead_owner, dead_pid, open_session
@@ -66,7 +66,7 @@ async def test_a_dead_pid_without_its_namespace_waits_for_the_lease(
     # A token written by an older version names no pid namespace: its pid may belong to another
     # container's pid space, so its claim ends only with its lease.
     store = await store_factory.new()
-    await store._claim("s", f"{socket.gethostname()}:{await dead_pid()}:old", 30)
+    await store.claim("s", f"{socket.gethostname()}:{await dead_pid()}:old", 30)
     async with JournaledRuntime(await store_factory.new(), poll_interval=0.02) as rt:
         with pytest.raises(SessionBusyError):
             await open_session(rt, "s")
@@ -180,7 +180,7 @@ async def test_a_worker_whose_clock_runs_ahead_lists_no_live_session_as_orphaned
     store_factory: StoreFactory, store_target: str
 ) -> None:
     store = await store_factory.new()
-    await store._claim("lost", "otherhost:9:z", 0.05)  # a host gone; its lease ends at once
+    await store.claim("lost", "otherhost:9:z", 0.05)  # a host gone; its lease ends at once
     async with JournaledRuntime(await store_factory.new(), lease=30) as rt, rt.session("live"):
         with anyio.fail_after(TIMEOUT):
             while [i.session_id for i in await rt.orphaned_sessions()] != ["lost"]:  # noqa: ASYNC110

@@ -38,8 +38,8 @@ from jeevesagent.runtime import (
     StepTimeoutError,
     with_policy,
 )
-from jeevesagent.runtime._codec import fingerprint, timer_journal_key
-from jeevesagent.runtime._store import NativeStore, SessionJournal
+from jeevesagent.runtime._core.keys import fingerprint, timer_journal_key
+from jeevesagent.runtime._journal.backend import JournalBackend, SessionJournal
 
 from .conftest import StoreFactory
 
@@ -112,7 +112,7 @@ def keys_of(table: dict[str, Any], name: str) -> list[str]:
 
 
 async def test_retried_step_returns_the_value_and_is_recorded_once(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(2, result={"hits": [1, 2]})
     fn = with_policy(flaky, retry=fast(3))
@@ -132,7 +132,7 @@ async def test_retried_step_returns_the_value_and_is_recorded_once(
 
 
 async def test_exhausted_retries_raise_the_last_exception_unchanged_and_record_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(10)
     fn = with_policy(flaky, retry=fast(3))
@@ -201,7 +201,7 @@ class Abort(BaseException):
 
 
 async def test_base_exceptions_that_are_not_exceptions_are_never_retried(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(5, error=Abort)
     policy = fast(5, retry_on=lambda exc: True)
@@ -224,7 +224,7 @@ async def test_base_exceptions_that_are_not_exceptions_are_never_retried(
 
 
 async def test_runtime_default_policy_applies_to_plain_functions(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(2)
     rt = JournaledRuntime(store, policy=StepPolicy(retry=fast(3)))
@@ -319,7 +319,7 @@ async def test_keyword_arguments_named_like_policy_options_reach_fn(kind: str) -
 
 
 async def test_cancelling_a_retry_backoff_stops_at_once_and_records_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(1)
     fn = with_policy(flaky, retry=RetryPolicy(attempts=3, initial_delay=10, jitter=0))
@@ -345,7 +345,7 @@ async def test_cancelling_a_retry_backoff_stops_at_once_and_records_nothing(
 
 
 async def test_attempt_timeout_raises_step_timeout_error_and_records_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     slow = Sleepy()
     rt = JournaledRuntime(store)
@@ -367,7 +367,7 @@ async def test_attempt_timeout_raises_step_timeout_error_and_records_nothing(
 
 
 async def test_a_timed_out_step_records_nothing_even_with_journal_failures(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     """As documented: a timeout says how long an attempt was allowed, not the step's outcome,
     so the next run tries again -- with journal_failures=True too."""
@@ -382,7 +382,7 @@ async def test_a_timed_out_step_records_nothing_even_with_journal_failures(
 
 
 async def test_timed_out_attempt_is_retried_and_a_fast_attempt_is_recorded(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     slow_once = Sleepy(slow=1)
     fn = with_policy(slow_once, timeout=0.05, retry=fast(3))
@@ -401,7 +401,7 @@ async def test_timed_out_attempt_is_retried_and_a_fast_attempt_is_recorded(
 
 
 async def test_deadline_bounds_the_whole_step_across_retries(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     always = Flaky(10**9)
     retry = RetryPolicy(attempts=10**6, initial_delay=0.02, backoff=1.0, jitter=0)
@@ -449,7 +449,7 @@ class LockedError(Exception):
 
 
 async def test_journaled_failure_replays_the_same_exception_without_running_fn(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(10**9, error=ValueError)
     fn = with_policy(flaky, retry=fast(2), journal_failures=True)
@@ -475,7 +475,7 @@ async def test_journaled_failure_replays_the_same_exception_without_running_fn(
 
 
 async def test_journaled_failure_from_the_runtime_default_policy(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(10**9, error=KeyError)
     rt = JournaledRuntime(store, policy=StepPolicy(journal_failures=True))
@@ -492,7 +492,7 @@ async def test_journaled_failure_from_the_runtime_default_policy(
 
 @pytest.mark.parametrize("kind", ["local-class", "holds-a-lock"])
 async def test_unpicklable_failure_replays_as_step_failed_error(
-    kind: str, store: NativeStore, store_factory: StoreFactory
+    kind: str, store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     class LocalError(Exception):
         pass
@@ -527,7 +527,7 @@ async def test_unpicklable_failure_replays_as_step_failed_error(
 
 
 async def test_cancellation_is_never_journaled_as_a_failure(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     slow = Sleepy()
     fn = with_policy(slow, journal_failures=True, retry=fast(3))
@@ -594,7 +594,7 @@ async def test_journaled_failures_and_sleep_work_with_a_third_party_store() -> N
 
 
 async def test_without_journal_failures_a_failure_records_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     flaky = Flaky(1, error=ValueError)
     rt = JournaledRuntime(store)
@@ -612,7 +612,7 @@ async def test_without_journal_failures_a_failure_records_nothing(
 
 
 async def test_strict_replay_raises_journal_mismatch_on_other_arguments(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     fn = Flaky(0, result="fetched")
     rt = JournaledRuntime(store, strict=True)
@@ -643,7 +643,7 @@ async def test_strict_replay_raises_journal_mismatch_on_other_arguments(
 
 
 async def test_strict_replay_allows_one_name_with_other_arguments_past_the_replay(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     """The README's pattern -- one step name, one call per input -- works in strict mode: on a
     first run, and on a replay that goes on to new inputs once the recorded ones replayed."""
@@ -686,7 +686,7 @@ async def test_strict_replay_does_not_confuse_names_that_extend_another_with_a_c
 
 
 async def test_durable_sleep_records_its_wake_up_time(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     rt = JournaledRuntime(store)
     async with rt.session(SID):
@@ -842,7 +842,7 @@ async def consume(stream: AsyncIterator[Any], seen: list[Any]) -> None:
 
 
 async def test_stream_failing_before_its_first_chunk_is_retried_and_recorded_once(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     producer = StreamProducer(["a", "b", "c"], ["fail-first", "fail-first"])
     fn = with_policy(producer, retry=fast(3))
@@ -885,7 +885,7 @@ async def test_stream_failing_while_opening_is_retried() -> None:
 
 
 async def test_stream_failing_after_the_first_chunk_is_not_retried(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     producer = StreamProducer(["a", "b", "c"], ["fail-after"])
     fn = with_policy(producer, retry=fast(5))
@@ -906,7 +906,7 @@ async def test_stream_failing_after_the_first_chunk_is_not_retried(
 
 
 async def test_stream_pull_timeout_raises_and_records_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     producer = StreamProducer(["a", "b", "c"], ["stall-after"])
     fn = with_policy(producer, timeout=0.05, retry=fast(3))
@@ -926,7 +926,7 @@ async def test_stream_pull_timeout_raises_and_records_nothing(
 
 
 async def test_stream_stalling_before_its_first_chunk_times_out_and_is_retried(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     producer = StreamProducer(["a", "b"], ["stall-first"])
     fn = with_policy(producer, timeout=0.05, retry=fast(3))

@@ -1,4 +1,4 @@
-"""Retention: ``NativeStore.prune`` deletes whole sessions (journal rows, pending signals and the
+"""Retention: ``JournalBackend.prune`` deletes whole sessions (journal rows, pending signals and the
 sessions row) by age, id and status, on every bundled store, and never a session a live runtime
 holds."""
 
@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, PostgresJournalStore, StoreClosedError
-from jeevesagent.runtime._store import SESSION_STATUSES, NativeStore, PruneResult
+from jeevesagent.runtime._journal.backend import SESSION_STATUSES, JournalBackend, PruneResult
 
 from .conftest import StoreFactory
 
@@ -22,7 +22,7 @@ class Boom(Exception):
     pass
 
 
-async def run(store: NativeStore, session_id: str, *, fail: bool = False) -> list[str]:
+async def run(store: JournalBackend, session_id: str, *, fail: bool = False) -> list[str]:
     """Run a two-step session on ``store``; returns the steps that actually ran (not replayed)."""
     ran: list[str] = []
 
@@ -38,21 +38,21 @@ async def run(store: NativeStore, session_id: str, *, fail: bool = False) -> lis
     return ran
 
 
-async def run_failed(store: NativeStore, session_id: str) -> None:
+async def run_failed(store: JournalBackend, session_id: str) -> None:
     with pytest.raises(Boom):
         await run(store, session_id, fail=True)
 
 
-async def session_ids(store: NativeStore) -> list[str]:
-    return sorted(i.session_id for i in await store._list_sessions(None))
+async def session_ids(store: JournalBackend) -> list[str]:
+    return sorted(i.session_id for i in await store.list_sessions(None))
 
 
-async def rows(store: NativeStore, session_id: str) -> int:
+async def rows(store: JournalBackend, session_id: str) -> int:
     journal = await store.load_session(session_id)
     return len(journal.steps) + len(journal.streams)
 
 
-async def test_prune_by_age(store: NativeStore) -> None:
+async def test_prune_by_age(store: JournalBackend) -> None:
     await run(store, "old")
     await anyio.sleep(1.0)
     await run(store, "new")
@@ -66,7 +66,7 @@ async def test_prune_by_age(store: NativeStore) -> None:
     assert await session_ids(store) == []
 
 
-async def test_prune_by_session_id(store: NativeStore) -> None:
+async def test_prune_by_session_id(store: JournalBackend) -> None:
     for sid in ("a", "b", "c"):
         await run(store, sid)
     result = await store.prune(sessions=["c", "a", "missing"])
@@ -77,7 +77,7 @@ async def test_prune_by_session_id(store: NativeStore) -> None:
     assert await store.prune(sessions="b") == PruneResult(["b"], [])
 
 
-async def test_prune_by_status(store: NativeStore) -> None:
+async def test_prune_by_status(store: JournalBackend) -> None:
     await run(store, "done")
     await run_failed(store, "broken")
     await run_failed(store, "broken-2")
@@ -87,7 +87,7 @@ async def test_prune_by_status(store: NativeStore) -> None:
     assert await store.prune(status=("completed", "failed")) == PruneResult(["done"], [])
 
 
-async def test_filters_combine(store: NativeStore) -> None:
+async def test_filters_combine(store: JournalBackend) -> None:
     await run(store, "a")
     await run(store, "b")
     await run_failed(store, "f")
@@ -100,21 +100,21 @@ async def test_filters_combine(store: NativeStore) -> None:
     assert await session_ids(store) == ["b"]
 
 
-async def test_dry_run_reports_and_deletes_nothing(store: NativeStore) -> None:
+async def test_dry_run_reports_and_deletes_nothing(store: JournalBackend) -> None:
     await run(store, "a")
     await run_failed(store, "f")
-    await store._send_signal("a", "go", b"x", time.time())
-    before = await store._list_sessions(None)
+    await store.send_signal("a", "go", b"x", time.time())
+    before = await store.list_sessions(None)
     await anyio.sleep(0.05)
     dry = await store.prune(older_than=0, dry_run=True)
     assert dry == PruneResult(["a", "f"], [])
-    assert await store._list_sessions(None) == before
+    assert await store.list_sessions(None) == before
     assert (await rows(store, "a"), await rows(store, "f")) == (2, 2)
-    assert await store._pending_signals("a") == 1
+    assert await store.pending_signals("a") == 1
     assert await store.prune(older_than=0) == dry
 
 
-async def test_a_session_held_by_a_live_runtime_is_skipped(store: NativeStore) -> None:
+async def test_a_session_held_by_a_live_runtime_is_skipped(store: JournalBackend) -> None:
     await run(store, "done")
     async with JournaledRuntime(store) as rt, rt.session("live"):
         await rt.step("one", lambda: 1)
@@ -125,13 +125,13 @@ async def test_a_session_held_by_a_live_runtime_is_skipped(store: NativeStore) -
         assert await rows(store, "live") == 1
         # The session goes on normally: its claim and journal are intact.
         assert await rt.step("two", lambda: 2) == 2
-    [info] = await store._list_sessions(None)
+    [info] = await store.list_sessions(None)
     assert (info.session_id, info.status, info.steps) == ("live", "completed", 2)
     assert await store.prune(sessions=["live"]) == PruneResult(["live"], [])
 
 
-async def test_an_expired_claim_does_not_protect_a_session(store: NativeStore) -> None:
-    info = await store._claim("crashed", "dead-owner", 0.05)
+async def test_an_expired_claim_does_not_protect_a_session(store: JournalBackend) -> None:
+    info = await store.claim("crashed", "dead-owner", 0.05)
     assert info.owner == "dead-owner"
     await store.put_step("crashed", "k", 1)
     await anyio.sleep(0.3)
@@ -139,36 +139,36 @@ async def test_an_expired_claim_does_not_protect_a_session(store: NativeStore) -
     assert await store.get_step("crashed", "k") is None
 
 
-async def test_pending_signals_of_a_pruned_session_are_gone(store: NativeStore) -> None:
+async def test_pending_signals_of_a_pruned_session_are_gone(store: JournalBackend) -> None:
     await run(store, "a")
     await run(store, "b")
     async with JournaledRuntime(store) as rt:
         await rt.signal("a", "approve", {"ok": True})
         await rt.signal("a", "other", 1)
         await rt.signal("b", "approve", {"ok": False})
-    assert await store._pending_signals("a") == 2
+    assert await store.pending_signals("a") == 2
     assert await store.prune(sessions=["a"]) == PruneResult(["a"], [])
-    assert await store._pending_signals("a") == 0
-    assert await store._pending_names("a") == []
-    assert await store._pending_signals("b") == 1
+    assert await store.pending_signals("a") == 0
+    assert await store.pending_names("a") == []
+    assert await store.pending_signals("b") == 1
 
 
-async def test_signals_to_a_session_that_never_ran_can_be_pruned(store: NativeStore) -> None:
-    await store._send_signal("never-ran", "go", b"x", time.time())
+async def test_signals_to_a_session_that_never_ran_can_be_pruned(store: JournalBackend) -> None:
+    await store.send_signal("never-ran", "go", b"x", time.time())
     # It has no sessions row, so no status: a status filter never matches it.
     assert await store.prune(status=list(SESSION_STATUSES)) == PruneResult([], [])
     assert await store.prune(older_than=3600) == PruneResult([], [])
     assert await store.prune(sessions=["never-ran"]) == PruneResult(["never-ran"], [])
-    assert await store._pending_signals("never-ran") == 0
+    assert await store.pending_signals("never-ran") == 0
 
 
 async def test_a_journal_without_sessions_row_matches_age_and_id_never_status(
-    store: NativeStore,
+    store: JournalBackend,
 ) -> None:
     # Rows written through the plain JournalStore protocol: no claim, no sessions row.
     await store.put_step("bare", "a", 1)
     await store.put_stream("bare", "s", ["x"])
-    assert await store._list_sessions(None) == []
+    assert await store.list_sessions(None) == []
     assert await store.prune(status="completed") == PruneResult([], [])
     assert await store.prune(older_than=3600) == PruneResult([], [])
     await anyio.sleep(0.05)
@@ -178,14 +178,16 @@ async def test_a_journal_without_sessions_row_matches_age_and_id_never_status(
     assert await store.get_stream("bare", "s") is None
 
 
-async def test_the_sessions_row_is_gone_and_the_session_starts_afresh(store: NativeStore) -> None:
+async def test_the_sessions_row_is_gone_and_the_session_starts_afresh(
+    store: JournalBackend,
+) -> None:
     assert await run(store, "s") == ["one", "two"]
     assert await run(store, "s") == []  # replayed
     assert await store.prune(sessions=["s"]) == PruneResult(["s"], [])
-    assert await store._list_sessions(None) == []
+    assert await store.list_sessions(None) == []
     assert await store.load_session("s") == (await store.load_session("nobody"))
     assert await run(store, "s") == ["one", "two"]  # ran again: a fresh start
-    [info] = await store._list_sessions(None)
+    [info] = await store.list_sessions(None)
     assert (info.status, info.steps) == ("completed", 2)
 
 
@@ -200,7 +202,7 @@ async def test_pruned_rows_are_gone_for_another_store_object(store_factory: Stor
     assert await rows(b, "t") == 2
 
 
-async def test_prune_needs_a_filter(store: NativeStore) -> None:
+async def test_prune_needs_a_filter(store: JournalBackend) -> None:
     await run(store, "a")
     with pytest.raises(ValueError, match="at least one filter"):
         await store.prune()
@@ -209,26 +211,26 @@ async def test_prune_needs_a_filter(store: NativeStore) -> None:
     assert await session_ids(store) == ["a"]
 
 
-async def test_prune_refuses_an_unknown_status(store: NativeStore) -> None:
+async def test_prune_refuses_an_unknown_status(store: JournalBackend) -> None:
     with pytest.raises(ValueError, match=r"'done'.*'completed'.*'imported'"):
         await store.prune(status="done")
     with pytest.raises(ValueError, match="'finished'"):
         await store.prune(status=["completed", "finished"])
 
 
-async def test_prune_refuses_a_negative_age(store: NativeStore) -> None:
+async def test_prune_refuses_a_negative_age(store: JournalBackend) -> None:
     with pytest.raises(ValueError, match="older_than"):
         await store.prune(older_than=-1)
 
 
-async def test_empty_filters_match_nothing(store: NativeStore) -> None:
+async def test_empty_filters_match_nothing(store: JournalBackend) -> None:
     await run(store, "a")
     assert await store.prune(sessions=[]) == PruneResult([], [])
     assert await store.prune(status=[]) == PruneResult([], [])
     assert await session_ids(store) == ["a"]
 
 
-async def test_prune_results_are_sorted(store: NativeStore) -> None:
+async def test_prune_results_are_sorted(store: JournalBackend) -> None:
     ids = ["s-9", "s-1", "s-5", "s-3"]
     for sid in ids:
         await run(store, sid)
@@ -347,5 +349,5 @@ async def test_postgres_a_claim_in_flight_on_a_session_without_row_wins_over_pru
     )
     assert await _prune_while_held(pg_store, held, sessions=["bare"]) == PruneResult([], ["bare"])
     assert await rows(pg_store, "bare") == 1
-    [info] = await pg_store._list_sessions(None)
+    [info] = await pg_store.list_sessions(None)
     assert (info.session_id, info.owner) == ("bare", "other")

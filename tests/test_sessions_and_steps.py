@@ -22,7 +22,7 @@ from jeevesagent.runtime import (
     StoreClosedError,
     ValueEncodingError,
 )
-from jeevesagent.runtime._store import NativeStore, SessionJournal
+from jeevesagent.runtime._journal.backend import JournalBackend, SessionJournal
 
 from .conftest import StoreFactory
 
@@ -57,9 +57,9 @@ class CountingStore(InMemoryJournalStore):
         super().__init__()
         self.loads = 0
 
-    async def _load(self, session_id: str) -> SessionJournal:
+    async def read_session(self, session_id: str) -> SessionJournal:
         self.loads += 1
-        return await super()._load(session_id)
+        return await super().read_session(session_id)
 
 
 class GatedLoadStore(CountingStore):
@@ -70,10 +70,10 @@ class GatedLoadStore(CountingStore):
         self.gate = anyio.Event()
         self.loading = anyio.Event()
 
-    async def _load(self, session_id: str) -> SessionJournal:
+    async def read_session(self, session_id: str) -> SessionJournal:
         self.loading.set()
         await self.gate.wait()
-        return await super()._load(session_id)
+        return await super().read_session(session_id)
 
 
 def memory_runtime() -> tuple[JournaledRuntime, InMemoryJournalStore]:
@@ -90,7 +90,7 @@ def runtime(request: pytest.FixtureRequest) -> Runtime:
 
 
 async def test_recorded_sync_and_async_steps_replay_in_new_runtime_without_calling_fn(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     sync_fn, async_fn = Calls("sync-result"), Calls({"async": [1, 2]})
     rt = JournaledRuntime(store)
@@ -106,7 +106,7 @@ async def test_recorded_sync_and_async_steps_replay_in_new_runtime_without_calli
 
 
 async def test_none_result_is_recorded_and_replayed_without_calling_fn(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     fn = Calls(None)
     rt = JournaledRuntime(store)
@@ -119,7 +119,7 @@ async def test_none_result_is_recorded_and_replayed_without_calling_fn(
     assert fn.count == 1
 
 
-async def test_replay_is_per_session(store: NativeStore, store_factory: StoreFactory) -> None:
+async def test_replay_is_per_session(store: JournalBackend, store_factory: StoreFactory) -> None:
     fn = Calls(7)
     rt = JournaledRuntime(store)
     async with rt.session("a"):
@@ -243,7 +243,7 @@ async def test_fn_exception_propagates_unchanged_and_records_nothing() -> None:
 
 
 async def test_fn_exception_is_retried_by_the_next_run(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     attempts = 0
 
@@ -351,7 +351,7 @@ async def test_concurrent_same_key_second_caller_runs_fn_itself_when_first_fails
 
 
 async def test_unencodable_result_raises_value_encoding_error_and_journal_is_unchanged(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     rt = JournaledRuntime(store)
     async with rt.session("enc-1"):
@@ -635,7 +635,7 @@ async def test_runtime_with_context_manager_closes_on_exit() -> None:
 
 
 async def test_runtime_does_not_close_a_store_passed_to_it(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     rt = JournaledRuntime(store)
     async with rt.session("s"):
@@ -649,7 +649,7 @@ async def test_runtime_does_not_close_a_store_passed_to_it(
 
 
 async def test_closed_store_under_a_runtime_raises_store_closed_naming_the_session(
-    store: NativeStore,
+    store: JournalBackend,
 ) -> None:
     rt = JournaledRuntime(store)
     fn = Calls()

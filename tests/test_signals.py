@@ -17,7 +17,7 @@ from jeevesagent.runtime import (
     StoreClosedError,
     ValueEncodingError,
 )
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 from .conftest import StoreFactory
 
@@ -216,7 +216,7 @@ async def test_inproc_signal_receipts_are_not_journaled() -> None:
 
 
 async def test_received_signals_replay_after_reopen_without_being_sent_again(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     async with JournaledRuntime(store) as rt:
         await rt.signal("s", "approve", {"n": 1})
@@ -232,7 +232,7 @@ async def test_received_signals_replay_after_reopen_without_being_sent_again(
 
 
 async def test_poll_signal_receipts_are_journaled(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     async with JournaledRuntime(store) as rt:
         await rt.signal("s", "msg", "polled")

@@ -30,7 +30,7 @@ from jeevesagent.runtime import (
     StoreClosedError,
     StoreError,
 )
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 from .conftest import StoreFactory, _run_sql
 
@@ -63,7 +63,7 @@ def store_threads() -> list[str]:
 # -- the protocol, on every store -----------------------------------------------------------------
 
 
-async def test_put_step_then_get_step_round_trips_values(store: NativeStore) -> None:
+async def test_put_step_then_get_step_round_trips_values(store: JournalBackend) -> None:
     for key, value in ROUND_TRIP_VALUES.items():
         await store.put_step("s", key, value)
     for key, value in ROUND_TRIP_VALUES.items():
@@ -73,7 +73,7 @@ async def test_put_step_then_get_step_round_trips_values(store: NativeStore) -> 
         assert type(entry.value) is type(value), key
 
 
-async def test_exception_instance_round_trips(store: NativeStore) -> None:
+async def test_exception_instance_round_trips(store: JournalBackend) -> None:
     await store.put_step("s", "failure", ValueError("card declined", 402))
     entry = await store.get_step("s", "failure")
     assert entry is not None
@@ -81,14 +81,14 @@ async def test_exception_instance_round_trips(store: NativeStore) -> None:
     assert entry.value.args == ("card declined", 402)
 
 
-async def test_recorded_none_is_an_entry_not_a_miss(store: NativeStore) -> None:
+async def test_recorded_none_is_an_entry_not_a_miss(store: JournalBackend) -> None:
     await store.put_step("s", "nothing", None)
     entry = await store.get_step("s", "nothing")
     assert entry is not None
     assert entry.value is None
 
 
-async def test_created_at_is_recent_epoch_seconds(store: NativeStore) -> None:
+async def test_created_at_is_recent_epoch_seconds(store: JournalBackend) -> None:
     before = time.time()
     await store.put_step("s", "a", 1)
     after = time.time()
@@ -98,18 +98,20 @@ async def test_created_at_is_recent_epoch_seconds(store: NativeStore) -> None:
     assert before - 1 <= entry.created_at <= after + 1
 
 
-async def test_put_stream_then_get_stream_round_trips_chunks_in_order(store: NativeStore) -> None:
+async def test_put_stream_then_get_stream_round_trips_chunks_in_order(
+    store: JournalBackend,
+) -> None:
     chunks = ["Hel", "lo", {"tool": "search"}, Receipt("o-2", 5), None, b"\x01"]
     await store.put_stream("s", "llm", chunks)
     assert await store.get_stream("s", "llm") == chunks
 
 
-async def test_empty_stream_round_trips(store: NativeStore) -> None:
+async def test_empty_stream_round_trips(store: JournalBackend) -> None:
     await store.put_stream("s", "nothing", [])
     assert await store.get_stream("s", "nothing") == []
 
 
-async def test_second_put_step_keeps_the_first_value(store: NativeStore) -> None:
+async def test_second_put_step_keeps_the_first_value(store: JournalBackend) -> None:
     await store.put_step("s", "charge", {"charged": 10})
     await store.put_step("s", "charge", {"charged": 99})
     entry = await store.get_step("s", "charge")
@@ -117,25 +119,25 @@ async def test_second_put_step_keeps_the_first_value(store: NativeStore) -> None
     assert entry.value == {"charged": 10}
 
 
-async def test_second_put_stream_keeps_the_first_chunks(store: NativeStore) -> None:
+async def test_second_put_stream_keeps_the_first_chunks(store: JournalBackend) -> None:
     await store.put_stream("s", "llm", ["a", "b"])
     await store.put_stream("s", "llm", ["c"])
     assert await store.get_stream("s", "llm") == ["a", "b"]
 
 
-async def test_missing_step_and_stream_are_none(store: NativeStore) -> None:
+async def test_missing_step_and_stream_are_none(store: JournalBackend) -> None:
     assert await store.get_step("s", "never") is None
     assert await store.get_stream("s", "never") is None
 
 
-async def test_keys_are_scoped_by_session(store: NativeStore) -> None:
+async def test_keys_are_scoped_by_session(store: JournalBackend) -> None:
     await store.put_step("s1", "a", "one")
     await store.put_stream("s1", "b", ["one"])
     assert await store.get_step("s2", "a") is None
     assert await store.get_stream("s2", "b") is None
 
 
-async def test_steps_and_streams_do_not_share_keys(store: NativeStore) -> None:
+async def test_steps_and_streams_do_not_share_keys(store: JournalBackend) -> None:
     await store.put_step("s", "same", "step value")
     await store.put_stream("s", "same", ["stream chunk"])
     entry = await store.get_step("s", "same")
@@ -144,7 +146,9 @@ async def test_steps_and_streams_do_not_share_keys(store: NativeStore) -> None:
     assert await store.get_stream("s", "same") == ["stream chunk"]
 
 
-async def test_closed_store_raises_store_closed_error_on_every_method(store: NativeStore) -> None:
+async def test_closed_store_raises_store_closed_error_on_every_method(
+    store: JournalBackend,
+) -> None:
     await store.aclose()
     calls: list[Callable[[], Awaitable[Any]]] = [
         lambda: store.get_step("s", "a"),
@@ -158,7 +162,7 @@ async def test_closed_store_raises_store_closed_error_on_every_method(store: Nat
         assert info.value.session_id == "s"
 
 
-async def test_aclose_is_idempotent(store: NativeStore) -> None:
+async def test_aclose_is_idempotent(store: JournalBackend) -> None:
     await store.aclose()
     await store.aclose()
     with pytest.raises(StoreClosedError):
@@ -173,7 +177,7 @@ async def test_async_with_closes_the_store(store_factory: StoreFactory) -> None:
         await store.get_step("s", "a")
 
 
-async def test_bundled_stores_satisfy_the_protocol(store: NativeStore) -> None:
+async def test_bundled_stores_satisfy_the_protocol(store: JournalBackend) -> None:
     assert isinstance(store, JournalStore)
 
 
@@ -191,7 +195,7 @@ async def test_restart_replays_steps_and_streams_without_running_fn(
         for word in prompt.split():
             yield word
 
-    async def run(store: NativeStore) -> tuple[Any, ...]:
+    async def run(store: JournalBackend) -> tuple[Any, ...]:
         rt = JournaledRuntime(store)
         async with rt.session("order-1"):
             charged = await rt.step("charge", charge, 10)
@@ -238,7 +242,7 @@ class DictStore:
 
 def test_dict_store_is_a_journal_store_and_not_native() -> None:
     assert isinstance(DictStore(), JournalStore)
-    assert not isinstance(DictStore(), NativeStore)
+    assert not isinstance(DictStore(), JournalBackend)
 
 
 async def test_third_party_store_records_and_replays_steps() -> None:

@@ -19,7 +19,7 @@ from jeevesagent.runtime import (
     JournaledRuntime,
     ValueEncodingError,
 )
-from jeevesagent.runtime._store import NativeStore
+from jeevesagent.runtime._journal.backend import JournalBackend
 
 from .conftest import StoreFactory
 
@@ -84,7 +84,7 @@ async def test_stream_is_recorded_only_when_the_producer_is_exhausted() -> None:
 
 
 async def test_recorded_stream_replays_in_order_in_new_runtime_without_the_producer(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     chunks: list[Any] = ["a", {"b": [1, 2]}, None, ("c", 3)]
     producer = Producer(chunks)
@@ -202,7 +202,7 @@ async def test_replayed_stream_can_be_stopped_early() -> None:
 
 
 async def test_producer_exception_propagates_and_the_next_run_calls_it_again(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     error = ConnectionError("stream dropped")
     attempts = 0
@@ -287,7 +287,7 @@ async def test_cancellation_mid_stream_records_nothing_and_propagates_to_the_sco
 
 
 async def test_unencodable_chunk_raises_value_encoding_error_at_the_end_and_records_nothing(
-    store: NativeStore, store_factory: StoreFactory
+    store: JournalBackend, store_factory: StoreFactory
 ) -> None:
     lock = threading.Lock()
 

@@ -23,9 +23,8 @@ from jeevesagent.runtime import (
     ValueEncodingError,
     with_policy,
 )
-from jeevesagent.runtime._codec import fingerprint, signal_journal_key, step_journal_key
-from jeevesagent.runtime._store import STEP, STREAM, NativeStore, Row, SessionJournal
-from jeevesagent.runtime._values import (
+from jeevesagent.runtime._core.keys import fingerprint, signal_journal_key, step_journal_key
+from jeevesagent.runtime._core.values import (
     MAGIC,
     NONCE_BYTES,
     NONCE_MARK,
@@ -33,6 +32,7 @@ from jeevesagent.runtime._values import (
     peek,
     pickle_summary,
 )
+from jeevesagent.runtime._journal.backend import STEP, STREAM, JournalBackend, Row, SessionJournal
 
 from .conftest import StoreFactory, _run_sql
 
@@ -97,7 +97,7 @@ async def plant_signal(factory: StoreFactory, session_id: str, name: str, data: 
     if factory.kind == "memory":
         store = factory._memory
         assert store is not None
-        await store._send_signal(session_id, name, data, time.time())
+        await store.send_signal(session_id, name, data, time.time())
     elif factory.kind == "sqlite":
         with contextlib.closing(sqlite3.connect(factory.target)) as conn, conn:
             conn.execute(
@@ -126,7 +126,7 @@ async def create_journal(factory: StoreFactory, **options: Any) -> None:
     await factory.recycle()
 
 
-async def raw_rows(store: NativeStore, session_id: str) -> SessionJournal:
+async def raw_rows(store: JournalBackend, session_id: str) -> SessionJournal:
     return await store.load_session(session_id)
 
 

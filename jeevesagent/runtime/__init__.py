@@ -7,6 +7,14 @@ replay from the journal instead of running again.
 
 from jeevesagent import __version__ as __version__
 
+from ._backends.postgres import PostgresJournalStore as PostgresJournalStore
+from ._backends.runtimes import PostgresRuntime as PostgresRuntime
+from ._backends.runtimes import SqliteRuntime as SqliteRuntime
+from ._backends.sqlite import SqliteJournalStore as SqliteJournalStore
+from ._core.inproc import InProcRuntime as InProcRuntime
+from ._core.inproc import InProcSession as InProcSession
+from ._core.values import JsonCodec as JsonCodec
+from ._core.values import PickleCodec as PickleCodec
 from ._errors import InvalidNameError as InvalidNameError
 from ._errors import JournalCorruptError as JournalCorruptError
 from ._errors import JournalIntegrityError as JournalIntegrityError
@@ -16,26 +24,18 @@ from ._errors import SessionBusyError as SessionBusyError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreError as StoreError
 from ._errors import ValueEncodingError as ValueEncodingError
-from ._inproc import InProcRuntime as InProcRuntime
-from ._inproc import InProcSession as InProcSession
-from ._journaled import JournaledRuntime as JournaledRuntime
-from ._journaled import JournaledSession as JournaledSession
+from ._journal.backend import JournalEntry as JournalEntry
+from ._journal.backend import JournalStore as JournalStore
+from ._journal.backend import PruneResult as PruneResult
+from ._journal.backend import SessionInfo as SessionInfo
+from ._journal.memory import InMemoryJournalStore as InMemoryJournalStore
+from ._journaled.runtime import JournaledRuntime as JournaledRuntime
+from ._journaled.runtime import JournaledSession as JournaledSession
 from ._policy import RetryPolicy as RetryPolicy
 from ._policy import StepFailedError as StepFailedError
 from ._policy import StepPolicy as StepPolicy
 from ._policy import StepTimeoutError as StepTimeoutError
 from ._policy import with_policy as with_policy
-from ._postgres import PostgresJournalStore as PostgresJournalStore
-from ._runtimes import PostgresRuntime as PostgresRuntime
-from ._runtimes import SqliteRuntime as SqliteRuntime
-from ._sqlite import SqliteJournalStore as SqliteJournalStore
-from ._store import InMemoryJournalStore as InMemoryJournalStore
-from ._store import JournalEntry as JournalEntry
-from ._store import JournalStore as JournalStore
-from ._store import PruneResult as PruneResult
-from ._store import SessionInfo as SessionInfo
-from ._values import JsonCodec as JsonCodec
-from ._values import PickleCodec as PickleCodec
 
 __all__ = (
     "__version__",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from ._cli import main
+from ._cli.commands import main
 
 __all__ = ["main"]
 

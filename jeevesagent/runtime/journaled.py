@@ -1,6 +1,6 @@
 """The journaled runtime. Published import path."""
 
-from ._journaled import JournaledRuntime as JournaledRuntime
-from ._journaled import JournaledSession as JournaledSession
+from ._journaled.runtime import JournaledRuntime as JournaledRuntime
+from ._journaled.runtime import JournaledSession as JournaledSession
 
 __all__ = ["JournaledRuntime", "JournaledSession"]

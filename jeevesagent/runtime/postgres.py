@@ -3,7 +3,7 @@
 Needs the ``postgres`` extra (asyncpg), imported only when a connection is made.
 """
 
-from ._postgres import PostgresJournalStore as PostgresJournalStore
-from ._runtimes import PostgresRuntime as PostgresRuntime
+from ._backends.postgres import PostgresJournalStore as PostgresJournalStore
+from ._backends.runtimes import PostgresRuntime as PostgresRuntime
 
 __all__ = ["PostgresJournalStore", "PostgresRuntime"]

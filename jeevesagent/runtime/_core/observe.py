@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._base import SessionState
-from ._errors import SessionBusyError
-from ._policy import JournaledFailure
-from ._streams import StreamStep
+from .._errors import SessionBusyError
+from .._policy import JournaledFailure
+from .base import SessionState
+from .streams import StreamStep
 
 if TYPE_CHECKING:
-    from ._base import BaseRuntime
+    from .base import BaseRuntime
 
 __all__ = [
     "DEBUG",

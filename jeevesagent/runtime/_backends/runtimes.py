@@ -6,9 +6,9 @@ import os
 import pathlib
 from typing import Any, Literal, Self
 
-from ._journaled import JournaledRuntime
-from ._sqlite import SqliteJournalStore
-from ._values import Codec
+from .._core.values import Codec
+from .._journaled.runtime import JournaledRuntime
+from .sqlite import SqliteJournalStore
 
 __all__ = ["PostgresRuntime", "SqliteRuntime"]
 
@@ -61,7 +61,7 @@ class PostgresRuntime(JournaledRuntime):
         signing_key: str | bytes | None = None,
         **options: Any,
     ) -> None:
-        from ._postgres import PostgresJournalStore
+        from .postgres import PostgresJournalStore
 
         store = PostgresJournalStore(pool, codec=codec, signing_key=signing_key)
         self._init(store, durability, flush_interval, options)
@@ -94,7 +94,7 @@ class PostgresRuntime(JournaledRuntime):
         """Connect a pool to ``dsn`` and return a runtime that owns it. ``codec``,
         ``signing_key``: see :class:`SqliteJournalStore`. ``options``: the other keyword options
         of :class:`JournaledRuntime`."""
-        from ._postgres import PostgresJournalStore
+        from .postgres import PostgresJournalStore
 
         store = await PostgresJournalStore.connect(
             dsn, min_size=min_size, max_size=max_size, codec=codec, signing_key=signing_key

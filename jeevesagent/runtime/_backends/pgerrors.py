@@ -8,8 +8,8 @@ from __future__ import annotations
 import functools
 from typing import Any, TypeVar
 
-from ._errors import StoreError
-from ._pgbridge import AsyncFn, _AsyncioBridge
+from .._errors import StoreError
+from .pgbridge import AsyncFn, _AsyncioBridge
 
 __all__ = ["call_translated", "connection_errors", "driver_errors", "store_error"]
 

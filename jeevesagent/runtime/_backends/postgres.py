@@ -28,24 +28,24 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._codec import describe_key
-from ._pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
-from ._pgerrors import call_translated
-from ._pglisten import Listener
-from ._pgschema import _NOW, _migrate, _prune, schema_statements
-from ._store import (
+from .._core.keys import describe_key
+from .._core.values import Codec, JournalCodec
+from .._journal.backend import (
     SESSION_STATUSES,
     STEP,
     Fenced,
-    NativeStore,
+    JournalBackend,
     PruneResult,
     Record,
     Row,
     SessionInfo,
     SessionJournal,
 )
-from ._thread import LoopHandle
-from ._values import Codec, JournalCodec
+from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
+from .pgerrors import call_translated
+from .pglisten import Listener
+from .pgschema import _NOW, _migrate, _prune, schema_statements
+from .thread import LoopHandle
 
 __all__ = ["PostgresJournalStore"]
 
@@ -183,7 +183,7 @@ _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 OR
 _CLOCK = f"SELECT {_NOW}"
 
 
-class PostgresJournalStore(NativeStore):
+class PostgresJournalStore(JournalBackend):
     """A journal in PostgreSQL, shared by many workers on many hosts.
 
     Make one with ``await PostgresJournalStore.connect(dsn)``, or pass an asyncpg pool you
@@ -301,10 +301,10 @@ class PostgresJournalStore(NativeStore):
         )
 
     # -- primitives -------------------------------------------------------------------------------
-    async def _load(self, session_id: str) -> SessionJournal:
+    async def read_session(self, session_id: str) -> SessionJournal:
         return await self._run(lambda: _load_rows(self._pool, session_id), "loading", session_id)
 
-    async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
+    async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._run(
             lambda: _get_row(self._pool, session_id, kind, key),
             "reading",
@@ -312,7 +312,7 @@ class PostgresJournalStore(NativeStore):
             describe_key(key),
         )
 
-    async def _insert(
+    async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[Key, Row]:
         if not records:
@@ -356,9 +356,7 @@ class PostgresJournalStore(NativeStore):
                 await self._pool.release(writer)
 
     # -- mailbox and sessions table ---------------------------------------------------------------
-    async def _send_signal(
-        self, session_id: str, name: str, data: bytes, created_at: float
-    ) -> None:
+    async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
         # One autocommitted statement: the row and the notice commit together. Shielded like
         # every write: the caller must know whether the signal was sent.
         await self._run(
@@ -369,7 +367,7 @@ class PostgresJournalStore(NativeStore):
             shield=True,
         )
 
-    async def _take_signal(
+    async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
         return await self._run(
@@ -380,7 +378,7 @@ class PostgresJournalStore(NativeStore):
             shield=True,
         )
 
-    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+    async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._run(
             lambda: _claim(self._pool, session_id, owner, lease),
             "claiming the session",
@@ -388,7 +386,7 @@ class PostgresJournalStore(NativeStore):
             shield=True,
         )
 
-    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         status: str = await self._run(
             lambda: self._pool.execute(_RENEW, session_id, owner, float(lease)),
             "renewing the session's lease",
@@ -397,7 +395,7 @@ class PostgresJournalStore(NativeStore):
         )
         return status == "UPDATE 1"
 
-    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+    async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
@@ -407,7 +405,7 @@ class PostgresJournalStore(NativeStore):
             shield=True,
         )
 
-    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         if status is None:
             fetch = functools.partial(self._pool.fetch, _LIST_ALL)
         else:
@@ -415,7 +413,7 @@ class PostgresJournalStore(NativeStore):
         rows = await self._run(fetch, "listing sessions")
         return [SessionInfo(*r) for r in rows]
 
-    async def _prune(
+    async def delete_sessions(
         self,
         older_than: float | None,
         sessions: list[str] | None,
@@ -428,23 +426,23 @@ class PostgresJournalStore(NativeStore):
             shield=True,
         )
 
-    async def _pending_signals(self, session_id: str) -> int:
+    async def pending_signals(self, session_id: str) -> int:
         n: int = await self._run(
             lambda: self._pool.fetchval(_PENDING, session_id), "counting signals", session_id
         )
         return n
 
-    async def _pending_names(self, session_id: str) -> list[str]:
+    async def pending_names(self, session_id: str) -> list[str]:
         rows = await self._run(
             lambda: self._pool.fetch(_PENDING_NAMES, session_id), "listing signals", session_id
         )
         return [row[0] for row in rows]
 
-    async def _now(self) -> float:
+    async def now(self) -> float:
         now: float = await self._run(lambda: self._pool.fetchval(_CLOCK), "reading the clock")
         return now
 
-    async def _watch(self, wake: Callable[[str], None]) -> bool:
+    async def watch(self, wake: Callable[[str], None]) -> bool:
         """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.
 
         ``True`` while notices arrive. The first call opens the LISTEN connection; later calls
@@ -457,7 +455,7 @@ class PostgresJournalStore(NativeStore):
         token = LoopHandle()
         return await self._run(lambda: listener.watch(wake, token), "listening for signals")
 
-    async def _close(self) -> None:
+    async def close_resources(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 if self._listener.active:

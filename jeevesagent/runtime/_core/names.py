@@ -10,7 +10,7 @@ entry of PostgreSQL's btree, with the session id beside it).
 
 from __future__ import annotations
 
-from ._errors import InvalidNameError
+from .._errors import InvalidNameError
 
 __all__ = ["MAX_NAME_BYTES", "check_name", "check_session_id", "check_signal_target"]
 

@@ -19,7 +19,7 @@ never produce the same key either.
 
 from __future__ import annotations
 
-from ._fingerprint import FINGERPRINT_CHARS, fingerprint
+from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
     "FINGERPRINT_CHARS",

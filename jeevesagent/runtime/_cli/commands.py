@@ -28,15 +28,15 @@ from typing import Any, NoReturn
 
 import anyio
 
-from ._clitarget import DB_ENV, CliError, open_store, parse_target
-from ._codec import describe_key
-from ._demo import DEFAULT_PATH
-from ._errors import RuntimeJournalError
-from ._jsignals import seal_signal
-from ._postgres import PostgresJournalStore
-from ._sqlite import SqliteJournalStore
-from ._store import SESSION_STATUSES, STEP, STREAM, NativeStore, Row, SessionInfo
-from ._values import MAGIC, SIGNING_KEY_ENV, JournalCodec, peek
+from .._backends.postgres import PostgresJournalStore
+from .._backends.sqlite import SqliteJournalStore
+from .._core.keys import describe_key
+from .._core.values import MAGIC, SIGNING_KEY_ENV, JournalCodec, peek
+from .._errors import RuntimeJournalError
+from .._journal.backend import SESSION_STATUSES, STEP, STREAM, JournalBackend, Row, SessionInfo
+from .._journaled.signals import seal_signal
+from .demo import DEFAULT_PATH
+from .target import DB_ENV, CliError, open_store, parse_target
 
 __all__ = ["main"]
 
@@ -69,7 +69,8 @@ def _signing_key(args: argparse.Namespace) -> str:
 
 
 def run_on_store(
-    args: argparse.Namespace, command: Callable[[NativeStore, argparse.Namespace], Awaitable[int]]
+    args: argparse.Namespace,
+    command: Callable[[JournalBackend, argparse.Namespace], Awaitable[int]],
 ) -> int:
     target = parse_target(args.db or os.environ.get(DB_ENV))
     key = args.signing_key = _signing_key(args)
@@ -174,16 +175,16 @@ class SessionView:
     pending_names: list[str]
 
 
-async def _find_session(store: NativeStore, session_id: str) -> SessionInfo | None:
-    return next((i for i in await store._list_sessions(None) if i.session_id == session_id), None)
+async def _find_session(store: JournalBackend, session_id: str) -> SessionInfo | None:
+    return next((i for i in await store.list_sessions(None) if i.session_id == session_id), None)
 
 
-async def load_view(store: NativeStore, session_id: str, trust: bool) -> SessionView:
+async def load_view(store: JournalBackend, session_id: str, trust: bool) -> SessionView:
     """Everything known of a session; ``CliError`` if the journal knows nothing of it."""
     info = await _find_session(store, session_id)
     journal = await store.load_session(session_id)
-    pending = await store._pending_signals(session_id)
-    names = await store._pending_names(session_id) if pending else []
+    pending = await store.pending_signals(session_id)
+    names = await store.pending_names(session_id) if pending else []
     if info is None and not journal.steps and not journal.streams and not pending:
         raise CliError(f"unknown session {session_id!r}: the journal has nothing of it")
     rows = [(STEP, k, r) for k, r in journal.steps.items()]
@@ -196,8 +197,8 @@ async def load_view(store: NativeStore, session_id: str, trust: bool) -> Session
 # -- commands ------------------------------------------------------------------------------------
 
 
-async def cmd_sessions(store: NativeStore, args: argparse.Namespace) -> int:
-    infos = await store._list_sessions(args.status)
+async def cmd_sessions(store: JournalBackend, args: argparse.Namespace) -> int:
+    infos = await store.list_sessions(args.status)
     if args.json:
         _print_json([info._asdict() for info in infos])
         return 0
@@ -242,7 +243,7 @@ def _session_line(session_id: str, view: SessionView) -> str:
     return f"{head}\npending signals: {pending}"
 
 
-async def cmd_show(store: NativeStore, args: argparse.Namespace) -> int:
+async def cmd_show(store: JournalBackend, args: argparse.Namespace) -> int:
     view = await load_view(store, args.session, args.trust)
     if args.json:
         session = view.info._asdict() if view.info else None
@@ -273,7 +274,7 @@ async def cmd_show(store: NativeStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_export(store: NativeStore, args: argparse.Namespace) -> int:
+async def cmd_export(store: JournalBackend, args: argparse.Namespace) -> int:
     view = await load_view(store, args.session, args.trust)
     for obj in view.rows:
         print(json.dumps(_for_json(obj), ensure_ascii=False, default=repr))
@@ -294,7 +295,7 @@ def parse_payload(text: str) -> Any:
         ) from None
 
 
-async def _signed_rows(store: NativeStore, session_id: str) -> tuple[int, int]:
+async def _signed_rows(store: JournalBackend, session_id: str) -> tuple[int, int]:
     """How many (signed, unsigned) rows a sample of the journal holds.
 
     A store with a key writes only signed rows and refuses unsigned ones; a store without a key
@@ -331,7 +332,7 @@ def _sqlite_signed_rows(conn: sqlite3.Connection, session_id: str) -> tuple[int,
     return int(signed), int(unsigned)
 
 
-async def cmd_signal(store: NativeStore, args: argparse.Namespace) -> int:
+async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
     sid, name = args.session, args.name
     signed, unsigned = await _signed_rows(store, sid)
     env = args.signing_key_env
@@ -352,7 +353,7 @@ async def cmd_signal(store: NativeStore, args: argparse.Namespace) -> int:
     if not exists:
         journal = await store.load_session(sid)
         exists = bool(journal.steps or journal.streams)
-    await store._send_signal(sid, name, data, time.time())
+    await store.send_signal(sid, name, data, time.time())
     if not exists:
         print(
             f"note: session {sid!r} has not run yet; the signal waits in its mailbox until it does",
@@ -378,7 +379,7 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-async def cmd_prune(store: NativeStore, args: argparse.Namespace) -> int:
+async def cmd_prune(store: JournalBackend, args: argparse.Namespace) -> int:
     try:
         result = await store.prune(
             older_than=args.older_than,
@@ -482,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        from ._demo import run_demo
+        from .demo import run_demo
 
         return run_demo(args.path, reset=args.reset, crash=not args.no_crash)
     if args.command == "prune" and not (args.older_than is not None or args.session or args.status):

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._errors import StoreClosedError, StoreError
-from ._thread import LoopHandle, call_soon_in_loop
+from .._errors import StoreClosedError, StoreError
+from .thread import LoopHandle, call_soon_in_loop
 
 __all__ = ["AsyncFn", "_AsyncioBridge", "require_asyncpg"]
 

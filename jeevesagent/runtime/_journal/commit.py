@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 
-from ._codec import describe_key
-from ._errors import SessionBusyError, StoreError
-from ._rows import Record, Row
+from .._core.keys import describe_key
+from .._errors import SessionBusyError, StoreError
+from .rows import Record, Row
 
 
 class Fenced(Exception):

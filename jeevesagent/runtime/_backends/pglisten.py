@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._thread import LoopHandle, call_soon_in_loop
+from .thread import LoopHandle, call_soon_in_loop
 
 __all__ = ["Listener"]
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import anyio
 
-from . import _observe
-from ._errors import SessionBusyError, StoreClosedError, StoreError
-from ._owner import owner_is_dead
-from ._store import NativeStore
+from .._core import observe as _observe
+from .._errors import SessionBusyError, StoreClosedError, StoreError
+from .._journal.backend import JournalBackend
+from .._journal.owner import owner_is_dead
 
 __all__ = ["ClaimHolder", "session_status"]
 
@@ -40,7 +40,7 @@ class ClaimHolder:
     """Takes, renews and releases session claims in ``native`` as owner ``owner_id``."""
 
     def __init__(
-        self, native: NativeStore, owner_id: str, lease: float, poll_interval: float
+        self, native: JournalBackend, owner_id: str, lease: float, poll_interval: float
     ) -> None:
         self.native = native
         self.owner_id = owner_id
@@ -54,12 +54,12 @@ class ClaimHolder:
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
             sent = anyio.current_time()
-            info = await native._claim(session_id, self.owner_id, self.lease)
+            info = await native.claim(session_id, self.owner_id, self.lease)
             if info.owner == self.owner_id:
                 return sent
             if info.owner is not None and owner_is_dead(info.owner):
                 # Its process is gone (same host): end its claim now instead of waiting.
-                await native._release(session_id, info.owner, "failed", info.steps)
+                await native.release(session_id, info.owner, "failed", info.steps)
                 _observe.claim_taken_over(session_id, info.owner)
                 continue
             now = anyio.current_time()
@@ -80,10 +80,10 @@ class ClaimHolder:
     async def release(self, session_id: str, status: str, rows: int) -> None:
         """End the claim, recording ``status``. A store error is logged, not raised: the claim
         then expires on its own when its lease runs out."""
-        if self.native._closed:
+        if self.native.closed:
             return
         try:
-            await self.native._release(session_id, self.owner_id, status, rows)
+            await self.native.release(session_id, self.owner_id, status, rows)
         except StoreError as error:
             _observe.release_failed(session_id, error)
 
@@ -99,11 +99,11 @@ class ClaimHolder:
         wait = self.lease / 3
         while True:
             await anyio.sleep(wait)
-            if native._closed or not held():
+            if native.closed or not held():
                 return  # the runtime is closing: it releases the claim
             sent = anyio.current_time()
             try:
-                still_ours = await native._renew(session_id, self.owner_id, self.lease)
+                still_ours = await native.renew(session_id, self.owner_id, self.lease)
             except StoreClosedError:
                 return
             except StoreError as exc:

@@ -13,10 +13,9 @@ from typing import Any, Literal
 import anyio
 from anyio.abc import TaskGroup
 
-from . import _observe
-from ._base import BaseRuntime
-from ._claims import ClaimHolder, session_status
-from ._codec import (
+from .._core import observe as _observe
+from .._core.base import BaseRuntime
+from .._core.keys import (
     describe_key,
     fingerprint,
     idempotency_journal_key,
@@ -24,33 +23,34 @@ from ._codec import (
     step_journal_key,
     timer_journal_key,
 )
-from ._errors import SessionBusyError, StoreError
-from ._jsignals import SignalsMixin
-from ._jstate import JournaledSession, JournaledState
-from ._names import check_name
-from ._owner import new_owner_id, owner_is_dead
-from ._policy import (
+from .._core.names import check_name
+from .._core.streams import StreamStep, call_step_fn, open_producer
+from .._core.values import JournalCodec, decode_value, encode_value
+from .._errors import SessionBusyError, StoreError
+from .._journal.backend import (
+    SESSION_STATUSES,
+    STEP,
+    STREAM,
+    JournalBackend,
+    JournalEntry,
+    JournalStore,
+    PruneResult,
+    Record,
+    Row,
+    SessionInfo,
+)
+from .._journal.memory import InMemoryJournalStore
+from .._journal.owner import new_owner_id, owner_is_dead
+from .._policy import (
     JournaledFailure,
     StepPolicy,
     StepTimeoutError,
     policy_of,
     run_with_policy,
 )
-from ._store import (
-    SESSION_STATUSES,
-    STEP,
-    STREAM,
-    InMemoryJournalStore,
-    JournalEntry,
-    JournalStore,
-    NativeStore,
-    PruneResult,
-    Record,
-    Row,
-    SessionInfo,
-)
-from ._streams import StreamStep, call_step_fn, open_producer
-from ._values import JournalCodec, decode_value, encode_value
+from .claims import ClaimHolder, session_status
+from .signals import SignalsMixin
+from .state import JournaledSession, JournaledState
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
 
@@ -112,8 +112,8 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         self.flush_interval = flush_interval
         self._owns_store = store is None
         self.store: JournalStore = store if store is not None else InMemoryJournalStore()
-        self._native: NativeStore | None = (
-            self.store if isinstance(self.store, NativeStore) else None
+        self._native: JournalBackend | None = (
+            self.store if isinstance(self.store, JournalBackend) else None
         )
         self._codec: JournalCodec = self._native.codec if self._native else JournalCodec()
         self._claims = (
@@ -158,12 +158,12 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                 state.note_recorded((*journal.steps, *journal.streams))
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
-            for name in await native._pending_names(state.id):
+            for name in await native.pending_names(state.id):
                 while await self._fetch(state, name):
                     pass
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await native._release(state.id, self.owner_id, "failed", 0)
+                await native.release(state.id, self.owner_id, "failed", 0)
             raise
 
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
@@ -176,7 +176,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
     async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
-        if self._claims is None or not state.claimed or self._claims.native._closed:
+        if self._claims is None or not state.claimed or self._claims.native.closed:
             return
         try:
             await self._flush(state)
@@ -543,7 +543,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         native = self._require_native("list_sessions")
         if status is not None and status not in SESSION_STATUSES:
             raise ValueError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
-        return await native._list_sessions(status)
+        return await native.list_sessions(status)
 
     async def orphaned_sessions(self) -> list[SessionInfo]:
         """Sessions to resume: those left ``running`` by an owner that is gone (its lease
@@ -555,15 +555,15 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         native = self._require_native("orphaned_sessions")
         # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
         # before the list: a lease renewed in between only lies further past `now`.
-        now = await native._now()
+        now = await native.now()
         running = [
             info
-            for info in await native._list_sessions("running")
+            for info in await native.list_sessions("running")
             if info.owner is None
             or (info.lease_expires is not None and info.lease_expires < now)
             or owner_is_dead(info.owner)
         ]
-        interrupted = await native._list_sessions("interrupted")
+        interrupted = await native.list_sessions("interrupted")
         return sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
 
     async def prune(
@@ -575,7 +575,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         dry_run: bool = False,
     ) -> PruneResult:
         """Delete finished sessions from the store (bundled stores): see
-        :meth:`SqliteJournalStore.prune <jeevesagent.runtime._store.NativeStore.prune>`.
+        :meth:`SqliteJournalStore.prune <jeevesagent.runtime._store.JournalBackend.prune>`.
 
         A session open anywhere -- in this runtime too -- is never deleted: it is reported in
         ``skipped``. A pruned session that runs again starts afresh: every step runs again.
@@ -585,7 +585,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
             older_than=older_than, sessions=sessions, status=status, dry_run=dry_run
         )
 
-    def _require_native(self, what: str) -> NativeStore:
+    def _require_native(self, what: str) -> JournalBackend:
         self._check_open()
         if self._native is None:
             raise TypeError(f"{what}() needs a bundled store (it reads the sessions table)")

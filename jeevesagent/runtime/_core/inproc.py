@@ -8,11 +8,11 @@ from typing import Any
 
 import anyio
 
-from . import _observe
-from ._base import BaseRuntime, BaseSession, SessionState
-from ._names import check_name, check_signal_target
-from ._policy import StepPolicy, policy_of, run_with_policy
-from ._streams import StreamStep, call_step_fn, open_producer
+from .._policy import StepPolicy, policy_of, run_with_policy
+from . import observe as _observe
+from .base import BaseRuntime, BaseSession, SessionState
+from .names import check_name, check_signal_target
+from .streams import StreamStep, call_step_fn, open_producer
 
 __all__ = ["InProcRuntime", "InProcSession"]
 

@@ -14,11 +14,11 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._errors import RuntimeJournalError, StoreClosedError
-from ._names import check_session_id, check_signal_target
+from .._errors import RuntimeJournalError, StoreClosedError
+from .names import check_session_id, check_signal_target
 
 if TYPE_CHECKING:
-    from ._observe import SessionScope
+    from .observe import SessionScope
 
 __all__ = [
     "BaseRuntime",
@@ -223,7 +223,7 @@ class _SessionContext(Generic[S]):
     async def __aenter__(self) -> Any:
         if self._state is not None:
             raise RuntimeError("a session context cannot be entered twice")
-        from ._observe import SessionScope  # here: _observe imports this module
+        from .observe import SessionScope  # here: _observe imports this module
 
         rt = self._runtime
         # The session's span (if traced) is this task's current context until __aexit__.

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import JournalCorruptError
-from ._store import PruneCandidate, PruneResult, _select_prunable
+from .._errors import JournalCorruptError
+from .._journal.backend import PruneResult
+from .._journal.rules import PruneCandidate, select_prunable
 
 __all__ = ["SCHEMA_VERSION", "_migrate", "_prune", "schema_statements"]
 
@@ -188,7 +189,7 @@ async def _prune(
                     rows += await conn.fetch(_PRUNE_SESSIONS + lock, lost, wanted, cutoff)
                 found = [r for r in found if r[0] in got]
             rows += found
-        result = _select_prunable((PruneCandidate(*r) for r in rows), older_than, statuses, now)
+        result = select_prunable((PruneCandidate(*r) for r in rows), older_than, statuses, now)
         if result.pruned and not dry_run:
             await conn.execute(_PRUNE_DELETE, result.pruned)
     return result

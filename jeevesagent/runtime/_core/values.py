@@ -29,8 +29,8 @@ import pickle
 import pickletools
 from typing import Any, Literal, NamedTuple, Protocol
 
-from ._codec import describe_key
-from ._errors import JournalCorruptError, JournalIntegrityError, ValueEncodingError
+from .._errors import JournalCorruptError, JournalIntegrityError, ValueEncodingError
+from .keys import describe_key
 
 __all__ = [
     "SIGNING_KEY_ENV",
@@ -142,7 +142,7 @@ class JsonCodec:
     name = "json"
 
     def encode(self, value: Any) -> bytes:
-        from ._policy import JournaledFailure
+        from .._policy import JournaledFailure
 
         if type(value) is JournaledFailure:
             value = {_FAILURE: {"type": value.type_name, "message": value.message}}
@@ -162,7 +162,7 @@ class JsonCodec:
             data_value = _unescape(value)
             if data_value is not value:
                 return data_value  # a result that looks like the marker, written escaped
-            from ._policy import JournaledFailure
+            from .._policy import JournaledFailure
 
             failure = value[_FAILURE]
             return JournaledFailure(str(failure.get("type")), str(failure.get("message")), None)

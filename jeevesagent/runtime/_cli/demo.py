@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ._runtimes import SqliteRuntime
+from .._backends.runtimes import SqliteRuntime
 
 SESSION = "trip-42"
 DEFAULT_PATH = "jeevesagent-demo.sqlite3"

@@ -11,11 +11,11 @@ from typing import Any
 
 import anyio
 
-from ._base import BaseRuntime, BaseSession, SessionState
-from ._codec import FINGERPRINT_CHARS
-from ._errors import JournalMismatchError, StoreError
-from ._rows import STEP, Record, Row
-from ._store import JournalEntry
+from .._core.base import BaseRuntime, BaseSession, SessionState
+from .._core.keys import FINGERPRINT_CHARS
+from .._errors import JournalMismatchError, StoreError
+from .._journal.backend import JournalEntry
+from .._journal.rows import STEP, Record, Row
 
 __all__ = ["JournaledSession", "JournaledState"]
 

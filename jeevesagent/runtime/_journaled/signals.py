@@ -18,17 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import _observe
-from ._base import Mailbox
-from ._codec import (
+from .._core import observe as _observe
+from .._core.base import Mailbox
+from .._core.keys import (
     signal_journal_key,
     signal_outcome_key,
 )
-from ._errors import SessionBusyError
-from ._jstate import JournaledState
-from ._names import check_signal_target
-from ._store import STEP, Fenced, JournalEntry, NativeStore, Record, Row
-from ._values import (
+from .._core.names import check_signal_target
+from .._core.values import (
     _HEADER,
     MAGIC,
     NONCE_BYTES,
@@ -39,6 +36,9 @@ from ._values import (
     signal_context,
     split_nonce,
 )
+from .._errors import SessionBusyError
+from .._journal.backend import STEP, Fenced, JournalBackend, JournalEntry, Record, Row
+from .state import JournaledState
 
 __all__ = ["SignalsMixin", "open_signal", "seal_signal"]
 
@@ -72,7 +72,7 @@ def open_signal(
 class SignalsMixin:
     # Provided by JournaledRuntime (and BaseRuntime).
     _states: dict[str, JournaledState]
-    _native: NativeStore | None
+    _native: JournalBackend | None
     _codec: JournalCodec
     _mailbox: Mailbox
     _wakeups: dict[str, anyio.Event]
@@ -113,7 +113,7 @@ class SignalsMixin:
             _observe.signal_sent(session_id, name)
             return
         native.check_open(session_id, name)
-        await native._send_signal(session_id, name, data, time.time())
+        await native.send_signal(session_id, name, data, time.time())
         _observe.signal_sent(session_id, name)
         state = self._states.get(session_id)
         if state is not None and state.claimed:
@@ -222,7 +222,7 @@ class SignalsMixin:
         if state.buffer:
             await self._flush(state)  # earlier records first: the journal stays a prefix
         try:
-            row = await native._take_signal(state.id, name, key, self.owner_id)
+            row = await native.take_signal(state.id, name, key, self.owner_id)
         except Fenced:
             _observe.signal_fenced(state.id, name)
             raise SessionBusyError(
@@ -242,11 +242,11 @@ class SignalsMixin:
         if event is not None:
             event.set()
 
-    async def _idle(self, native: NativeStore, event: anyio.Event, limit: float | None) -> None:
+    async def _idle(self, native: JournalBackend, event: anyio.Event, limit: float | None) -> None:
         """Wait for a signal notice (this runtime's own, or the store's push), or the poll,
         for at most ``limit`` seconds. Asked before every wait: pushes stop while a lost
         listener is being reopened."""
-        self._pushed = await native._watch(self._wake)
+        self._pushed = await native.watch(self._wake)
         wait = max(1.0, self.poll_interval) if self._pushed else self.poll_interval
         with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()
@@ -279,7 +279,7 @@ class SignalsMixin:
                 if await self._fetch(state, name):
                     continue
             else:
-                row = await native._take_signal(session_id, name, None, None)
+                row = await native.take_signal(session_id, name, None, None)
                 if row is not None:
                     return self._decode_signal(session_id, name, row.data)
             # The timeout ends only a wait, never a store call: whether a signal was taken is
@@ -350,7 +350,7 @@ class SignalsMixin:
             if state is not None and state.claimed:
                 self._buffer_outcome(state, name, "nothing")
                 return None
-            row = self._native._take_signal_nowait(session_id, name)  # in-memory store only
+            row = self._native.take_signal_nowait(session_id, name)  # in-memory store only
             if row is None:
                 return None
             return self._decode_signal(session_id, name, row.data)

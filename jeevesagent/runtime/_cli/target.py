@@ -15,10 +15,10 @@ from typing import Literal
 
 import anyio
 
-from ._errors import StoreError
-from ._postgres import PostgresJournalStore
-from ._sqlite import SqliteJournalStore
-from ._store import NativeStore
+from .._backends.postgres import PostgresJournalStore
+from .._backends.sqlite import SqliteJournalStore
+from .._errors import StoreError
+from .._journal.backend import JournalBackend
 
 __all__ = ["CONNECT_TIMEOUT", "DB_ENV", "CliError", "Target", "open_store", "parse_target"]
 
@@ -103,7 +103,7 @@ def _check_sqlite_file(target: Target) -> None:
         )
 
 
-async def open_store(target: Target, signing_key: str | None) -> NativeStore:
+async def open_store(target: Target, signing_key: str | None) -> JournalBackend:
     if target.kind == "sqlite":
         _check_sqlite_file(target)
         return SqliteJournalStore(target.value, signing_key=signing_key)

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 
-from ._policy import StepPolicy, StepTimeoutError
+from .._policy import StepPolicy, StepTimeoutError
 
 __all__ = ["StreamStep", "call_step_fn", "close_producer", "open_producer"]
 

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import ValueEncodingError
+from .._errors import ValueEncodingError
 
 __all__ = ["FINGERPRINT_CHARS", "fingerprint"]
 

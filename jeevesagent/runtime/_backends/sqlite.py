@@ -26,24 +26,22 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._codec import describe_key
-from ._errors import JournalCorruptError, StoreError
-from ._store import (
+from .._core.keys import describe_key
+from .._core.values import Codec
+from .._errors import JournalCorruptError, StoreError
+from .._journal.backend import (
     STEP,
     STREAM,
     Fenced,
-    NativeStore,
-    PruneCandidate,
+    JournalBackend,
     PruneResult,
     Record,
     Row,
     SessionInfo,
     SessionJournal,
-    _claimable,
-    _select_prunable,
 )
-from ._thread import WorkerThread
-from ._values import Codec
+from .._journal.rules import PruneCandidate, claimable, select_prunable
+from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
 
@@ -295,7 +293,7 @@ def _claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) 
                 f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
                 (session_id, "running", owner, now + lease, now, now),
             )
-        elif _claimable(info, owner, now):
+        elif claimable(info, owner, now):
             conn.execute(
                 "UPDATE jrt_sessions SET status = 'running', owner = ?, lease_expires = ?, "
                 "updated_at = ? WHERE session_id = ?",
@@ -377,7 +375,7 @@ def _prune(
             if statuses is None:  # sessions without a row never match a status filter
                 sql = _PRUNE_ORPHANS.format(where=where)
                 candidates.extend(PruneCandidate(*row) for row in conn.execute(sql, params))
-        result = _select_prunable(candidates, older_than, statuses, now)
+        result = select_prunable(candidates, older_than, statuses, now)
         if not dry_run:
             gone = [(sid,) for sid in result.pruned]
             for table in ("jrt_journal", "jrt_mailbox", "jrt_sessions"):
@@ -398,7 +396,7 @@ def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row 
     return None if row is None else Row(row[0], row[1])
 
 
-class SqliteJournalStore(NativeStore):
+class SqliteJournalStore(JournalBackend):
     """A journal in one SQLite file (WAL, ``synchronous=FULL``): the embedded default.
 
     :param path: the database file; parent folders are created. ``":memory:"`` keeps the journal
@@ -473,10 +471,10 @@ class SqliteJournalStore(NativeStore):
                 step=step,
             ) from exc
 
-    async def _load(self, session_id: str) -> SessionJournal:
+    async def read_session(self, session_id: str) -> SessionJournal:
         return await self._call(_load, session_id, session_id=session_id)
 
-    async def _insert(
+    async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:
         first = records[0] if records else None
@@ -488,12 +486,10 @@ class SqliteJournalStore(NativeStore):
             step=describe_key(first.key) if first else None,
         )
 
-    async def _send_signal(
-        self, session_id: str, name: str, data: bytes, created_at: float
-    ) -> None:
+    async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
         await self._call(_send_signal, session_id, name, data, created_at, session_id=session_id)
 
-    async def _take_signal(
+    async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
         return await self._call(
@@ -506,25 +502,25 @@ class SqliteJournalStore(NativeStore):
             step=describe_key(key) if key else None,
         )
 
-    async def _claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+    async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._call(_claim, session_id, owner, lease, session_id=session_id)
 
-    async def _renew(self, session_id: str, owner: str, lease: float) -> bool:
+    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         return await self._call(_renew, session_id, owner, lease, session_id=session_id)
 
-    async def _release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+    async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         await self._call(_release, session_id, owner, status, steps, session_id=session_id)
 
-    async def _list_sessions(self, status: str | None) -> list[SessionInfo]:
+    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         return await self._call(_list_sessions, status)
 
-    async def _pending_names(self, session_id: str) -> list[str]:
+    async def pending_names(self, session_id: str) -> list[str]:
         return await self._call(_pending_names, session_id, session_id=session_id)
 
-    async def _pending_signals(self, session_id: str) -> int:
+    async def pending_signals(self, session_id: str) -> int:
         return await self._call(_pending_signals, session_id, session_id=session_id)
 
-    async def _prune(
+    async def delete_sessions(
         self,
         older_than: float | None,
         sessions: list[str] | None,
@@ -533,10 +529,10 @@ class SqliteJournalStore(NativeStore):
     ) -> PruneResult:
         return await self._call(_prune, older_than, sessions, statuses, dry_run)
 
-    async def _get(self, session_id: str, kind: int, key: str) -> Row | None:
+    async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(
             _get, session_id, kind, key, session_id=session_id, step=describe_key(key)
         )
 
-    async def _close(self) -> None:
+    async def close_resources(self) -> None:
         await self._worker.aclose()

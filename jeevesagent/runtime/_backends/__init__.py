@@ -1,0 +1,3 @@
+"""The bundled durable backends: SQLite and PostgreSQL, with their schemas, the asyncio bridge and
+the worker thread.
+"""

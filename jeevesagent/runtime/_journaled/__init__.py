@@ -1,0 +1,3 @@
+"""JournaledRuntime: a facade over the session state, the claim holder, the recorder and the signal
+inbox.
+"""
