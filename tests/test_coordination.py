@@ -403,7 +403,7 @@ async def test_a_waiter_is_woken_by_a_signal_from_another_runtime(
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
             with anyio.fail_after(5):
-                while a._pushed is None:  # noqa: ASYNC110 -- the waiter asked for notices
+                while a._signals.pushed is None:  # noqa: ASYNC110 -- the waiter asked for notices
                     await anyio.sleep(0.01)
             await anyio.sleep(0.05)  # ... and is blocked in its wait
             assert not received

@@ -18,6 +18,7 @@ import pytest
 
 from jeevesagent.runtime import (
     JournaledRuntime,
+    JournalEntry,
     PostgresJournalStore,
     SqliteJournalStore,
     StoreError,
@@ -73,25 +74,46 @@ async def test_buffered_records_commit_before_a_signal_wait_blocks(
         await rt.signal("s", "go", None)
 
 
-async def test_buffered_mode_needs_a_bundled_store() -> None:
+async def test_buffered_mode_works_with_a_five_method_store() -> None:
     class Foreign:
-        async def get_step(self, session_id: str, step_name: str) -> None:
-            return None
+        """Only the five published methods: the runtime reaches it through its adapter."""
+
+        def __init__(self) -> None:
+            self.steps: dict[tuple[str, str], JournalEntry] = {}
+            self.puts: list[str] = []
+
+        async def get_step(self, session_id: str, step_name: str) -> JournalEntry | None:
+            return self.steps.get((session_id, step_name))
 
         async def put_step(self, session_id: str, step_name: str, value: object) -> None:
-            pass
+            self.puts.append(step_name)
+            self.steps.setdefault((session_id, step_name), JournalEntry(value, 0.0))
 
         async def get_stream(self, session_id: str, step_name: str) -> None:
             return None
 
         async def put_stream(self, session_id: str, step_name: str, chunks: list[object]) -> None:
-            pass
+            raise AssertionError("no stream step here")
 
         async def aclose(self) -> None:
             pass
 
-    with pytest.raises(ValueError, match="bundled store"):
-        JournaledRuntime(Foreign(), durability="buffered")
+    store = Foreign()
+    calls: list[int] = []
+    async with JournaledRuntime(store, durability="buffered", flush_interval=60) as rt:
+        async with rt.session("s"):
+            for i in range(3):
+                assert await rt.step(f"step_{i}", calls.append, i) is None
+            assert store.puts == [], "buffered: nothing is written before the flush"
+        # The session's exit committed them, in order.
+        assert [key.split(":")[1] for key in store.puts] == ["step_0", "step_1", "step_2"]
+        async with rt.session("s"):
+            for i in range(3):
+                await rt.step(f"step_{i}", calls.append, i)
+    assert calls == [0, 1, 2]
+
+
+def test_durability_must_be_commit_or_buffered() -> None:
     with pytest.raises(ValueError, match="durability"):
         JournaledRuntime(durability="sometimes")  # type: ignore[arg-type]
 

@@ -84,7 +84,7 @@ async def test_signals_are_pushed_again_after_the_listen_connection_is_terminate
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
             with anyio.fail_after(10):
-                await until(lambda: a._pushed)  # the waiter listens
+                await until(lambda: a._signals.pushed)  # the waiter listens
                 [old] = listeners(store_target)
                 terminate([old], store_target)
                 # Sent while the connection is down or just back: its notice may be lost, and
@@ -114,7 +114,7 @@ async def test_waiters_poll_while_the_listener_cannot_be_reopened_and_aclose_end
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(partial(a.wait_for_signal, "s", "warm-up", timeout=10))
-                    await until(lambda: a._pushed)
+                    await until(lambda: a._signals.pushed)
                     tg.cancel_scope.cancel()
                 allow_connections(store_target, False)
                 try:
@@ -127,7 +127,7 @@ async def test_waiters_poll_while_the_listener_cannot_be_reopened_and_aclose_end
                             got.append(await a.wait_for_signal("s", "go", timeout=10))
 
                         tg.start_soon(wait)
-                        await until(lambda: a._pushed is False)  # the waiter polls
+                        await until(lambda: a._signals.pushed is False)  # the waiter polls
                         await b.signal("s", "go", 1)
                     # No LISTEN connection could be opened: polling found the signal.
                     assert got == [1]

@@ -26,6 +26,7 @@ __all__ = [
     "describe_key",
     "fingerprint",
     "idempotency_journal_key",
+    "is_legacy_key",
     "legacy_journal_key",
     "signal_journal_key",
     "signal_outcome_key",
@@ -56,6 +57,11 @@ def signal_outcome_key(name: str, index: int) -> str:
 def legacy_journal_key(name: str) -> str:
     """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
     return f"l:{name}"
+
+
+def is_legacy_key(key: str) -> bool:
+    """Whether ``key`` was imported from a jeevesagent 0.9.7 journal."""
+    return key.startswith("l:")
 
 
 def timer_journal_key(name: str) -> str:

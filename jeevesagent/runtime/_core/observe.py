@@ -230,8 +230,8 @@ class SessionScope:
 
 def _loaded(runtime: BaseRuntime[Any], state: SessionState) -> tuple[int, int, int] | None:
     """(steps, streams, signal receipts) loaded from the journal; ``None`` when the runtime does
-    not load a journal up front (no journal, or a third-party store read per step)."""
-    if getattr(runtime, "_native", None) is None:
+    not load a journal up front (no journal, or a five-method store read per step)."""
+    if not getattr(state, "loaded", False):
         return None
     steps: dict[str, Any] = getattr(state, "steps", {})
     streams: dict[str, Any] = getattr(state, "streams", {})

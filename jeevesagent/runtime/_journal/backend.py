@@ -275,6 +275,11 @@ class JournalBackend(abc.ABC):
         self.check_open(session_id)
         return await self.read_session(session_id)
 
+    async def load_row(self, session_id: str, kind: int, key: str) -> Row | None:
+        """One journal row (for a store whose :meth:`load_session` is not complete)."""
+        self.check_open(session_id, key)
+        return await self.read_row(session_id, kind, key)
+
     async def append(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 
 from .._core.values import Codec
 from .backend import JournalBackend, PruneResult, SessionInfo, SessionJournal
-from .commit import Fenced
+from .local import LocalMailbox, LocalSessions
 from .rows import STEP, Record, Row
-from .rules import PruneCandidate, claimable, select_prunable
+from .rules import PruneCandidate, select_prunable
 
 __all__ = ["InMemoryJournalStore"]
 
@@ -28,8 +27,8 @@ class InMemoryJournalStore(JournalBackend):
         """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
         super().__init__(codec=codec, signing_key=signing_key)
         self._rows: dict[str, SessionJournal] = {}
-        self._mailbox: dict[tuple[str, str], deque[Row]] = {}
-        self._sessions: dict[str, SessionInfo] = {}
+        self._mailbox = LocalMailbox()
+        self._sessions = LocalSessions()
 
     def __repr__(self) -> str:
         n = sum(len(j.steps) + len(j.streams) for j in self._rows.values())
@@ -50,20 +49,10 @@ class InMemoryJournalStore(JournalBackend):
             return SessionJournal({}, {})
         return SessionJournal(dict(j.steps), dict(j.streams))
 
-    def _fence(self, owners: Mapping[str, str] | None) -> None:
-        if owners:
-            fenced = {
-                sid
-                for sid, owner in owners.items()
-                if (info := self._sessions.get(sid)) is None or info.owner != owner
-            }
-            if fenced:
-                raise Fenced(fenced)
-
     async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:
-        self._fence(owners)
+        self._sessions.fence(owners)
         conflicts: dict[tuple[str, int, str], Row] = {}
         for r in records:
             j = self._rows.get(r.session_id)
@@ -84,7 +73,7 @@ class InMemoryJournalStore(JournalBackend):
         return (j.steps if kind == STEP else j.streams).get(key)
 
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
-        self._mailbox.setdefault((session_id, name), deque()).append(Row(data, created_at))
+        self._mailbox.put(session_id, name, Row(data, created_at))
 
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
@@ -92,55 +81,34 @@ class InMemoryJournalStore(JournalBackend):
         journal = self._rows.get(session_id)
         if key is not None and journal is not None and key in journal.steps:
             return journal.steps[key]
-        queue = self._mailbox.get((session_id, name))
-        if not queue:
+        if self._mailbox.peek(session_id, name) is None:
             return None
         if key is not None:
-            self._fence({session_id: owner} if owner is not None else None)
-        signal = queue.popleft()
-        if not queue:
-            del self._mailbox[(session_id, name)]
+            self._sessions.fence({session_id: owner} if owner is not None else None)
+        signal = self._mailbox.pop(session_id, name)
+        assert signal is not None
         row = Row(signal.data, time.time())
         if key is not None:
             self._rows.setdefault(session_id, SessionJournal({}, {})).steps[key] = row
         return row
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        now = time.time()
-        info = self._sessions.get(session_id)
-        if info is None:
-            info = SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
-        elif claimable(info, owner, now):
-            info = info._replace(
-                status="running", owner=owner, lease_expires=now + lease, updated_at=now
-            )
-        self._sessions[session_id] = info
-        return info
+        return self._sessions.claim(session_id, owner, lease)
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
-        info = self._sessions.get(session_id)
-        if info is None or info.owner != owner:
-            return False
-        now = time.time()
-        self._sessions[session_id] = info._replace(lease_expires=now + lease, updated_at=now)
-        return True
+        return self._sessions.renew(session_id, owner, lease)
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
-        info = self._sessions.get(session_id)
-        if info is not None and info.owner == owner:
-            self._sessions[session_id] = info._replace(
-                status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
-            )
+        self._sessions.release(session_id, owner, status, steps)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        rows = [i for i in self._sessions.values() if status is None or i.status == status]
-        return sorted(rows, key=lambda i: i.created_at)
+        return self._sessions.list(status)
 
     async def pending_signals(self, session_id: str) -> int:
-        return sum(len(q) for (sid, _), q in self._mailbox.items() if sid == session_id)
+        return self._mailbox.pending(session_id)
 
     async def pending_names(self, session_id: str) -> list[str]:
-        return sorted(name for (sid, name) in self._mailbox if sid == session_id)
+        return self._mailbox.names(session_id)
 
     async def delete_sessions(
         self,
@@ -151,11 +119,12 @@ class InMemoryJournalStore(JournalBackend):
     ) -> PruneResult:
         # No await in here: nothing else runs on this store between the check and the deletes.
         now = time.time()
-        known = set(self._sessions) | set(self._rows) | {sid for sid, _ in self._mailbox}
+        queues = self._mailbox.queues
+        known = set(self._sessions.rows) | set(self._rows) | {sid for sid, _ in queues}
         ids = known if sessions is None else known.intersection(sessions)
         candidates = []
         for sid in ids:
-            info = self._sessions.get(sid)
+            info = self._sessions.rows.get(sid)
             if info is not None:
                 candidates.append(
                     PruneCandidate(
@@ -165,25 +134,18 @@ class InMemoryJournalStore(JournalBackend):
                 continue
             j = self._rows.get(sid, SessionJournal({}, {}))
             times = [r.created_at for r in (*j.steps.values(), *j.streams.values())]
-            times += [r.created_at for (s, _), q in self._mailbox.items() if s == sid for r in q]
+            times += [r.created_at for (s, _), q in queues.items() if s == sid for r in q]
             candidates.append(PruneCandidate(sid, None, None, None, max(times, default=0.0)))
         result = select_prunable(candidates, older_than, statuses, now)
         if not dry_run:
             for sid in result.pruned:
                 self._rows.pop(sid, None)
-                self._sessions.pop(sid, None)
-                for key in [k for k in self._mailbox if k[0] == sid]:
-                    del self._mailbox[key]
+                self._sessions.rows.pop(sid, None)
+                self._mailbox.drop(sid)
         return result
 
     def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
-        queue = self._mailbox.get((session_id, name))
-        if not queue:
-            return None
-        signal = queue.popleft()
-        if not queue:
-            del self._mailbox[(session_id, name)]
-        return signal
+        return self._mailbox.pop(session_id, name)
 
     async def close_resources(self) -> None:
         pass

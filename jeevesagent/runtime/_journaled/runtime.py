@@ -1,5 +1,11 @@
 """The journaled runtime: every step, stream step and received signal is recorded in a store and
 replayed from it when the session runs again.
+
+:class:`JournaledRuntime` is the public facade. It holds the steps and the admin commands, and
+composes the parts that do the work: a :class:`~.claims.ClaimHolder` (taking, renewing and
+releasing session claims), a :class:`~.recorder.Recorder` (reading and writing journal rows) and
+a :class:`~.signals.SignalInbox` (sending and receiving signals). Every store is reached through
+the :class:`JournalBackend` contract: a five-method ``JournalStore`` through its adapter.
 """
 
 from __future__ import annotations
@@ -16,27 +22,24 @@ from anyio.abc import TaskGroup
 from .._core import observe as _observe
 from .._core.base import BaseRuntime
 from .._core.keys import (
-    describe_key,
     fingerprint,
     idempotency_journal_key,
+    is_legacy_key,
     legacy_journal_key,
     step_journal_key,
     timer_journal_key,
 )
-from .._core.names import check_name
+from .._core.names import check_name, check_signal_target
 from .._core.streams import StreamStep, call_step_fn, open_producer
-from .._core.values import JournalCodec, decode_value, encode_value
 from .._errors import SessionBusyError, StoreError
+from .._journal.adapter import StoreAdapter
 from .._journal.backend import (
     SESSION_STATUSES,
     STEP,
     STREAM,
     JournalBackend,
-    JournalEntry,
     JournalStore,
     PruneResult,
-    Record,
-    Row,
     SessionInfo,
 )
 from .._journal.memory import InMemoryJournalStore
@@ -49,20 +52,23 @@ from .._policy import (
     run_with_policy,
 )
 from .claims import ClaimHolder, session_status
-from .signals import SignalsMixin
+from .recorder import Recorder
+from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
 
 
-class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
+class JournaledRuntime(BaseRuntime[JournaledState]):
     """Journals every step of a session in ``store`` and replays recorded steps on the next run.
 
     :param store: any :class:`JournalStore`; the default is a new :class:`InMemoryJournalStore`.
         A store passed in stays the caller's: ``aclose()`` closes only a store the runtime made.
+        A store with only the five published methods works through an adapter that keeps the
+        sessions table and the mailbox in this process (see ``_journal/adapter.py``).
     :param durability: ``"commit"`` (default): ``step`` returns only after its record is
         committed, so a crash never loses a step whose result the caller has seen.
-        ``"buffered"`` (opt-in, bundled stores only): ``step`` returns at once and records are
+        ``"buffered"`` (opt-in): ``step`` returns at once and records are
         committed in batches -- when ``flush_interval`` seconds have passed, when 256 are
         waiting, before a signal wait blocks, and when the session context exits. A crash loses
         at most the records not yet committed, and the journal always stays a consistent prefix
@@ -104,29 +110,29 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         self.lease = lease
         self.poll_interval = poll_interval
         self.owner_id = new_owner_id()
-        self._wakeups: dict[str, anyio.Event] = {}
-        self._pushed: bool | None = None  # does the store push signal notices? (None: not asked)
         if durability not in ("commit", "buffered"):
             raise ValueError(f"durability must be 'commit' or 'buffered', not {durability!r}")
         self.durability = durability
         self.flush_interval = flush_interval
         self._owns_store = store is None
         self.store: JournalStore = store if store is not None else InMemoryJournalStore()
-        self._native: JournalBackend | None = (
-            self.store if isinstance(self.store, JournalBackend) else None
+        backend = self.store if isinstance(self.store, JournalBackend) else None
+        self._backend: JournalBackend = backend or StoreAdapter(self.store)
+        self._claims = ClaimHolder(self._backend, self.owner_id, lease, poll_interval)
+        self._recorder = Recorder(
+            self._backend,
+            self.owner_id,
+            buffered=durability == "buffered",
+            flush_interval=flush_interval,
         )
-        self._codec: JournalCodec = self._native.codec if self._native else JournalCodec()
-        self._claims = (
-            None
-            if self._native is None
-            else ClaimHolder(self._native, self.owner_id, lease, poll_interval)
+        self._signals = SignalInbox(
+            self._backend,
+            self._recorder,
+            self._states,
+            self._check_open,
+            self.owner_id,
+            poll_interval,
         )
-        if durability == "buffered" and self._native is None:
-            raise ValueError(
-                "durability='buffered' needs a bundled store (InMemoryJournalStore, "
-                "SqliteJournalStore, PostgresJournalStore); a third-party store commits per call"
-            )
-        self._buffered = durability == "buffered"
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -140,34 +146,30 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         return state.session
 
     async def _load_state(self, state: JournaledState, wait: float | None) -> None:
-        native = self._native
-        if native is None:
-            return
-        native.check_open(state.id)
-        assert self._claims is not None
+        backend = self._backend
+        backend.check_open(state.id)
         state.claimed_at = await self._claims.take(state.id, wait)
         state.claimed = True
         try:
-            journal = await native.load_session(state.id)
+            journal = await backend.load_session(state.id)
             state.steps.update(journal.steps)
             state.streams.update(journal.streams)
-            state.legacy = any(k.startswith("l:") for k in journal.steps) or any(
-                k.startswith("l:") for k in journal.streams
+            state.loaded = journal.complete
+            state.legacy = any(map(is_legacy_key, journal.steps)) or any(
+                map(is_legacy_key, journal.streams)
             )
             if self.strict:
                 state.note_recorded((*journal.steps, *journal.streams))
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
-            for name in await native.pending_names(state.id):
-                while await self._fetch(state, name):
-                    pass
+            await self._signals.fetch_pending(state)
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await native.release(state.id, self.owner_id, "failed", 0)
+                await backend.release(state.id, self.owner_id, "failed", 0)
             raise
 
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
-        if self._claims is None or not state.claimed:
+        if not state.claimed:
             return
         status = session_status(exc)
         if status == "completed" and state.write_error is not None:
@@ -176,10 +178,10 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
     async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
-        if self._claims is None or not state.claimed or self._claims.native.closed:
+        if not state.claimed or self._backend.closed:
             return
         try:
-            await self._flush(state)
+            await self._recorder.flush(state)
         except StoreError as error:
             _observe.release_failed(state.id, error)
         state.claimed = False  # released here; the session's own exit has nothing to end
@@ -197,8 +199,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
     def _require_open(self, state: JournaledState, step: str) -> None:
         self._check_open(state.id, step)
-        if self._native is not None:
-            self._native.check_open(state.id, step)
+        self._backend.check_open(state.id, step)
         if state.claim_error is not None:
             raise SessionBusyError(
                 f"session {state.id!r}, step {step!r}: this runtime no longer holds the "
@@ -212,118 +213,15 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
     def _context_entered(self, state: JournaledState, tg: TaskGroup) -> None:
         # Services of the shared state: they outlive this context if others are still open.
-        if state.claimed and self._claims is not None:
+        if state.claimed:
             state.keep_running("heartbeat", partial(self._heartbeat, state, self._claims))
-        if self._buffered:
-            state.keep_running("flusher", partial(self._flush_periodically, state))
-
-    async def _flush_periodically(self, state: JournaledState) -> None:
-        # A failed flush raises here, in the session's task group: the session stops with the
-        # error at once (and every later write of the session is refused, see _flush).
-        while True:
-            await anyio.sleep(self.flush_interval)
-            if state.buffer:
-                with anyio.CancelScope(shield=True):
-                    await self._flush(state)
+        if self._recorder.buffered:
+            state.keep_running("flusher", partial(self._recorder.flush_periodically, state))
 
     async def _context_exiting(self, state: JournaledState) -> None:
-        await self._flush(state)
+        await self._recorder.flush(state)
         if state.write_error is not None:
             raise state.write_failed(None)
-
-    async def _flush(self, state: JournaledState) -> None:
-        """Commit the session's buffered records (in order, in one transaction)."""
-        records, state.buffer = state.buffer, []
-        if not records or self._native is None:
-            return
-        if state.write_error is not None:
-            # An earlier batch was lost: committing later records would leave a gap in the
-            # journal (a later step without an earlier one). Refuse them all.
-            raise state.write_failed(describe_key(records[0].key))
-        try:
-            owners = {state.id: self.owner_id} if state.claimed else None
-            conflicts = await self._native.append(records, owners)
-        except Exception as exc:
-            _observe.commit_failed(state.id, len(records), exc, self._buffered)
-            if not self._buffered:
-                state.buffer[:0] = records  # nobody saw them as committed: keep for the next try
-                raise
-            state.write_error = exc
-            if isinstance(exc, SessionBusyError):
-                raise  # the claim was lost: say so, not "a commit failed"
-            raise StoreError(
-                f"session {state.id!r}: {len(records)} buffered journal records could not be "
-                f"committed ({exc}). The journal keeps what was committed before them; open the "
-                "session again to resume from there.",
-                session_id=state.id,
-                step=describe_key(records[0].key),
-            ) from exc
-        state.adopt(conflicts)
-
-    # -- journal access --------------------------------------------------------------------------
-    def _decode(self, state: JournaledState, key: str, row: Row | JournalEntry) -> Any:
-        if isinstance(row, JournalEntry):
-            return row.value
-        return decode_value(self._codec, row.data, session_id=state.id, step=key)
-
-    async def _lookup_step(self, state: JournaledState, key: str) -> Row | JournalEntry | None:
-        row = state.steps.get(key)
-        if row is None and self._native is None:
-            row = await self.store.get_step(state.id, key)
-            if row is not None:
-                state.steps[key] = row
-        return row
-
-    async def _record(
-        self, state: JournaledState, kind: int, key: str, value: Any, data: bytes
-    ) -> Any:
-        """Commit one record and return the value every reader will see for ``key``.
-
-        The write is shielded: once ``fn`` has returned, its result is the step's outcome, and a
-        cancellation arriving during the commit must not leave us unsure whether it landed.
-        """
-        table: dict[str, Any] = state.steps if kind == STEP else state.streams
-        native = self._native
-        if native is None:
-            return await self._record_foreign(state, kind, key, value)
-        record = Record(state.id, kind, key, data, time.time())
-        if self._buffered:
-            table[key] = Row(data, record.created_at)  # buffered: visible to this run at once
-            state.buffer.append(record)
-            if len(state.buffer) >= 256:
-                await self._flush(state)
-            return value
-        # Commit mode: the record (and any receipt poll_signal buffered) commits now, shielded.
-        # Nobody sees it before the commit succeeded: a concurrent caller of the same key waits
-        # on `inflight`, and must never return a value the journal may not keep.
-        state.buffer.append(record)
-        try:
-            await self._flush(state)
-        except BaseException:
-            state.buffer = [r for r in state.buffer if r is not record]
-            raise
-        # A conflict adopted by the flush (another runtime recorded the key first) wins.
-        row = table.setdefault(key, Row(data, record.created_at))
-        if isinstance(row, Row) and row.data != data:
-            return decode_value(self._codec, row.data, session_id=state.id, step=key, kind=kind)
-        return value
-
-    async def _record_foreign(self, state: JournaledState, kind: int, key: str, value: Any) -> Any:
-        # A third-party store: write, then read back what the store kept (first writer wins
-        # there too), so this caller sees the same value as every other reader.
-        with anyio.CancelScope(shield=True):
-            if kind == STEP:
-                await self.store.put_step(state.id, key, value)
-                entry = await self.store.get_step(state.id, key)
-            else:
-                await self.store.put_stream(state.id, key, value)
-                chunks = await self.store.get_stream(state.id, key)
-        if kind == STEP:
-            kept = entry if entry is not None else JournalEntry(value, time.time())
-            state.steps[key] = kept
-            return kept.value
-        state.streams[key] = value if chunks is None else chunks
-        return state.streams[key]
 
     # -- steps -----------------------------------------------------------------------------------
     async def step(
@@ -366,7 +264,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
             if self.strict:
                 state.called(name, fp)
         while True:
-            row = await self._lookup_step(state, key)
+            row = await self._recorder.lookup_step(state, key)
             if row is None and state.legacy:
                 # A journal imported from jeevesagent 0.9.7 keyed steps by name alone.
                 legacy = legacy_journal_key(name)
@@ -374,7 +272,7 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                 if row is not None:
                     key = legacy
             if row is not None:
-                value = self._decode(state, key, row)
+                value = self._recorder.decode(state, key, row)
                 state.replayed += 1
                 if state.tracer is not None or _observe.log.isEnabledFor(_observe.DEBUG):
                     _observe.step_replayed(self, state, name, value)
@@ -401,15 +299,11 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
                     raise
                 # Failed for good: journal the failure so a replay raises it without running.
                 failure = JournaledFailure.of(exc)
-                data = b""
-                if self._native is not None:
-                    data = encode_value(self._codec, failure, session_id=state.id, step=key)
-                await self._record(state, STEP, key, failure, data)
+                data = self._recorder.encode(state, key, failure)
+                await self._recorder.record(state, STEP, key, failure, data)
                 raise
-            data = b""
-            if self._native is not None:
-                data = encode_value(self._codec, result, session_id=state.id, step=key)
-            return await self._record(state, STEP, key, result, data)
+            data = self._recorder.encode(state, key, result)
+            return await self._recorder.record(state, STEP, key, result, data)
         except BaseException as exc:
             run.fail(exc)
             raise
@@ -449,16 +343,58 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
             return
         self._require_open(state, name)
         key = timer_journal_key(name)
-        row = await self._lookup_step(state, key)
+        row = await self._recorder.lookup_step(state, key)
         if row is None:
             wake_at = time.time() + seconds
-            data = b""
-            if self._native is not None:
-                data = encode_value(self._codec, wake_at, session_id=state.id, step=key)
-            wake_at = await self._record(state, STEP, key, wake_at, data)
+            data = self._recorder.encode(state, key, wake_at)
+            wake_at = await self._recorder.record(state, STEP, key, wake_at, data)
         else:
-            wake_at = self._decode(state, key, row)
+            wake_at = self._recorder.decode(state, key, row)
         await anyio.sleep(max(0.0, wake_at - time.time()))
+
+    # -- signals ---------------------------------------------------------------------------------
+    async def signal(self, session_id: str, name: str, payload: Any) -> None:
+        """Send a signal to a session (FIFO per name; each signal is received once).
+
+        The payload is encoded now, so a payload that cannot be journaled fails here, at the
+        sender. The signal is committed to the session's mailbox before this returns -- whether
+        the session is open here, in another process or host, or not at all -- and it is
+        delivered when the session waits for it. (A five-method store has no mailbox: signals
+        then reach only sessions run by this runtime.)
+        """
+        check_signal_target(session_id, name)
+        await self._signals.send(session_id, name, payload)
+
+    async def wait_for_signal(
+        self, session_id: str, name: str, *, timeout: float | None = None
+    ) -> Any:
+        """Wait for the next signal ``name``; ``TimeoutError`` after ``timeout`` seconds.
+
+        In a session open in this runtime the receipt is journaled atomically with taking the
+        signal: a replay returns the same payload without waiting, and after a crash a signal
+        is either still waiting or journaled as received -- never lost, never received twice.
+        A wait that timed out is journaled too: its replay raises ``TimeoutError`` at once, even
+        if the signal has arrived since (it is left for the next wait).
+        """
+        check_signal_target(session_id, name)
+        return await self._signals.wait(session_id, name, timeout)
+
+    def poll_signal(self, session_id: str, name: str) -> Any:
+        """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
+
+        Synchronous, so it reads no store: in a session open in this runtime it returns the next
+        journaled receipt -- a replay, or a signal already moved into the journal (every signal
+        sent through this runtime is, at once; a signal sent from elsewhere is, once a
+        ``wait_for_signal`` of the session has fetched it). Finding nothing is journaled too
+        (it commits with the session's next record), so a replay of this call returns ``None``
+        again even if a signal has arrived since; that signal is left for the next receive.
+        Each such poll adds a journal row: to wait for a signal, prefer ``wait_for_signal``
+        with a ``timeout`` over polling in a loop. With a five-method store, whose journal is
+        read per key, a replayed receipt replays only through ``wait_for_signal``, and "nothing"
+        is not journaled.
+        """
+        check_signal_target(session_id, name)
+        return self._signals.poll(session_id, name)
 
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -494,45 +430,20 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
 
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self._require_open(state, name)
-            recorded = await self._lookup_stream(state, key)
+            recorded = await self._recorder.lookup_stream(state, key)
             if recorded is None and state.legacy and legacy_journal_key(name) in state.streams:
-                recorded = await self._lookup_stream(state, legacy_journal_key(name))
+                recorded = await self._recorder.lookup_stream(state, legacy_journal_key(name))
             if recorded is not None:
                 return recorded, None
             return None, await open_producer(fn, args, kwargs)
 
         async def complete(chunks: list[Any]) -> None:
-            data = b""
-            if self._native is not None:
-                data = encode_value(
-                    self._codec,
-                    chunks,
-                    session_id=state.id,
-                    step=key,
-                    what="stream chunks",
-                    kind=STREAM,
-                )
-            await self._record(state, STREAM, key, chunks, data)
+            data = self._recorder.encode(state, key, chunks, STREAM, "stream chunks")
+            await self._recorder.record(state, STREAM, key, chunks, data)
 
         return _observe.stream_step(
             self, state, name, start, complete, policy, reopen, (state.id, name)
         )
-
-    async def _lookup_stream(self, state: JournaledState, key: str) -> list[Any] | None:
-        row = state.streams.get(key)
-        if row is None:
-            if self._native is not None:
-                return None
-            chunks = await self.store.get_stream(state.id, key)
-            if chunks is None:
-                return None
-            state.streams[key] = row = chunks
-        if isinstance(row, Row):
-            decoded: list[Any] = decode_value(
-                self._codec, row.data, session_id=state.id, step=key, kind=STREAM
-            )
-            return decoded
-        return list(row)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled
@@ -540,10 +451,10 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         (stopped by the application: to be resumed), ``"imported"`` (sessions copied from a
         jeevesagent 0.9.7 journal, not run since), or ``"cancelled"`` (sessions that ended so
         before this release)."""
-        native = self._require_native("list_sessions")
+        self._check_open()
         if status is not None and status not in SESSION_STATUSES:
             raise ValueError(f"status must be one of {SESSION_STATUSES}, not {status!r}")
-        return await native.list_sessions(status)
+        return await self._backend.list_sessions(status)
 
     async def orphaned_sessions(self) -> list[SessionInfo]:
         """Sessions to resume: those left ``running`` by an owner that is gone (its lease
@@ -552,7 +463,8 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         the application's own shutdown. Resume them by running them again (see the README);
         another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
-        native = self._require_native("orphaned_sessions")
+        self._check_open()
+        native = self._backend
         # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
         # before the list: a lease renewed in between only lies further past `now`.
         now = await native.now()
@@ -580,16 +492,10 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         A session open anywhere -- in this runtime too -- is never deleted: it is reported in
         ``skipped``. A pruned session that runs again starts afresh: every step runs again.
         """
-        native = self._require_native("prune")
-        return await native.prune(
+        self._check_open()
+        return await self._backend.prune(
             older_than=older_than, sessions=sessions, status=status, dry_run=dry_run
         )
-
-    def _require_native(self, what: str) -> JournalBackend:
-        self._check_open()
-        if self._native is None:
-            raise TypeError(f"{what}() needs a bundled store (it reads the sessions table)")
-        return self._native
 
     # -- closing ---------------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -603,8 +509,6 @@ class JournaledRuntime(SignalsMixin, BaseRuntime[JournaledState]):
         with anyio.CancelScope(shield=True):
             for state in list(self._states.values()):
                 await self._interrupt(state)
-        for event in self._wakeups.values():
-            event.set()  # waiters wake, see the runtime closed, and raise StoreClosedError
-        self._wakeups.clear()
-        if self._owns_store:
-            await self.store.aclose()
+        self._signals.wake_all()  # waiters wake, see the runtime closed, and raise
+        if self._owns_store or self._backend is not self.store:
+            await self._backend.aclose()  # the adapter of a five-method store, or our own store

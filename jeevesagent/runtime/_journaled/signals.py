@@ -1,7 +1,7 @@
-"""The signal side of :class:`~jeevesagent.runtime.JournaledRuntime`: sending into a session's
+"""The signal inbox of :class:`~jeevesagent.runtime.JournaledRuntime`: sending into a session's
 durable mailbox, receiving with the receipt journaled in the same transaction, and replaying
-receipts. A mixin, so the runtime class stays readable; it uses the runtime's journal access
-(``_record``, ``_decode``, ``_flush``, ``_lookup_step``) declared below for the type checker.
+receipts. The runtime composes one :class:`SignalInbox`, which journals through the runtime's
+:class:`~.recorder.Recorder`.
 
 A signed signal carries a random nonce bound into its signature: each send is unique, so a copy
 of a signed row -- someone with write access duplicating an approval in the mailbox or the
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import os
 import time
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 
 from .._core import observe as _observe
-from .._core.base import Mailbox
 from .._core.keys import (
     signal_journal_key,
     signal_outcome_key,
 )
-from .._core.names import check_signal_target
 from .._core.values import (
     _HEADER,
     MAGIC,
@@ -37,10 +35,11 @@ from .._core.values import (
     split_nonce,
 )
 from .._errors import SessionBusyError
-from .._journal.backend import STEP, Fenced, JournalBackend, JournalEntry, Record, Row
+from .._journal.backend import STEP, Fenced, JournalBackend
+from .recorder import Recorder
 from .state import JournaledState
 
-__all__ = ["SignalsMixin", "open_signal", "seal_signal"]
+__all__ = ["SignalInbox", "open_signal", "seal_signal"]
 
 
 def seal_signal(codec: JournalCodec, session_id: str, name: str, payload: Any) -> bytes:
@@ -69,57 +68,54 @@ def open_signal(
     return value, tag
 
 
-class SignalsMixin:
-    # Provided by JournaledRuntime (and BaseRuntime).
-    _states: dict[str, JournaledState]
-    _native: JournalBackend | None
-    _codec: JournalCodec
-    _mailbox: Mailbox
-    _wakeups: dict[str, anyio.Event]
-    _pushed: bool | None
-    poll_interval: float
-    owner_id: str
+class SignalInbox:
+    """Sends, receives and replays the signals of one runtime's sessions.
 
-    if TYPE_CHECKING:
+    :param states: the runtime's open sessions by id (read, never changed here)
+    :param check_open: raises ``StoreClosedError`` once the runtime is closed
+    """
 
-        def _check_open(self, session_id: str | None = None, step: str | None = None) -> None: ...
+    def __init__(
+        self,
+        backend: JournalBackend,
+        recorder: Recorder,
+        states: Mapping[str, JournaledState],
+        check_open: Callable[[str | None, str | None], None],
+        owner_id: str,
+        poll_interval: float,
+    ) -> None:
+        self.backend = backend
+        self.recorder = recorder
+        self.codec: JournalCodec = backend.codec
+        self.states = states
+        self.check_open = check_open
+        self.owner_id = owner_id
+        self.poll_interval = poll_interval
+        self.wakeups: dict[str, anyio.Event] = {}
+        self.pushed: bool | None = None  # does the store push signal notices? (None: not asked)
 
-        async def _flush(self, state: JournaledState) -> None: ...
+    def _check_open(self, session_id: str, name: str) -> None:
+        self.check_open(session_id, name)
+        self.backend.check_open(session_id, name)
 
-        async def _record(
-            self, state: JournaledState, kind: int, key: str, value: Any, data: bytes
-        ) -> Any: ...
-
-        def _decode(self, state: JournaledState, key: str, row: Row | JournalEntry) -> Any: ...
-
-        async def _lookup_step(
-            self, state: JournaledState, key: str
-        ) -> Row | JournalEntry | None: ...
-
-    async def signal(self, session_id: str, name: str, payload: Any) -> None:
-        """Send a signal to a session (FIFO per name; each signal is received once).
-
-        The payload is encoded now, so a payload that cannot be journaled fails here, at the
-        sender. With a bundled store the signal is committed to the session's mailbox before this
-        returns -- whether the session is open here, in another process or host, or not at all --
-        and it is delivered when the session waits for it.
-        """
-        check_signal_target(session_id, name)
+    async def send(self, session_id: str, name: str, payload: Any) -> None:
+        """See :meth:`JournaledRuntime.signal`."""
         self._check_open(session_id, name)
-        data = seal_signal(self._codec, session_id, name, payload)
-        native = self._native
-        if native is None:
-            self._mailbox.put(session_id, name, data)
-            _observe.signal_sent(session_id, name)
-            return
-        native.check_open(session_id, name)
-        await native.send_signal(session_id, name, data, time.time())
+        data = seal_signal(self.codec, session_id, name, payload)
+        await self.backend.send_signal(session_id, name, data, time.time())
         _observe.signal_sent(session_id, name)
-        state = self._states.get(session_id)
+        state = self.states.get(session_id)
         if state is not None and state.claimed:
             # The session runs here: move it into its journal now, so poll_signal sees it too.
-            await self._fetch(state, name)
+            await self.fetch(state, name)
         self._wake(session_id)
+
+    async def fetch_pending(self, state: JournaledState) -> None:
+        """Move every signal waiting in the session's mailbox into its journal, in order (when
+        the session opens: signals sent while it was not running)."""
+        for name in await self.backend.pending_names(state.id):
+            while await self.fetch(state, name):
+                pass
 
     # -- receive outcomes ---------------------------------------------------------------------
     # Every receive of a signal in a session open here is journaled, in order, at index n of its
@@ -137,15 +133,12 @@ class SignalsMixin:
             if row is None:
                 break
             state.signals_received[name] = index + 1
-            if isinstance(row, JournalEntry):  # a third-party store: decoded already
-                value = row.value
-            else:
-                value, tag = open_signal(self._codec, row.data, state.id, name, key)
-                if tag is not None:
-                    if tag in state.signal_tags:
-                        _observe.signal_duplicate(state.id, name)
-                        continue  # a copy of a signed signal received before: never twice
-                    state.signal_tags.add(tag)
+            value, tag = open_signal(self.codec, row.data, state.id, name, key)
+            if tag is not None:
+                if tag in state.signal_tags:
+                    _observe.signal_duplicate(state.id, name)
+                    continue  # a copy of a signed signal received before: never twice
+                state.signal_tags.add(tag)
             _observe.signal_received(state.id, name)
             return "payload", value
         key = signal_outcome_key(name, index)
@@ -153,7 +146,7 @@ class SignalsMixin:
         if row is None:
             return None
         state.signals_received[name] = index + 1
-        return str(self._decode(state, key, row)), None
+        return str(self.recorder.decode(state, key, row)), None
 
     async def _replayed_wait(self, state: JournaledState, name: str) -> tuple[bool, Any]:
         """The next journaled receive for a wait: its payload, or ``TimeoutError`` if that
@@ -173,56 +166,36 @@ class SignalsMixin:
                 )
 
     async def _read_outcome(self, state: JournaledState, name: str) -> None:
-        """A third-party store: read the next receive of ``name`` into ``state`` (bundled
-        stores hold the whole journal already; this costs them nothing)."""
-        if self._native is not None:
-            return
+        """Have the next receive of ``name`` in ``state`` if the journal holds one (a loaded
+        journal holds it already: this costs nothing then)."""
         index = state.signals_received.get(name, 0)
-        if await self._lookup_step(state, signal_journal_key(name, index)) is None:
-            await self._lookup_step(state, signal_outcome_key(name, index))
+        if await self.recorder.lookup_step(state, signal_journal_key(name, index)) is None:
+            await self.recorder.lookup_step(state, signal_outcome_key(name, index))
 
-    def _outcome(self, state: JournaledState, name: str, what: str) -> tuple[str, bytes]:
-        """Take the next receive index of ``name`` for outcome ``what``: its key and row."""
+    def _outcome_key(self, state: JournaledState, name: str) -> str:
+        """Take the next receive index of ``name`` for an outcome: its key."""
         index = state.signals_received.get(name, 0)
-        key = signal_outcome_key(name, index)
-        data = b""
-        if self._native is not None:
-            data = encode_value(self._codec, what, session_id=state.id, step=key)
-            state.receipt_next[name] = index + 1
+        state.receipt_next[name] = index + 1
         state.signals_received[name] = index + 1
-        return key, data
+        return signal_outcome_key(name, index)
 
-    async def _record_outcome(self, state: JournaledState, name: str, what: str) -> None:
-        key, data = self._outcome(state, name, what)
-        await self._record(state, STEP, key, what, data)
-
-    def _buffer_outcome(self, state: JournaledState, name: str, what: str) -> None:
-        """Journal an outcome without awaiting (poll_signal is synchronous): it commits with
-        the session's next record, or when the session exits."""
-        assert self._native is not None  # a third-party store cannot be read here: see poll
-        key, data = self._outcome(state, name, what)
-        record = Record(state.id, STEP, key, data, time.time())
-        state.steps[key] = Row(data, record.created_at)
-        state.buffer.append(record)
-
-    async def _fetch(self, state: JournaledState, name: str) -> bool:
+    async def fetch(self, state: JournaledState, name: str) -> bool:
         """Move the oldest mailbox signal ``name`` into the session's journal (one transaction:
         taken from the mailbox and journaled as received, or neither). ``False`` if none."""
-        native = self._native
-        assert native is not None
         index = state.receipt_next.get(name)
         if index is None:
             index = state.signals_received.get(name, 0)
+            lookup = self.recorder.lookup_step
             while (
-                signal_journal_key(name, index) in state.steps
-                or signal_outcome_key(name, index) in state.steps
+                await lookup(state, signal_journal_key(name, index)) is not None
+                or await lookup(state, signal_outcome_key(name, index)) is not None
             ):
                 index += 1
         key = signal_journal_key(name, index)
         if state.buffer:
-            await self._flush(state)  # earlier records first: the journal stays a prefix
+            await self.recorder.flush(state)  # earlier records first: the journal stays a prefix
         try:
-            row = await native.take_signal(state.id, name, key, self.owner_id)
+            row = await self.backend.take_signal(state.id, name, key, self.owner_id)
         except Fenced:
             _observe.signal_fenced(state.id, name)
             raise SessionBusyError(
@@ -238,48 +211,40 @@ class SignalsMixin:
         return True
 
     def _wake(self, session_id: str) -> None:
-        event = self._wakeups.pop(session_id, None)
+        event = self.wakeups.pop(session_id, None)
         if event is not None:
             event.set()
 
-    async def _idle(self, native: JournalBackend, event: anyio.Event, limit: float | None) -> None:
+    def wake_all(self) -> None:
+        """The runtime closes: every waiter wakes, sees it closed, and raises."""
+        for event in self.wakeups.values():
+            event.set()
+        self.wakeups.clear()
+
+    async def _idle(self, event: anyio.Event, limit: float | None) -> None:
         """Wait for a signal notice (this runtime's own, or the store's push), or the poll,
         for at most ``limit`` seconds. Asked before every wait: pushes stop while a lost
         listener is being reopened."""
-        self._pushed = await native.watch(self._wake)
-        wait = max(1.0, self.poll_interval) if self._pushed else self.poll_interval
+        self.pushed = await self.backend.watch(self._wake)
+        wait = max(1.0, self.poll_interval) if self.pushed else self.poll_interval
         with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()
 
-    async def wait_for_signal(
-        self, session_id: str, name: str, *, timeout: float | None = None
-    ) -> Any:
-        """Wait for the next signal ``name``; ``TimeoutError`` after ``timeout`` seconds.
-
-        In a session open in this runtime the receipt is journaled atomically with taking the
-        signal: a replay returns the same payload without waiting, and after a crash a signal
-        is either still waiting or journaled as received -- never lost, never received twice.
-        A wait that timed out is journaled too: its replay raises ``TimeoutError`` at once, even
-        if the signal has arrived since (it is left for the next wait).
-        """
-        check_signal_target(session_id, name)
+    async def wait(self, session_id: str, name: str, timeout: float | None) -> Any:
+        """See :meth:`JournaledRuntime.wait_for_signal`."""
         self._check_open(session_id, name)
-        state = self._states.get(session_id)
-        native = self._native
-        if native is None:
-            return await self._wait_in_process(state, session_id, name, timeout)
-        native.check_open(session_id, name)
+        state = self.states.get(session_id)
         deadline = None if timeout is None else anyio.current_time() + timeout
         while True:
-            event = self._wakeups.setdefault(session_id, anyio.Event())
+            event = self.wakeups.setdefault(session_id, anyio.Event())
             if state is not None and state.claimed:
                 replayed, value = await self._replayed_wait(state, name)
                 if replayed:
                     return value
-                if await self._fetch(state, name):
+                if await self.fetch(state, name):
                     continue
             else:
-                row = await native.take_signal(session_id, name, None, None)
+                row = await self.backend.take_signal(session_id, name, None, None)
                 if row is not None:
                     return self._decode_signal(session_id, name, row.data)
             # The timeout ends only a wait, never a store call: whether a signal was taken is
@@ -287,83 +252,35 @@ class SignalsMixin:
             left = None if deadline is None else deadline - anyio.current_time()
             if left is not None and left <= 0:
                 if state is not None and state.claimed:
-                    await self._record_outcome(state, name, "timeout")
+                    key = self._outcome_key(state, name)
+                    data = self.recorder.encode(state, key, "timeout")
+                    await self.recorder.record(state, STEP, key, "timeout", data)
                 raise TimeoutError(
                     f"session {session_id!r}: no signal {name!r} arrived within {timeout} s"
                 )
-            await self._idle(native, event, left)
+            await self._idle(event, left)
             self._check_open(session_id, name)
-            native.check_open(session_id, name)
-
-    async def _wait_in_process(
-        self, state: JournaledState | None, session_id: str, name: str, timeout: float | None
-    ) -> Any:
-        # A third-party store has no mailbox: signals queue in this process.
-        if state is None:
-            data = await self._mailbox.get(session_id, name, timeout)
-            return self._decode_signal(session_id, name, data)
-        replayed, value = await self._replayed_wait(state, name)
-        if replayed:
-            return value
-        try:
-            data = await self._mailbox.get(session_id, name, timeout)
-        except TimeoutError:
-            await self._record_outcome(state, name, "timeout")
-            raise
-        key, value = self._receipt(state, name, data)
-        await self._record(state, STEP, key, value, data)
-        return value
 
     def _decode_signal(self, session_id: str, name: str, data: bytes) -> Any:
         _observe.signal_received(session_id, name)  # a receipt outside a session open here
-        return open_signal(self._codec, data, session_id, name, f"signal {name!r}")[0]
+        return open_signal(self.codec, data, session_id, name, f"signal {name!r}")[0]
 
-    def _receipt(self, state: JournaledState, name: str, data: bytes) -> tuple[str, Any]:
-        _observe.signal_received(state.id, name)
-        index = state.signals_received.get(name, 0)
-        state.signals_received[name] = index + 1
-        key = signal_journal_key(name, index)
-        return key, open_signal(self._codec, data, state.id, name, key)[0]
-
-    def poll_signal(self, session_id: str, name: str) -> Any:
-        """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
-
-        Synchronous, so it reads no store: in a session open in this runtime it returns the next
-        journaled receipt -- a replay, or a signal already moved into the journal (every signal
-        sent through this runtime is, at once; a signal sent from elsewhere is, once a
-        ``wait_for_signal`` of the session has fetched it). Finding nothing is journaled too
-        (it commits with the session's next record), so a replay of this call returns ``None``
-        again even if a signal has arrived since; that signal is left for the next receive.
-        Each such poll adds a journal row: to wait for a signal, prefer ``wait_for_signal``
-        with a ``timeout`` over polling in a loop. With a third-party store, signals queue in
-        this process, receipts replay through ``wait_for_signal``, and "nothing" is not
-        journaled.
-        """
-        check_signal_target(session_id, name)
+    def poll(self, session_id: str, name: str) -> Any:
+        """See :meth:`JournaledRuntime.poll_signal`."""
         self._check_open(session_id, name)
-        state = self._states.get(session_id)
+        state = self.states.get(session_id)
         if state is not None:
             outcome = self._next_outcome(state, name)
             if outcome is not None:
                 return outcome[1]  # a payload, or None: what this poll returned the first time
-        if self._native is not None:
-            if state is not None and state.claimed:
-                self._buffer_outcome(state, name, "nothing")
+            if state.claimed:
+                if state.loaded:
+                    self.recorder.buffer(state, self._outcome_key(state, name), "nothing")
+                # Not loaded (a five-method store): this synchronous call cannot read the store
+                # to learn whether this receive was journaled already, so "nothing" is not
+                # journaled (the known limitation of such stores).
                 return None
-            row = self._native.take_signal_nowait(session_id, name)  # in-memory store only
-            if row is None:
-                return None
-            return self._decode_signal(session_id, name, row.data)
-        got, data = self._mailbox.get_nowait(session_id, name)
-        if not got:
-            # Not journaled with a third-party store: this synchronous call cannot read the
-            # store to learn whether this receive was journaled already (the known limitation).
+        row = self.backend.take_signal_nowait(session_id, name)  # a local store only
+        if row is None:
             return None
-        if state is None:
-            return self._decode_signal(session_id, name, data)
-        key, value = self._receipt(state, name, data)
-        # A third-party store: commit in the session's task group (this method is synchronous).
-        state.steps[key] = JournalEntry(value, time.time())
-        if state.task_groups:
-            state.spawn(partial(self._record, state, STEP, key, value, data))
-        return value
+        return self._decode_signal(session_id, name, row.data)

@@ -14,7 +14,6 @@ import anyio
 from .._core.base import BaseRuntime, BaseSession, SessionState
 from .._core.keys import FINGERPRINT_CHARS
 from .._errors import JournalMismatchError, StoreError
-from .._journal.backend import JournalEntry
 from .._journal.rows import STEP, Record, Row
 
 __all__ = ["JournaledSession", "JournaledState"]
@@ -32,22 +31,22 @@ class JournaledSession(BaseSession):
             receipts = sum(1 for key in state.steps if key[:2] in ("g:", "o:"))
             steps = len(state.steps) - receipts
             pending = receipts - sum(state.signals_received.values())
-        pending += self._runtime._mailbox.pending(self.id) if self._runtime else 0
         return f"<JournaledSession id={self.id!r} steps={steps} pending_signals={pending}>"
 
 
 class JournaledState(SessionState):
     """One open session's journal, held in memory while it is open.
 
-    ``steps``/``streams`` map journal keys to encoded rows (bundled stores, loaded in one round
-    trip when the session opens, so replay never reads the database) or to decoded values (a
-    third-party store, read per step).
+    ``steps``/``streams`` map journal keys to encoded rows, loaded in one round trip when the
+    session opens, so replay never reads the database. ``loaded`` is ``False`` when the store
+    cannot load a whole session (a five-method store): rows are then read per key as needed.
     """
 
     def __init__(self, session_id: str, runtime: BaseRuntime[Any]) -> None:
         super().__init__(session_id)
-        self.steps: dict[str, Row | JournalEntry] = {}
-        self.streams: dict[str, Row | list[Any]] = {}
+        self.steps: dict[str, Row] = {}
+        self.streams: dict[str, Row] = {}
+        self.loaded = False  # the whole journal is in steps/streams (see above)
         self.inflight: dict[str, anyio.Event] = {}
         self.signals_received: dict[str, int] = {}
         self.signal_tags: set[bytes] = set()  # signatures of the signed signals received

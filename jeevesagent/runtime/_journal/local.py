@@ -1,0 +1,102 @@
+"""A sessions table and a mailbox held in this process's memory: the in-memory store keeps all
+its state in them, and the five-method store adapter keeps what its wrapped store cannot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from .backend import SessionInfo
+from .commit import Fenced
+from .rows import Row
+from .rules import claimable
+
+__all__ = ["LocalMailbox", "LocalSessions"]
+
+
+class LocalSessions:
+    """Sessions rows (claims, leases, how each session ended), by session id."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, SessionInfo] = {}
+
+    def fence(self, owners: Mapping[str, str] | None) -> None:
+        """Raise :class:`Fenced` for the sessions whose claim ``owners`` does not hold."""
+        if owners:
+            fenced = {
+                sid
+                for sid, owner in owners.items()
+                if (info := self.rows.get(sid)) is None or info.owner != owner
+            }
+            if fenced:
+                raise Fenced(fenced)
+
+    def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        now = time.time()
+        info = self.rows.get(session_id)
+        if info is None:
+            info = SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
+        elif claimable(info, owner, now):
+            info = info._replace(
+                status="running", owner=owner, lease_expires=now + lease, updated_at=now
+            )
+        self.rows[session_id] = info
+        return info
+
+    def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        info = self.rows.get(session_id)
+        if info is None or info.owner != owner:
+            return False
+        now = time.time()
+        self.rows[session_id] = info._replace(lease_expires=now + lease, updated_at=now)
+        return True
+
+    def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        info = self.rows.get(session_id)
+        if info is not None and info.owner == owner:
+            self.rows[session_id] = info._replace(
+                status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
+            )
+
+    def list(self, status: str | None = None) -> list[SessionInfo]:
+        rows = [i for i in self.rows.values() if status is None or i.status == status]
+        return sorted(rows, key=lambda i: i.created_at)
+
+
+class LocalMailbox:
+    """Signals waiting, FIFO per ``(session id, signal name)``, as encoded rows."""
+
+    def __init__(self) -> None:
+        self.queues: dict[tuple[str, str], deque[Row]] = {}
+
+    def put(self, session_id: str, name: str, row: Row) -> None:
+        self.queues.setdefault((session_id, name), deque()).append(row)
+
+    def put_back(self, session_id: str, name: str, row: Row) -> None:
+        """Return a signal taken with :meth:`pop` to the head of its queue."""
+        self.queues.setdefault((session_id, name), deque()).appendleft(row)
+
+    def peek(self, session_id: str, name: str) -> Row | None:
+        queue = self.queues.get((session_id, name))
+        return queue[0] if queue else None
+
+    def pop(self, session_id: str, name: str) -> Row | None:
+        queue = self.queues.get((session_id, name))
+        if not queue:
+            return None
+        signal = queue.popleft()
+        if not queue:
+            del self.queues[(session_id, name)]
+        return signal
+
+    def pending(self, session_id: str) -> int:
+        return sum(len(q) for (sid, _), q in self.queues.items() if sid == session_id)
+
+    def names(self, session_id: str) -> list[str]:
+        return sorted(name for (sid, name) in self.queues if sid == session_id)
+
+    def drop(self, session_id: str) -> None:
+        for key in [k for k in self.queues if k[0] == session_id]:
+            del self.queues[key]
