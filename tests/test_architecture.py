@@ -1,8 +1,10 @@
 """The house rules of the package, checked on its source with ``ast`` (nothing is imported).
 
-- no import cycles among the package's modules;
+- no import cycles among the package's modules, and each subpackage imports only the layers
+  below it (docs/architecture.md);
 - no module over 600 lines;
-- no private name of a module used from another subpackage;
+- no private name of a module used from another subpackage (``from m import _x``, ``m._x``);
+  and, found by a heuristic, no private attribute of another subpackage's classes (``store._run``);
 - every module has a docstring that says what it owns;
 - the names pickled into existing journals keep their import paths;
 - the tests call no private method of a store (they use the public contract).
@@ -13,6 +15,9 @@ A subpackage is the package a module sits in: ``_core``, ``_journal``, ``_backen
 ``_journaled``, ``_cli``, and ``jeevesagent.runtime`` itself for the top-level modules
 (``_errors``, ``_policy`` and the public modules). The published names and import paths are
 checked by test_public_api.py.
+
+A rule that main breaks today is a strict ``xfail`` listing the violations: when they are fixed it
+XPASSes, which fails, so drop the mark then.
 """
 
 from __future__ import annotations
@@ -183,6 +188,61 @@ def test_the_import_graph_sees_the_layers() -> None:
 def test_no_import_cycles() -> None:
     cycles = [" -> ".join(map(short, cycle)) for cycle in import_cycles()]
     assert cycles == [], "import cycles:\n" + "\n".join(cycles)
+
+
+# Who may import whom, by subpackage (a module may always import its own subpackage). The public
+# modules (``jeevesagent.runtime.*`` without an underscore) re-export and may import anything.
+LAYERS: dict[str, set[str]] = {
+    "_errors": set(),
+    "_policy": {"_errors"},
+    "_core": {"_errors", "_policy"},  # knows no store
+    "_journal": {"_core", "_errors"},  # the store contract: knows no runtime and no driver
+    "_journaled": {"_journal", "_core", "_errors", "_policy"},  # no driver, no bundled store
+    "_backends": {"_journal", "_core", "_errors"},
+    "_cli": {"_backends", "_journaled", "_journal", "_core", "_errors", "_policy"},
+}
+# Single modules with one more layer, and why.
+LAYER_EXTRAS: dict[str, set[str]] = {
+    "_backends.runtimes": {"_journaled"},  # SqliteRuntime, PostgresRuntime are JournaledRuntimes
+}
+
+
+def layer(name: str) -> str | None:
+    """``_core`` for ``jeevesagent.runtime._core.keys``, ``_policy`` for ``..._policy``; None for
+    the public modules and anything outside ``jeevesagent.runtime``."""
+    rest = name.removeprefix("jeevesagent.runtime.")
+    if rest == name:
+        return None
+    top = rest.partition(".")[0]
+    return top if top in LAYERS else None
+
+
+def layer_violations() -> list[str]:
+    found = []
+    for module in MODULES.values():
+        own = layer(module.name)
+        if own is None:
+            continue
+        allowed = LAYERS[own] | LAYER_EXTRAS.get(short(module.name), set()) | {own}
+        for target in sorted(module.imports):
+            if layer(target) not in allowed:
+                found.append(f"{short(module.name)} imports {short(target)}")
+    return found
+
+
+def test_subpackages_import_only_the_layers_below_them() -> None:
+    violations = layer_violations()
+    assert violations == [], "imports across layers:\n" + "\n".join(violations)
+
+
+def test_the_layer_map_names_every_private_top_level_module() -> None:
+    tops = {
+        top
+        for m in MODULES.values()
+        if m.name.startswith("jeevesagent.runtime.")
+        and is_private(top := short(m.name).partition(".")[0])
+    }
+    assert tops == set(LAYERS), "add the new subpackage or module to LAYERS"
 
 
 # -- (b) module size -------------------------------------------------------------------------------
