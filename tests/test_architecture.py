@@ -355,8 +355,6 @@ def cross_subpackage_private_uses() -> list[str]:
     )
 
 
-CURRENT_PRIVATE = ["_journaled/signals.py:28 imports _core.values._HEADER"]
-
 
 def test_the_private_name_checker_sees_imports_and_attributes() -> None:
     tree = ast.parse(
@@ -383,10 +381,6 @@ def test_the_private_name_checker_sees_imports_and_attributes() -> None:
     assert crossing == every[:3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="private names used across subpackages on main: " + "; ".join(CURRENT_PRIVATE),
-)
 def test_no_private_name_used_across_subpackages() -> None:
     violations = cross_subpackage_private_uses()
     assert violations == [], "private names used across subpackages:\n" + "\n".join(violations)

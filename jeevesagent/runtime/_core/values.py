@@ -43,6 +43,7 @@ __all__ = [
     "encode_value",
     "peek",
     "row_context",
+    "row_signature",
     "signal_context",
 ]
 
@@ -294,6 +295,11 @@ class JournalCodec:
         if self._key is None and data[:1] == b"\x80":
             return self.codec.decode(data)  # the hot path: an unsigned pickle
         return self.codec.decode(self.verified_payload(data, session_id, context))
+
+
+def row_signature(data: bytes) -> bytes | None:
+    """The signature of a signed row (which identifies it), or ``None`` for an unsigned one."""
+    return data[len(MAGIC) : _HEADER] if data[: len(MAGIC)] == MAGIC else None
 
 
 class _Refused(ValueError):

@@ -24,13 +24,12 @@ from .._core.keys import (
     signal_outcome_key,
 )
 from .._core.values import (
-    _HEADER,
-    MAGIC,
     NONCE_BYTES,
     NONCE_MARK,
     JournalCodec,
     decode_value,
     encode_value,
+    row_signature,
     signal_context,
     split_nonce,
 )
@@ -64,7 +63,7 @@ def open_signal(
     identifies this one send."""
     data, context = split_nonce(data, signal_context(name))
     value = decode_value(codec, data, session_id=session_id, step=step, context=context)
-    tag = data[len(MAGIC) : _HEADER] if data[: len(MAGIC)] == MAGIC else None
+    tag = row_signature(data)
     return value, tag
 
 
