@@ -28,7 +28,7 @@ import anyio
 
 from .._core.keys import describe_key
 from .._core.values import Codec
-from .._errors import JournalCorruptError, StoreError
+from .._errors import ErrorMatch, JournalCorruptError, driver_error
 from .._journal.backend import (
     STEP,
     STREAM,
@@ -396,6 +396,21 @@ def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row 
     return None if row is None else Row(row[0], row[1])
 
 
+# The SQLite store's mapping for driver_error: what to do about each kind of failure.
+_SQLITE_HINTS: tuple[tuple[ErrorMatch, str], ...] = (
+    (
+        lambda exc: "locked" in str(exc) or "busy" in str(exc),
+        "another connection held the write lock longer than the busy timeout; "
+        "retry, or raise busy_timeout",
+    ),
+    (
+        (sqlite3.OperationalError, sqlite3.IntegrityError),
+        "check that the path is writable and the disk is not full",
+    ),
+    (sqlite3.DatabaseError, "the file may not be a jeevesagent journal, or is damaged"),
+)
+
+
 class SqliteJournalStore(JournalBackend):
     """A journal in one SQLite file (WAL, ``synchronous=FULL``): the embedded default.
 
@@ -454,21 +469,13 @@ class SqliteJournalStore(JournalBackend):
             yield
         except sqlite3.DatabaseError as exc:
             where = f"session {session_id!r}, step {step!r}: " if session_id else ""
-            msg = str(exc)
-            if "locked" in msg or "busy" in msg:
-                hint = (
-                    "another connection held the write lock longer than the busy timeout; "
-                    "retry, or raise busy_timeout"
-                )
-            elif isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
-                hint = "check that the path is writable and the disk is not full"
-            else:
-                hint = "the file may not be a jeevesagent journal, or is damaged"
-            raise StoreError(
-                f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {msg} "
-                f"({hint}). Nothing was recorded by this call.",
-                session_id=session_id,
-                step=step,
+            failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
+
+            def message(hint: str) -> str:
+                return f"{failed} ({hint}). Nothing was recorded by this call."
+
+            raise driver_error(
+                exc, _SQLITE_HINTS, message, session_id=session_id, step=step
             ) from exc
 
     async def read_session(self, session_id: str) -> SessionJournal:
