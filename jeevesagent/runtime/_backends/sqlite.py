@@ -32,7 +32,6 @@ from .._errors import ErrorMatch, JournalCorruptError, driver_error
 from .._journal.backend import (
     STEP,
     STREAM,
-    Fenced,
     JournalBackend,
     PruneResult,
     Record,
@@ -40,7 +39,7 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from .._journal.rules import PruneCandidate, claimable, select_prunable
+from .._journal.rules import PruneCandidate, check_fence, claimed, select_prunable
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -199,14 +198,12 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
 
 def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
     """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours."""
-    if owners:
-        fenced = set()
-        for sid, owner in owners.items():
-            row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (sid,))
-            if row is None or row[0] != owner:
-                fenced.add(sid)
-        if fenced:
-            raise Fenced(fenced)
+
+    def owner_of(session_id: str) -> str | None:
+        row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
+        return None if row is None else row[0]
+
+    check_fence(owners, owner_of)
 
 
 @contextlib.contextmanager
@@ -286,21 +283,19 @@ def _session(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
 
 def _claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
     with _write(conn):
-        now = time.time()
         info = _session(conn, session_id)
+        result = claimed(info, session_id, owner, lease, time.time())
         if info is None:
             conn.execute(
-                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (session_id, "running", owner, now + lease, now, now),
+                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                result,
             )
-        elif claimable(info, owner, now):
+        elif result != info:
             conn.execute(
-                "UPDATE jrt_sessions SET status = 'running', owner = ?, lease_expires = ?, "
+                "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
                 "updated_at = ? WHERE session_id = ?",
-                (owner, now + lease, now, session_id),
+                (result.status, owner, result.lease_expires, result.updated_at, session_id),
             )
-        result = _session(conn, session_id)
-    assert result is not None
     return result
 
 

@@ -8,9 +8,8 @@ from collections.abc import Mapping, Sequence
 
 from .._core.values import Codec
 from .backend import JournalBackend, PruneResult, SessionInfo, SessionJournal
-from .commit import Fenced
 from .rows import STEP, Record, Row
-from .rules import PruneCandidate, claimable, select_prunable
+from .rules import PruneCandidate, check_fence, claimed, holds, select_prunable
 
 __all__ = ["InMemoryJournalStore"]
 
@@ -51,14 +50,11 @@ class InMemoryJournalStore(JournalBackend):
         return SessionJournal(dict(j.steps), dict(j.streams))
 
     def _fence(self, owners: Mapping[str, str] | None) -> None:
-        if owners:
-            fenced = {
-                sid
-                for sid, owner in owners.items()
-                if (info := self._sessions.get(sid)) is None or info.owner != owner
-            }
-            if fenced:
-                raise Fenced(fenced)
+        check_fence(owners, self._owner_of)
+
+    def _owner_of(self, session_id: str) -> str | None:
+        info = self._sessions.get(session_id)
+        return None if info is None else info.owner
 
     async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
@@ -106,20 +102,13 @@ class InMemoryJournalStore(JournalBackend):
         return row
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        now = time.time()
-        info = self._sessions.get(session_id)
-        if info is None:
-            info = SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
-        elif claimable(info, owner, now):
-            info = info._replace(
-                status="running", owner=owner, lease_expires=now + lease, updated_at=now
-            )
+        info = claimed(self._sessions.get(session_id), session_id, owner, lease, time.time())
         self._sessions[session_id] = info
         return info
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         info = self._sessions.get(session_id)
-        if info is None or info.owner != owner:
+        if info is None or not holds(info, owner):
             return False
         now = time.time()
         self._sessions[session_id] = info._replace(lease_expires=now + lease, updated_at=now)
@@ -127,7 +116,7 @@ class InMemoryJournalStore(JournalBackend):
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         info = self._sessions.get(session_id)
-        if info is not None and info.owner == owner:
+        if info is not None and holds(info, owner):
             self._sessions[session_id] = info._replace(
                 status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
             )
