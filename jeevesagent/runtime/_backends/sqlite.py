@@ -10,7 +10,7 @@ instead of failing half-way through a transaction.
 
 Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on open in one
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
-file (``journal_steps`` / ``journal_streams``) under ``l:<step name>`` keys and leaves the old
+file (``journal_steps`` / ``journal_streams``) under legacy (``l:``) keys and leaves the old
 tables in place; drop them yourself once you have checked the import.
 """
 
@@ -28,10 +28,9 @@ import anyio
 
 from .._core.keys import describe_key
 from .._core.values import Codec
-from .._errors import ErrorMatch, JournalCorruptError, driver_error
+from .._errors import ErrorMatch, driver_error
 from .._journal.backend import (
     STEP,
-    STREAM,
     JournalBackend,
     PruneResult,
     Record,
@@ -40,6 +39,7 @@ from .._journal.backend import (
     SessionJournal,
 )
 from .._journal.rules import PruneCandidate, check_fence, claimed, select_prunable
+from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -48,30 +48,25 @@ T = TypeVar("T")
 
 
 def _import_097(conn: sqlite3.Connection) -> None:
-    """Copy a jeevesagent 0.9.7 journal (tables ``journal_steps`` and ``journal_streams``, if this
-    file has them) into ``jrt_journal`` under ``l:<step name>`` keys, value bytes and times
-    unchanged, with an ``imported`` sessions row per session. The old tables stay untouched."""
+    """Copy a jeevesagent 0.9.7 journal (tables ``journal_steps`` and ``journal_streams``, if
+    this file has them) into ``jrt_journal`` under legacy keys (see :mod:`.schema`), value bytes
+    and times unchanged, with an ``imported`` sessions row per session. The old tables stay
+    untouched."""
     found = False
-    for table, kind, column in _LEGACY_TABLES:
+    for table, kind, column in LEGACY_TABLES:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         if _one(conn, sql, (table,)) is not None:
             found = True
             conn.execute(
                 "INSERT OR IGNORE INTO jrt_journal (session_id, kind, key, value, created_at) "
-                f"SELECT session_id, {kind}, 'l:' || step_name, {column}, created_at FROM {table}"
+                + legacy_rows(table, kind, column)
             )
     if found:
-        conn.execute(_IMPORT_SESSIONS)
+        conn.execute(
+            "INSERT OR IGNORE INTO jrt_sessions (session_id, status, owner, lease_expires,"
+            " created_at, updated_at, steps) " + IMPORTED_SESSIONS
+        )
 
-
-_LEGACY_TABLES = (("journal_steps", STEP, "value"), ("journal_streams", STREAM, "chunks"))
-# A sessions row for each imported session that has none (only the import writes "l:" keys).
-_IMPORT_SESSIONS = """
-INSERT OR IGNORE INTO jrt_sessions
-    (session_id, status, owner, lease_expires, created_at, updated_at, steps)
-SELECT session_id, 'imported', NULL, NULL, min(created_at), max(created_at), count(*)
-FROM jrt_journal WHERE substr(key, 1, 2) = 'l:' GROUP BY session_id
-"""
 
 # Ordered migrations: index i brings the schema from version i to i + 1. Applied on open, inside
 # one BEGIN IMMEDIATE transaction, so two processes opening one file at once apply them once.
@@ -110,7 +105,8 @@ _MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     # version 3: import a jeevesagent 0.9.7 journal found in the same file (see _import_097).
     [_import_097],
 ]
-SCHEMA_VERSION = len(_MIGRATIONS)
+_SCHEMA = Migrations(_MIGRATIONS, "open")
+SCHEMA_VERSION = _SCHEMA.version
 
 _INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
 _SELECT_ONE = (
@@ -164,28 +160,16 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _write(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS jrt_schema_version (version INTEGER NOT NULL)")
         row = _one(conn, "SELECT max(version) FROM jrt_schema_version")
-        version = row[0] or 0
-        if version > SCHEMA_VERSION:
-            raise JournalCorruptError(
-                f"the journal's schema is version {version}, newer than this jeevesagent "
-                f"understands ({SCHEMA_VERSION}); upgrade jeevesagent to open it."
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for ddl in _MIGRATIONS[v]:
+        for reached, steps in _SCHEMA.pending(row[0] or 0):
+            for ddl in steps:
                 if isinstance(ddl, str):
                     conn.execute(ddl)
                 else:
                     ddl(conn)
-            conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (v + 1,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+            conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (reached,))
 
 
 def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
