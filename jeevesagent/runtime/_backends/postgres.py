@@ -212,13 +212,16 @@ class PostgresJournalStore(JournalBackend):
         *,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
+        _connected: _AsyncioBridge | None = None,
     ) -> None:
-        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
+        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`. (``_connected`` is
+        :meth:`connect`'s: the bridge it made ``pool`` on, handed over with the pool.)"""
         super().__init__(codec=codec, signing_key=signing_key)
         self._pool = pool
-        # An asyncpg pool is bound to the asyncio loop it was created on (it keeps it as _loop).
-        self._bridge = _AsyncioBridge(pool._loop)
-        self._owns_pool = False
+        # A pool is driven on the asyncio loop it was created on (asyncpg keeps it as _loop).
+        # A pool passed in stays its maker's; one that connect() made is the store's to close.
+        self._bridge = _connected if _connected is not None else _AsyncioBridge(pool._loop)
+        self._owns_pool = _connected is not None
         # Group commit makes exactly one write at a time, so writes keep one connection of the
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
@@ -260,10 +263,7 @@ class PostgresJournalStore(JournalBackend):
         except BaseException:
             await bridge.aclose()
             raise
-        store = cls(pool, codec=codec, signing_key=signing_key)
-        store._bridge = bridge
-        store._owns_pool = True
-        return store
+        return cls(pool, codec=codec, signing_key=signing_key, _connected=bridge)
 
     @staticmethod
     def schema_sql() -> list[str]:
