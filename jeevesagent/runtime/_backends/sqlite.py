@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core.keys import describe_key
-from .._core.values import Codec
+from .._core.values import MAGIC, Codec
 from .._errors import ErrorMatch, driver_error
 from .._journal.backend import (
     STEP,
@@ -115,7 +115,7 @@ _SELECT_ONE = (
 _SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
 
 
-def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
     """Fetch one row and finalize the statement at once: a statement left open keeps its read
     snapshot, and a later write from that snapshot fails with SQLITE_BUSY_SNAPSHOT immediately,
     without waiting on the busy timeout."""
@@ -370,6 +370,18 @@ def _id_filters(sessions: list[str] | None) -> list[tuple[str, dict[str, str]]]:
     return [("WHERE session_id = :sid", {"sid": sid}) for sid in sessions]
 
 
+def _count_signed(conn: sqlite3.Connection, session_id: str, sample: int) -> tuple[int, int]:
+    sql = f"""
+        SELECT coalesce(sum(substr(v, 1, {len(MAGIC)}) = :magic), 0),
+               coalesce(sum(substr(v, 1, {len(MAGIC)}) <> :magic), 0)
+        FROM (SELECT value AS v FROM jrt_journal WHERE session_id = :sid
+              UNION ALL SELECT * FROM (SELECT value FROM jrt_journal LIMIT :n)
+              UNION ALL SELECT * FROM (SELECT payload FROM jrt_mailbox LIMIT :n))"""
+    params = {"sid": session_id, "magic": MAGIC, "n": sample}
+    signed, unsigned = _one(conn, sql, params)
+    return int(signed), int(unsigned)
+
+
 def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
     row = _one(conn, _SELECT_ONE, (session_id, kind, key))
     return None if row is None else Row(row[0], row[1])
@@ -514,6 +526,12 @@ class SqliteJournalStore(JournalBackend):
         dry_run: bool,
     ) -> PruneResult:
         return await self._call(_prune, older_than, sessions, statuses, dry_run)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        return await self._call(_session, session_id, session_id=session_id)
+
+    async def count_signed(self, session_id: str, sample: int = 100) -> tuple[int, int]:
+        return await self._call(_count_signed, session_id, sample, session_id=session_id)
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(
