@@ -2,14 +2,17 @@
 
 Every error carries the ids it is about as attributes (``session_id``, ``step``) so that a caller
 can act on them without parsing messages, and every error pickles (they cross process boundaries in
-worker pools and are themselves valid journaled values).
+worker pools and are themselves valid journaled values). Also the one way a store turns its
+database driver's exception into a :class:`StoreError` (:func:`driver_error`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = [
+    "ErrorMatch",
     "InvalidNameError",
     "JournalCorruptError",
     "JournalIntegrityError",
@@ -19,6 +22,7 @@ __all__ = [
     "StoreClosedError",
     "StoreError",
     "ValueEncodingError",
+    "driver_error",
 ]
 
 
@@ -86,3 +90,32 @@ class InvalidNameError(RuntimeJournalError, ValueError, TypeError):
     """A session id, step name, signal name, idempotency key or sleep name that no store can
     hold (not a str, empty, a NUL character, a lone surrogate, too long). Raised before anything
     runs or is written; a ``ValueError`` (and, for a value that is not a str, a ``TypeError``)."""
+
+
+#: How a store's mapping recognises a driver exception: an exception class (or a tuple of them),
+#: or a predicate.
+ErrorMatch = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
+
+def driver_error(
+    exc: BaseException,
+    hints: Sequence[tuple[ErrorMatch, str]],
+    message: Callable[[str], str],
+    *,
+    session_id: str | None = None,
+    step: str | None = None,
+) -> StoreError:
+    """The :class:`StoreError` for a database driver's exception (raise it ``from exc``).
+
+    ``hints`` is the store's own mapping, tried in order: the first ``(match, hint)`` that
+    matches ``exc`` gives the hint, what the user should do (the last entry's hint when none
+    matches); ``message(hint)`` writes the store's message around it. The error carries the ids.
+    """
+    hint = next((h for match, h in hints if _matches(match, exc)), hints[-1][1])
+    return StoreError(message(hint), session_id=session_id, step=step)
+
+
+def _matches(match: ErrorMatch, exc: BaseException) -> bool:
+    if isinstance(match, type | tuple):
+        return isinstance(exc, match)
+    return match(exc)

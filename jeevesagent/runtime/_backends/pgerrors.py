@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any, TypeVar
 
-from .._errors import StoreError
+from .._errors import ErrorMatch, StoreError, driver_error
 from .pgbridge import AsyncFn, _AsyncioBridge
 
 __all__ = ["call_translated", "connection_errors", "driver_errors", "store_error"]
@@ -68,27 +68,35 @@ async def expiring_on_failure(pool: Any, fn: AsyncFn[T]) -> T:
         raise
 
 
+@functools.cache
+def _hints() -> tuple[tuple[ErrorMatch, str], ...]:
+    """The Postgres store's mapping for :func:`driver_error`."""
+    import asyncpg
+
+    return (
+        (
+            connection_errors(),
+            "the database connection failed. Check that the PostgreSQL server is running and "
+            "reachable; the pool reconnects on the next call.",
+        ),
+        (
+            asyncpg.UndefinedTableError,
+            "the journal tables do not exist. Call init_schema() once (or apply "
+            "PostgresJournalStore.schema_sql()), and check the search_path.",
+        ),
+        (asyncpg.PostgresError, "PostgreSQL refused the operation."),
+        (BaseException, "the asyncpg driver refused the call."),
+    )
+
+
 def store_error(
     exc: Exception, action: str, session_id: str | None, step: str | None
 ) -> StoreError:
-    import asyncpg
-
     where = ""
     if session_id is not None:
         where = f" (session {session_id!r}" + (f", step {step!r})" if step is not None else ")")
-    if isinstance(exc, connection_errors()):
-        hint = (
-            "the database connection failed. Check that the PostgreSQL server is running and "
-            "reachable; the pool reconnects on the next call."
-        )
-    elif isinstance(exc, asyncpg.UndefinedTableError):
-        hint = (
-            "the journal tables do not exist. Call init_schema() once (or apply "
-            "PostgresJournalStore.schema_sql()), and check the search_path."
-        )
-    elif isinstance(exc, asyncpg.PostgresError):
-        hint = "PostgreSQL refused the operation."
-    else:
-        hint = "the asyncpg driver refused the call."
-    message = f"PostgresJournalStore: {action}{where} failed: {hint} ({type(exc).__name__}: {exc})"
-    return StoreError(message, session_id=session_id, step=step)
+
+    def message(hint: str) -> str:
+        return f"PostgresJournalStore: {action}{where} failed: {hint} ({type(exc).__name__}: {exc})"
+
+    return driver_error(exc, _hints(), message, session_id=session_id, step=step)

@@ -1,13 +1,14 @@
-"""The PostgreSQL store's schema -- ordered migrations, applied under an advisory lock -- and its
-retention (prune), kept apart from the hot paths in ``_postgres``."""
+"""The PostgreSQL store's schema -- ordered migrations (planned by :mod:`.schema`), applied
+under an advisory lock -- and its retention (prune), kept apart from the hot paths in
+:mod:`.postgres`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._errors import JournalCorruptError
 from .._journal.backend import PruneResult
 from .._journal.rules import PruneCandidate, select_prunable
+from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
 
 __all__ = ["SCHEMA_VERSION", "_migrate", "_prune", "schema_statements"]
 
@@ -16,36 +17,37 @@ _NOW = "extract(epoch FROM clock_timestamp())::float8"
 
 _CREATE_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS jrt_schema_version (version integer NOT NULL)"
 # Version 3: copy a jeevesagent 0.9.7 journal (journal_steps / journal_streams in the search_path,
-# if there) into jrt_journal under "l:<step name>" keys, bytes and times unchanged, and give each
-# imported session an "imported" sessions row. The old tables stay untouched. One DO block, so it
-# is harmless without the old tables (to_regclass is NULL; PL/pgSQL plans a statement only when it
-# runs) and runs once even when schema_sql() is applied again (the version check).
-_IMPORT_097 = """
+# if there) into jrt_journal under legacy keys, bytes and times unchanged, and give each imported
+# session an "imported" sessions row (see .schema). The old tables stay untouched. One DO block, so
+# it is harmless without the old tables (to_regclass is NULL; PL/pgSQL plans a statement only when
+# it runs) and runs once even when schema_sql() is applied again (the version check).
+_IMPORT_097 = (
+    """
 DO $jrt$
 BEGIN
     IF EXISTS (SELECT 1 FROM jrt_schema_version WHERE version >= 3) THEN
         RETURN;
-    END IF;
-    IF to_regclass('journal_steps') IS NOT NULL THEN
+    END IF;"""
+    + "".join(
+        f"""
+    IF to_regclass('{table}') IS NOT NULL THEN
         INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-        SELECT session_id, 0, 'l:' || step_name, value, created_at FROM journal_steps
+        {legacy_rows(table, kind, column)}
         ON CONFLICT DO NOTHING;
-    END IF;
-    IF to_regclass('journal_streams') IS NOT NULL THEN
-        INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-        SELECT session_id, 1, 'l:' || step_name, chunks, created_at FROM journal_streams
-        ON CONFLICT DO NOTHING;
-    END IF;
-    IF to_regclass('journal_steps') IS NOT NULL OR to_regclass('journal_streams') IS NOT NULL THEN
+    END IF;"""
+        for table, kind, column in LEGACY_TABLES
+    )
+    + f"""
+    IF {" OR ".join(f"to_regclass('{t}') IS NOT NULL" for t, _, _ in LEGACY_TABLES)} THEN
         INSERT INTO jrt_sessions
             (session_id, status, owner, lease_expires, created_at, updated_at, steps)
-        SELECT session_id, 'imported', NULL, NULL, min(created_at), max(created_at), count(*)
-        FROM jrt_journal WHERE left(key, 2) = 'l:' GROUP BY session_id
+        {IMPORTED_SESSIONS}
         ON CONFLICT (session_id) DO NOTHING;
     END IF;
 END
 $jrt$
 """
+)
 # Ordered migrations: index i brings the schema from version i to i + 1. init_schema() applies
 # the missing ones in one transaction under an advisory lock; schema_sql() lists them all.
 _PG_MIGRATIONS: list[list[str]] = [
@@ -67,7 +69,8 @@ _PG_MIGRATIONS: list[list[str]] = [
     ],
     [_IMPORT_097],
 ]
-SCHEMA_VERSION = len(_PG_MIGRATIONS)
+_SCHEMA = Migrations(_PG_MIGRATIONS, "use")
+SCHEMA_VERSION = _SCHEMA.version
 # schema_sql() refuses a database that a newer jeevesagent has migrated past what we know.
 _REFUSE_NEWER = f"""
 DO $jrt$
@@ -87,7 +90,7 @@ _SCHEMA_LOCK_ID = 0x6A72745F736368  # b"jrt_sch"
 def schema_statements() -> list[str]:
     """Every migration, each followed by its version bookkeeping; all idempotent."""
     statements = [_CREATE_VERSION_TABLE, _REFUSE_NEWER]
-    for version, migration in enumerate(_PG_MIGRATIONS, start=1):
+    for version, migration in _SCHEMA.pending(0):
         statements += migration
         statements.append(
             f"INSERT INTO jrt_schema_version (version) SELECT {version} WHERE NOT EXISTS"
@@ -104,15 +107,10 @@ async def _migrate(pool: Any) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_ID)
         await conn.execute(_CREATE_VERSION_TABLE)
         version = await conn.fetchval("SELECT max(version) FROM jrt_schema_version") or 0
-        if version > SCHEMA_VERSION:
-            raise JournalCorruptError(
-                f"the journal's schema is version {version}, newer than this jeevesagent "
-                f"understands ({SCHEMA_VERSION}); upgrade jeevesagent to use it."
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for statement in _PG_MIGRATIONS[v]:
+        for reached, statements in _SCHEMA.pending(version):
+            for statement in statements:
                 await conn.execute(statement)
-            await conn.execute("INSERT INTO jrt_schema_version (version) VALUES ($1)", v + 1)
+            await conn.execute("INSERT INTO jrt_schema_version (version) VALUES ($1)", reached)
 
 
 # Prune: one transaction (see _prune). $1 ids or NULL, $2 statuses or NULL, $3 the age cutoff

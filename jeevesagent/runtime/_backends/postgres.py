@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core.keys import describe_key
-from .._core.values import Codec, JournalCodec
+from .._core.values import MAGIC, Codec, JournalCodec
 from .._journal.backend import (
     SESSION_STATUSES,
     STEP,
@@ -45,70 +45,17 @@ from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
 from .pglisten import Listener
 from .pgschema import _NOW, _migrate, _prune, schema_statements
+from .pgwrite import Key, get_row, insert_rows
 from .thread import LoopHandle
 
 __all__ = ["PostgresJournalStore"]
 
 T = TypeVar("T")
-Key = tuple[str, int, str]
 
 # How long closing waits for connections still in use before asyncpg terminates them.
 _CLOSE_TIMEOUT = 10.0
 
 _LOAD = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
-_GET = "SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = $2 AND key = $3"
-_INSERT_ONE = (
-    "INSERT INTO jrt_journal (session_id, kind, key, value, created_at)"
-    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
-)
-_INSERT = """
-INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
-ON CONFLICT DO NOTHING
-RETURNING session_id, kind, key
-"""
-# The fenced insert: one statement, hence one transaction. The `lock` CTE locks the sessions rows
-# FOR SHARE (a concurrent claim waits for our commit; a claim that committed first is seen, since
-# a locking read in READ COMMITTED returns the newest row version). Rows of `bad` name the
-# sessions whose owner differs (or that have no row): then nothing is inserted.
-_INSERT_ONE_FENCED = """
-WITH lock AS MATERIALIZED (
-    SELECT owner FROM jrt_sessions WHERE session_id = $1 FOR SHARE
-), ok AS MATERIALIZED (
-    SELECT EXISTS (SELECT 1 FROM lock WHERE owner = $6) AS ok
-), ins AS (
-    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-    SELECT $1, $2, $3, $4, $5 WHERE (SELECT ok FROM ok)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ins)
-"""
-_INSERT_FENCED = """
-WITH lock AS MATERIALIZED (
-    SELECT session_id, owner FROM jrt_sessions WHERE session_id = ANY($6::text[])
-    ORDER BY session_id FOR SHARE
-), bad AS MATERIALIZED (
-    SELECT o.session_id FROM unnest($6::text[], $7::text[]) AS o(session_id, owner)
-    LEFT JOIN lock AS l USING (session_id) WHERE l.owner IS DISTINCT FROM o.owner
-), ins AS (
-    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-    SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
-    WHERE NOT EXISTS (SELECT 1 FROM bad)
-    ON CONFLICT DO NOTHING
-    RETURNING session_id, kind, key
-)
-SELECT true, session_id, NULL::int2, NULL::text FROM bad
-UNION ALL SELECT false, session_id, kind, key FROM ins
-"""
-# A separate statement, not a CTE of the insert: a CTE reads the statement's snapshot, which
-# misses a row that a concurrent transaction committed while the insert waited on it.
-_SELECT_KEYS = """
-SELECT j.session_id, j.kind, j.key, j.value, j.created_at
-FROM unnest($1::text[], $2::int2[], $3::text[]) AS k(session_id, kind, key)
-JOIN jrt_journal AS j USING (session_id, kind, key)
-"""
-
 _SESSION_COLS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
 _SEND = """
 WITH ins AS (
@@ -181,6 +128,18 @@ _LIST_STATUS = (
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CLOCK = f"SELECT {_NOW}"
+# The signing sample (see JournalBackend.count_signed): $1 session, $2 the signature's magic
+# prefix, $3 the sample size.
+_COUNT_SIGNED = f"""
+SELECT count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) = $2),
+       count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) <> $2)
+FROM ((SELECT value AS v FROM jrt_journal WHERE session_id = $1)
+      UNION ALL (SELECT value FROM jrt_journal LIMIT $3)
+      UNION ALL (SELECT payload FROM jrt_mailbox LIMIT $3)) AS r"""
+_SCHEMA_READY = (
+    "SELECT current_schema(), to_regclass('jrt_journal') IS NOT NULL AND "
+    "to_regclass('jrt_mailbox') IS NOT NULL AND to_regclass('jrt_sessions') IS NOT NULL"
+)
 
 
 class PostgresJournalStore(JournalBackend):
@@ -212,13 +171,16 @@ class PostgresJournalStore(JournalBackend):
         *,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
+        _connected: _AsyncioBridge | None = None,
     ) -> None:
-        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
+        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`. (``_connected`` is
+        :meth:`connect`'s: the bridge it made ``pool`` on, handed over with the pool.)"""
         super().__init__(codec=codec, signing_key=signing_key)
         self._pool = pool
-        # An asyncpg pool is bound to the asyncio loop it was created on (it keeps it as _loop).
-        self._bridge = _AsyncioBridge(pool._loop)
-        self._owns_pool = False
+        # A pool is driven on the asyncio loop it was created on (asyncpg keeps it as _loop).
+        # A pool passed in stays its maker's; one that connect() made is the store's to close.
+        self._bridge = _connected if _connected is not None else _AsyncioBridge(pool._loop)
+        self._owns_pool = _connected is not None
         # Group commit makes exactly one write at a time, so writes keep one connection of the
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
@@ -260,10 +222,7 @@ class PostgresJournalStore(JournalBackend):
         except BaseException:
             await bridge.aclose()
             raise
-        store = cls(pool, codec=codec, signing_key=signing_key)
-        store._bridge = bridge
-        store._owns_pool = True
-        return store
+        return cls(pool, codec=codec, signing_key=signing_key, _connected=bridge)
 
     @staticmethod
     def schema_sql() -> list[str]:
@@ -287,6 +246,17 @@ class PostgresJournalStore(JournalBackend):
         # Not shielded: cancelling rolls the DDL transaction back, and running it again is safe.
         await self._run(lambda: _migrate(self._pool), "creating the schema")
 
+    async def schema_ready(self) -> tuple[str, bool]:
+        """Whether this database has the journal's tables where the store looks for them: the
+        connection's current schema, and whether ``jrt_journal``, ``jrt_mailbox`` and
+        ``jrt_sessions`` all resolve on its ``search_path``. Reads only (see :meth:`init_schema`
+        to create them)."""
+        self.check_open()
+        schema, ready = await self._run(
+            lambda: self._pool.fetchrow(_SCHEMA_READY), "checking the tables"
+        )
+        return schema, bool(ready)
+
     async def _run(
         self,
         fn: AsyncFn[T],
@@ -306,7 +276,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._run(
-            lambda: _get_row(self._pool, session_id, kind, key),
+            lambda: get_row(self._pool, session_id, kind, key),
             "reading",
             session_id,
             describe_key(key),
@@ -331,7 +301,7 @@ class PostgresJournalStore(JournalBackend):
     ) -> dict[Key, Row]:
         """On the pool's loop: insert through the held writer connection."""
         if self._pool.get_max_size() < 2:
-            return await _insert_rows(self._pool, records, owners)
+            return await insert_rows(self._pool, records, owners)
         if self._writer is not None and not _usable(self._writer):
             # The server ended it (restart, failover, idle timeout): asyncpg has already given
             # it back to the pool and detached our proxy.
@@ -339,7 +309,7 @@ class PostgresJournalStore(JournalBackend):
         if self._writer is None:
             self._writer = await self._pool.acquire()
         try:
-            return await _insert_rows(self._writer, records, owners)
+            return await insert_rows(self._writer, records, owners)
         except Fenced:
             raise  # the connection is fine: the statement just inserted nothing
         except BaseException:
@@ -426,6 +396,22 @@ class PostgresJournalStore(JournalBackend):
             shield=True,
         )
 
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        self.check_open(session_id)
+        row = await self._run(
+            lambda: self._pool.fetchrow(_SESSION, session_id), "reading the session", session_id
+        )
+        return None if row is None else SessionInfo(*row)
+
+    async def count_signed(self, session_id: str, sample: int = 100) -> tuple[int, int]:
+        self.check_open(session_id)
+        row = await self._run(
+            lambda: self._pool.fetchrow(_COUNT_SIGNED, session_id, MAGIC, sample),
+            "sampling rows",
+            session_id,
+        )
+        return int(row[0]), int(row[1])
+
     async def pending_signals(self, session_id: str) -> int:
         n: int = await self._run(
             lambda: self._pool.fetchval(_PENDING, session_id), "counting signals", session_id
@@ -496,81 +482,11 @@ async def _load_rows(pool: Any, session_id: str) -> SessionJournal:
     return journal
 
 
-async def _get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | None:
-    found = await pool.fetchrow(_GET, session_id, kind, key)
-    return None if found is None else Row(found[0], found[1])
-
-
 def _usable(conn: Any) -> bool:
     try:
         return not conn.is_closed()
     except Exception:  # a released pool proxy raises InterfaceError on any call
         return False
-
-
-async def _insert_rows(
-    pool: Any, records: Sequence[Record], owners: Mapping[str, str] | None = None
-) -> dict[Key, Row]:
-    # `pool` is a pool or a connection: both have fetch() and execute().
-    if owners:
-        return await _insert_fenced(pool, records, owners)
-    if len(records) == 1:
-        # The common case of a sequential session: a plain one-row insert (no array encoding;
-        # asyncpg does not have to introspect array types on a new connection).
-        status = await pool.execute(_INSERT_ONE, *records[0])
-        return {} if status.endswith(" 1") else await _kept_row(pool, records[0])
-    # One statement: one round trip, and an autocommitted transaction for the whole batch.
-    inserted = await pool.fetch(_INSERT, *_columns(records))
-    return await _conflicts(pool, records, inserted)
-
-
-def _columns(records: Sequence[Record]) -> list[list[Any]]:
-    """The records as the five column arrays the batch statements take."""
-    return [list(column) for column in zip(*records, strict=True)]
-
-
-async def _kept_row(pool: Any, r: Record) -> dict[Key, Row]:
-    """The row that won over ``r`` (first writer wins), as a conflict to adopt."""
-    found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
-    return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
-
-
-async def _insert_fenced(
-    pool: Any, records: Sequence[Record], owners: Mapping[str, str]
-) -> dict[Key, Row]:
-    if len(records) == 1 and len(owners) == 1 and records[0].session_id in owners:
-        # A sequential session's step: the same fence with scalar parameters (no arrays).
-        r = records[0]
-        ok, inserted = await pool.fetchrow(_INSERT_ONE_FENCED, *r, owners[r.session_id])
-        if not ok:
-            raise Fenced({r.session_id})
-        return {} if inserted else await _kept_row(pool, r)
-    result = await pool.fetch(
-        _INSERT_FENCED, *_columns(records), list(owners), list(owners.values())
-    )
-    fenced = {r[1] for r in result if r[0]}
-    if fenced:
-        raise Fenced(fenced)
-    return await _conflicts(pool, records, [(r[1], r[2], r[3]) for r in result])
-
-
-async def _conflicts(
-    pool: Any, records: Sequence[Record], inserted: Sequence[Any]
-) -> dict[Key, Row]:
-    if len(inserted) == len(records):
-        return {}
-    # Report the row now present for every key we did not insert -- and for keys that appear
-    # twice in the batch, so both writers adopt the one value that was kept.
-    new = {(r[0], r[1], r[2]) for r in inserted}
-    seen: set[Key] = set()
-    wanted: dict[Key, None] = {}
-    for r in records:
-        key = (r.session_id, r.kind, r.key)
-        if key not in new or key in seen:
-            wanted[key] = None
-        seen.add(key)
-    rows = await pool.fetch(_SELECT_KEYS, *(list(col) for col in zip(*wanted, strict=True)))
-    return {(r[0], r[1], r[2]): Row(r[3], r[4]) for r in rows}
 
 
 async def _take(
@@ -584,7 +500,7 @@ async def _take(
         # A concurrent taker journaled `key` first; nothing was taken. Adopt its receipt.
         if key is None:  # cannot happen: nothing is journaled without a key
             raise
-        return await _get_row(pool, session_id, STEP, key)
+        return await get_row(pool, session_id, STEP, key)
     ok, old_value, old_at, value, taken_at, waiting = found
     if old_value is not None:
         return Row(old_value, old_at)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .._core.values import Codec
 from .._journaled.runtime import JournaledRuntime
 from .sqlite import SqliteJournalStore
+
+if TYPE_CHECKING:
+    from .postgres import PostgresJournalStore
 
 __all__ = ["PostgresRuntime", "SqliteRuntime"]
 
@@ -32,14 +35,10 @@ class SqliteRuntime(JournaledRuntime):
         """``codec``, ``signing_key``: see :class:`SqliteJournalStore`. ``options``: the other
         keyword options of :class:`JournaledRuntime` (``lease``, ``poll_interval``, ``policy``,
         ``strict``)."""
-        super().__init__(
-            SqliteJournalStore(path, codec=codec, signing_key=signing_key),
-            durability=durability,
-            flush_interval=flush_interval,
-            **options,
-        )
+        store = SqliteJournalStore(path, codec=codec, signing_key=signing_key)
+        super().__init__(store, durability=durability, flush_interval=flush_interval, **options)
         self._owns_store = True
-        self.path: pathlib.Path = self.store.path  # type: ignore[attr-defined]
+        self.path: pathlib.Path = store.path
 
 
 class PostgresRuntime(JournaledRuntime):
@@ -59,24 +58,21 @@ class PostgresRuntime(JournaledRuntime):
         flush_interval: float = 0.05,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
+        _store: PostgresJournalStore | None = None,
         **options: Any,
     ) -> None:
+        """``codec``, ``signing_key``, ``options``: see :class:`SqliteRuntime`. (``_store`` is
+        :meth:`connect`'s: the store it connected, whose pool it owns, in place of ``pool``.)"""
         from .postgres import PostgresJournalStore
 
-        store = PostgresJournalStore(pool, codec=codec, signing_key=signing_key)
-        self._init(store, durability, flush_interval, options)
-
-    def _init(
-        self,
-        store: Any,
-        durability: Literal["commit", "buffered"],
-        flush_interval: float,
-        options: dict[str, Any],
-    ) -> None:
-        JournaledRuntime.__init__(
-            self, store, durability=durability, flush_interval=flush_interval, **options
+        store = (
+            _store
+            if _store is not None
+            else PostgresJournalStore(pool, codec=codec, signing_key=signing_key)
         )
+        super().__init__(store, durability=durability, flush_interval=flush_interval, **options)
         self._owns_store = True
+        self._pg_store = store
 
     @classmethod
     async def connect(
@@ -99,10 +95,14 @@ class PostgresRuntime(JournaledRuntime):
         store = await PostgresJournalStore.connect(
             dsn, min_size=min_size, max_size=max_size, codec=codec, signing_key=signing_key
         )
-        runtime = cls.__new__(cls)
-        runtime._init(store, durability, flush_interval, options)
-        return runtime
+        try:
+            return cls(
+                None, durability=durability, flush_interval=flush_interval, _store=store, **options
+            )
+        except BaseException:  # bad options: close the pool just opened, then report them
+            await store.aclose()
+            raise
 
     async def init_schema(self) -> None:
         """Create the journal tables if they do not exist (safe to call from many workers)."""
-        await self.store.init_schema()  # type: ignore[attr-defined]
+        await self._pg_store.init_schema()

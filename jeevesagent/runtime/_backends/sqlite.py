@@ -10,7 +10,7 @@ instead of failing half-way through a transaction.
 
 Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on open in one
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
-file (``journal_steps`` / ``journal_streams``) under ``l:<step name>`` keys and leaves the old
+file (``journal_steps`` / ``journal_streams``) under legacy (``l:``) keys and leaves the old
 tables in place; drop them yourself once you have checked the import.
 """
 
@@ -27,12 +27,10 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core.keys import describe_key
-from .._core.values import Codec
-from .._errors import JournalCorruptError, StoreError
+from .._core.values import MAGIC, Codec
+from .._errors import ErrorMatch, driver_error
 from .._journal.backend import (
     STEP,
-    STREAM,
-    Fenced,
     JournalBackend,
     PruneResult,
     Record,
@@ -40,7 +38,8 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from .._journal.rules import PruneCandidate, claimable, select_prunable
+from .._journal.rules import PruneCandidate, check_fence, claimed, select_prunable
+from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -49,30 +48,25 @@ T = TypeVar("T")
 
 
 def _import_097(conn: sqlite3.Connection) -> None:
-    """Copy a jeevesagent 0.9.7 journal (tables ``journal_steps`` and ``journal_streams``, if this
-    file has them) into ``jrt_journal`` under ``l:<step name>`` keys, value bytes and times
-    unchanged, with an ``imported`` sessions row per session. The old tables stay untouched."""
+    """Copy a jeevesagent 0.9.7 journal (tables ``journal_steps`` and ``journal_streams``, if
+    this file has them) into ``jrt_journal`` under legacy keys (see :mod:`.schema`), value bytes
+    and times unchanged, with an ``imported`` sessions row per session. The old tables stay
+    untouched."""
     found = False
-    for table, kind, column in _LEGACY_TABLES:
+    for table, kind, column in LEGACY_TABLES:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
         if _one(conn, sql, (table,)) is not None:
             found = True
             conn.execute(
                 "INSERT OR IGNORE INTO jrt_journal (session_id, kind, key, value, created_at) "
-                f"SELECT session_id, {kind}, 'l:' || step_name, {column}, created_at FROM {table}"
+                + legacy_rows(table, kind, column)
             )
     if found:
-        conn.execute(_IMPORT_SESSIONS)
+        conn.execute(
+            "INSERT OR IGNORE INTO jrt_sessions (session_id, status, owner, lease_expires,"
+            " created_at, updated_at, steps) " + IMPORTED_SESSIONS
+        )
 
-
-_LEGACY_TABLES = (("journal_steps", STEP, "value"), ("journal_streams", STREAM, "chunks"))
-# A sessions row for each imported session that has none (only the import writes "l:" keys).
-_IMPORT_SESSIONS = """
-INSERT OR IGNORE INTO jrt_sessions
-    (session_id, status, owner, lease_expires, created_at, updated_at, steps)
-SELECT session_id, 'imported', NULL, NULL, min(created_at), max(created_at), count(*)
-FROM jrt_journal WHERE substr(key, 1, 2) = 'l:' GROUP BY session_id
-"""
 
 # Ordered migrations: index i brings the schema from version i to i + 1. Applied on open, inside
 # one BEGIN IMMEDIATE transaction, so two processes opening one file at once apply them once.
@@ -111,7 +105,8 @@ _MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     # version 3: import a jeevesagent 0.9.7 journal found in the same file (see _import_097).
     [_import_097],
 ]
-SCHEMA_VERSION = len(_MIGRATIONS)
+_SCHEMA = Migrations(_MIGRATIONS, "open")
+SCHEMA_VERSION = _SCHEMA.version
 
 _INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
 _SELECT_ONE = (
@@ -120,7 +115,7 @@ _SELECT_ONE = (
 _SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
 
 
-def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
     """Fetch one row and finalize the statement at once: a statement left open keeps its read
     snapshot, and a later write from that snapshot fails with SQLITE_BUSY_SNAPSHOT immediately,
     without waiting on the busy timeout."""
@@ -165,28 +160,16 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _write(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS jrt_schema_version (version INTEGER NOT NULL)")
         row = _one(conn, "SELECT max(version) FROM jrt_schema_version")
-        version = row[0] or 0
-        if version > SCHEMA_VERSION:
-            raise JournalCorruptError(
-                f"the journal's schema is version {version}, newer than this jeevesagent "
-                f"understands ({SCHEMA_VERSION}); upgrade jeevesagent to open it."
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for ddl in _MIGRATIONS[v]:
+        for reached, steps in _SCHEMA.pending(row[0] or 0):
+            for ddl in steps:
                 if isinstance(ddl, str):
                     conn.execute(ddl)
                 else:
                     ddl(conn)
-            conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (v + 1,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+            conn.execute("INSERT INTO jrt_schema_version VALUES (?)", (reached,))
 
 
 def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
@@ -199,14 +182,12 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
 
 def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
     """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours."""
-    if owners:
-        fenced = set()
-        for sid, owner in owners.items():
-            row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (sid,))
-            if row is None or row[0] != owner:
-                fenced.add(sid)
-        if fenced:
-            raise Fenced(fenced)
+
+    def owner_of(session_id: str) -> str | None:
+        row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
+        return None if row is None else row[0]
+
+    check_fence(owners, owner_of)
 
 
 @contextlib.contextmanager
@@ -286,21 +267,19 @@ def _session(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
 
 def _claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
     with _write(conn):
-        now = time.time()
         info = _session(conn, session_id)
+        result = claimed(info, session_id, owner, lease, time.time())
         if info is None:
             conn.execute(
-                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (session_id, "running", owner, now + lease, now, now),
+                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                result,
             )
-        elif claimable(info, owner, now):
+        elif result != info:
             conn.execute(
-                "UPDATE jrt_sessions SET status = 'running', owner = ?, lease_expires = ?, "
+                "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
                 "updated_at = ? WHERE session_id = ?",
-                (owner, now + lease, now, session_id),
+                (result.status, owner, result.lease_expires, result.updated_at, session_id),
             )
-        result = _session(conn, session_id)
-    assert result is not None
     return result
 
 
@@ -391,9 +370,36 @@ def _id_filters(sessions: list[str] | None) -> list[tuple[str, dict[str, str]]]:
     return [("WHERE session_id = :sid", {"sid": sid}) for sid in sessions]
 
 
+def _count_signed(conn: sqlite3.Connection, session_id: str, sample: int) -> tuple[int, int]:
+    sql = f"""
+        SELECT coalesce(sum(substr(v, 1, {len(MAGIC)}) = :magic), 0),
+               coalesce(sum(substr(v, 1, {len(MAGIC)}) <> :magic), 0)
+        FROM (SELECT value AS v FROM jrt_journal WHERE session_id = :sid
+              UNION ALL SELECT * FROM (SELECT value FROM jrt_journal LIMIT :n)
+              UNION ALL SELECT * FROM (SELECT payload FROM jrt_mailbox LIMIT :n))"""
+    params = {"sid": session_id, "magic": MAGIC, "n": sample}
+    signed, unsigned = _one(conn, sql, params)
+    return int(signed), int(unsigned)
+
+
 def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
     row = _one(conn, _SELECT_ONE, (session_id, kind, key))
     return None if row is None else Row(row[0], row[1])
+
+
+# The SQLite store's mapping for driver_error: what to do about each kind of failure.
+_SQLITE_HINTS: tuple[tuple[ErrorMatch, str], ...] = (
+    (
+        lambda exc: "locked" in str(exc) or "busy" in str(exc),
+        "another connection held the write lock longer than the busy timeout; "
+        "retry, or raise busy_timeout",
+    ),
+    (
+        (sqlite3.OperationalError, sqlite3.IntegrityError),
+        "check that the path is writable and the disk is not full",
+    ),
+    (sqlite3.DatabaseError, "the file may not be a jeevesagent journal, or is damaged"),
+)
 
 
 class SqliteJournalStore(JournalBackend):
@@ -454,21 +460,13 @@ class SqliteJournalStore(JournalBackend):
             yield
         except sqlite3.DatabaseError as exc:
             where = f"session {session_id!r}, step {step!r}: " if session_id else ""
-            msg = str(exc)
-            if "locked" in msg or "busy" in msg:
-                hint = (
-                    "another connection held the write lock longer than the busy timeout; "
-                    "retry, or raise busy_timeout"
-                )
-            elif isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
-                hint = "check that the path is writable and the disk is not full"
-            else:
-                hint = "the file may not be a jeevesagent journal, or is damaged"
-            raise StoreError(
-                f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {msg} "
-                f"({hint}). Nothing was recorded by this call.",
-                session_id=session_id,
-                step=step,
+            failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
+
+            def message(hint: str) -> str:
+                return f"{failed} ({hint}). Nothing was recorded by this call."
+
+            raise driver_error(
+                exc, _SQLITE_HINTS, message, session_id=session_id, step=step
             ) from exc
 
     async def read_session(self, session_id: str) -> SessionJournal:
@@ -528,6 +526,12 @@ class SqliteJournalStore(JournalBackend):
         dry_run: bool,
     ) -> PruneResult:
         return await self._call(_prune, older_than, sessions, statuses, dry_run)
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        return await self._call(_session, session_id, session_id=session_id)
+
+    async def count_signed(self, session_id: str, sample: int = 100) -> tuple[int, int]:
+        return await self._call(_count_signed, session_id, sample, session_id=session_id)
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(

@@ -2,9 +2,10 @@
 
 Commands: ``sessions``, ``show``, ``signal``, ``prune``, ``export`` (on a journal named by
 ``--db`` or ``$JEEVESAGENT_DB``: a SQLite path or a ``postgres://`` / ``postgresql://`` DSN) and
-``demo``; opening that journal is :mod:`~jeevesagent.runtime._clitarget`'s. Values are shown only
-through :func:`~jeevesagent.runtime._values.peek`, which never unpickles a row it cannot vouch for
-(unsigned, unless ``--trust``).
+``demo``; opening that journal is :mod:`~jeevesagent.runtime._cli.target`'s. Every read goes
+through public :class:`JournalBackend` methods (and, for Postgres, ``schema_ready``), so any
+backend serves it. Values are shown only through :func:`~jeevesagent.runtime._core.values.peek`,
+which never unpickles a row it cannot vouch for (unsigned, unless ``--trust``).
 
 Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid database, refused),
 2 usage error. Errors are one line on stderr starting with ``error:``.
@@ -13,7 +14,6 @@ Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid d
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -28,10 +28,8 @@ from typing import Any, NoReturn
 
 import anyio
 
-from .._backends.postgres import PostgresJournalStore
-from .._backends.sqlite import SqliteJournalStore
-from .._core.keys import describe_key
-from .._core.values import MAGIC, SIGNING_KEY_ENV, JournalCodec, peek
+from .._core.keys import describe_key, is_legacy_key, is_signal_key, is_timer_key
+from .._core.values import SIGNING_KEY_ENV, JournalCodec, peek
 from .._errors import RuntimeJournalError
 from .._journal.backend import SESSION_STATUSES, STEP, STREAM, JournalBackend, Row, SessionInfo
 from .._journaled.signals import seal_signal
@@ -139,8 +137,12 @@ def _one_line(text: str, limit: int | None) -> str:
 
 def row_kind(kind: int, key: str) -> str:
     if kind == STREAM:
-        return "legacy-stream" if key.startswith("l:") else "stream"
-    return {"g:": "signal", "o:": "signal", "t:": "sleep", "l:": "legacy"}.get(key[:2], "step")
+        return "legacy-stream" if is_legacy_key(key) else "stream"
+    if is_signal_key(key):
+        return "signal"
+    if is_timer_key(key):
+        return "sleep"
+    return "legacy" if is_legacy_key(key) else "step"
 
 
 def row_object(
@@ -175,13 +177,9 @@ class SessionView:
     pending_names: list[str]
 
 
-async def _find_session(store: JournalBackend, session_id: str) -> SessionInfo | None:
-    return next((i for i in await store.list_sessions(None) if i.session_id == session_id), None)
-
-
 async def load_view(store: JournalBackend, session_id: str, trust: bool) -> SessionView:
     """Everything known of a session; ``CliError`` if the journal knows nothing of it."""
-    info = await _find_session(store, session_id)
+    info = await store.session_info(session_id)
     journal = await store.load_session(session_id)
     pending = await store.pending_signals(session_id)
     names = await store.pending_names(session_id) if pending else []
@@ -296,40 +294,10 @@ def parse_payload(text: str) -> Any:
 
 
 async def _signed_rows(store: JournalBackend, session_id: str) -> tuple[int, int]:
-    """How many (signed, unsigned) rows a sample of the journal holds.
-
-    A store with a key writes only signed rows and refuses unsigned ones; a store without a key
-    refuses signed ones. So a journal in use is signed throughout or not at all, and a sample
-    tells which without scanning a large journal: all rows of the target session (an indexed
-    read) plus up to _SAMPLE_ROWS rows of the journal and of the mailbox anywhere.
-    """
-    if isinstance(store, SqliteJournalStore):
-        counts: tuple[int, int] = await store._call(_sqlite_signed_rows, session_id)
-        return counts
-    if isinstance(store, PostgresJournalStore):
-        sql = f"""
-            SELECT count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) = $2),
-                   count(*) FILTER (WHERE substr(v, 1, {len(MAGIC)}) <> $2)
-            FROM ((SELECT value AS v FROM jrt_journal WHERE session_id = $1)
-                  UNION ALL (SELECT value FROM jrt_journal LIMIT {_SAMPLE_ROWS})
-                  UNION ALL (SELECT payload FROM jrt_mailbox LIMIT {_SAMPLE_ROWS})) AS r"""
-        pool = store._pool
-        row = await store._run(lambda: pool.fetchrow(sql, session_id, MAGIC), "sampling rows")
-        return int(row[0]), int(row[1])
-    raise CliError(f"cannot inspect a {type(store).__name__}")  # pragma: no cover
-
-
-def _sqlite_signed_rows(conn: sqlite3.Connection, session_id: str) -> tuple[int, int]:
-    sql = f"""
-        SELECT coalesce(sum(substr(v, 1, {len(MAGIC)}) = :magic), 0),
-               coalesce(sum(substr(v, 1, {len(MAGIC)}) <> :magic), 0)
-        FROM (SELECT value AS v FROM jrt_journal WHERE session_id = :sid
-              UNION ALL SELECT * FROM (SELECT value FROM jrt_journal LIMIT {_SAMPLE_ROWS})
-              UNION ALL SELECT * FROM (SELECT payload FROM jrt_mailbox LIMIT {_SAMPLE_ROWS}))"""
-    # Closed at once: an open statement would keep its read snapshot (see _sqlite._one).
-    with contextlib.closing(conn.execute(sql, {"sid": session_id, "magic": MAGIC})) as cursor:
-        signed, unsigned = cursor.fetchone()
-    return int(signed), int(unsigned)
+    """How many (signed, unsigned) rows a sample of the journal holds: all rows of the target
+    session (an indexed read) plus up to _SAMPLE_ROWS rows of the journal and of the mailbox
+    anywhere (see :meth:`JournalBackend.count_signed`)."""
+    return await store.count_signed(session_id, _SAMPLE_ROWS)
 
 
 async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
@@ -349,7 +317,7 @@ async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
     # JSON, whatever the journal's codec: every runtime reads JSON rows (the pickle codec too).
     codec = JournalCodec("json", signing_key=args.signing_key)
     data = seal_signal(codec, sid, name, args.payload_value)
-    exists = await _find_session(store, sid) is not None
+    exists = await store.session_info(sid) is not None
     if not exists:
         journal = await store.load_session(sid)
         exists = bool(journal.steps or journal.streams)

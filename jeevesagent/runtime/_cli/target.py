@@ -133,11 +133,7 @@ async def open_store(target: Target, signing_key: str | None) -> JournalBackend:
 
 
 async def _check_pg_tables(store: PostgresJournalStore, target: Target) -> None:
-    sql = (
-        "SELECT current_schema(), to_regclass('jrt_journal') IS NOT NULL AND "
-        "to_regclass('jrt_mailbox') IS NOT NULL AND to_regclass('jrt_sessions') IS NOT NULL"
-    )
-    schema, ok = await store._run(lambda: store._pool.fetchrow(sql), "checking the tables")
+    schema, ok = await store.schema_ready()
     if not ok:
         raise CliError(
             f"no jeevesagent journal tables at {target.shown} (schema {schema!r}): create them "

@@ -23,10 +23,13 @@ from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
     "FINGERPRINT_CHARS",
+    "LEGACY_PREFIX",
     "describe_key",
     "fingerprint",
     "idempotency_journal_key",
     "is_legacy_key",
+    "is_signal_key",
+    "is_timer_key",
     "legacy_journal_key",
     "signal_journal_key",
     "signal_outcome_key",
@@ -54,18 +57,33 @@ def signal_outcome_key(name: str, index: int) -> str:
     return f"o:{name}:{index}"
 
 
+#: The namespace of keys imported from a jeevesagent 0.9.7 journal (the SQL stores' import
+#: writes it as a literal: ``'l:' || step_name``).
+LEGACY_PREFIX = "l:"
+
+
 def legacy_journal_key(name: str) -> str:
     """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
-    return f"l:{name}"
-
-
-def is_legacy_key(key: str) -> bool:
-    """Whether ``key`` was imported from a jeevesagent 0.9.7 journal."""
-    return key.startswith("l:")
+    return f"{LEGACY_PREFIX}{name}"
 
 
 def timer_journal_key(name: str) -> str:
     return f"t:{name}"
+
+
+def is_signal_key(key: str) -> bool:
+    """A signal receipt: a payload received (``g:``) or a receive that got none (``o:``)."""
+    return key.startswith(("g:", "o:"))
+
+
+def is_timer_key(key: str) -> bool:
+    """The wake-up time of a durable ``sleep`` (``t:``)."""
+    return key.startswith("t:")
+
+
+def is_legacy_key(key: str) -> bool:
+    """A row imported from a jeevesagent 0.9.7 journal (``l:``)."""
+    return key.startswith(LEGACY_PREFIX)
 
 
 _HEX = frozenset("0123456789abcdef")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
-from .._core.values import Codec, JournalCodec, decode_value, encode_value
+from .._core.values import MAGIC, Codec, JournalCodec, decode_value, encode_value
 from .._errors import StoreClosedError
 from .commit import Fenced, GroupCommitter
 from .rows import STEP, STREAM, Record, Row
@@ -125,7 +125,9 @@ class JournalBackend(abc.ABC):
     ``append`` (group commit), ``prune`` (argument checks) and ``aclose`` (idempotent) are built
     here on the hooks ``read_session``, ``write_rows``, ``read_row``, ``delete_sessions`` and
     ``close_resources``; the runtime calls the built methods, never the hooks. ``now``,
-    ``watch`` and ``take_signal_nowait`` have working defaults for a local store.
+    ``watch`` and ``take_signal_nowait`` have working defaults for a local store, and so do the
+    reads of operations tools, ``session_info`` and ``count_signed`` (override them to use an
+    index or sample more widely).
 
     The rules every backend keeps (``jeevesagent.runtime.testing`` checks them):
 
@@ -291,6 +293,24 @@ class JournalBackend(abc.ABC):
         if records:
             self.check_open(records[0].session_id, records[0].key)
         return await self._committer.commit(records, owners)
+
+    # -- inspection: what operations tools (the CLI) read ----------------------------------------
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        """The session's row of the sessions table, or ``None`` (never claimed, or pruned). The
+        default looks through :meth:`list_sessions`; a backend with an index overrides it."""
+        self.check_open(session_id)
+        return next((i for i in await self.list_sessions() if i.session_id == session_id), None)
+
+    async def count_signed(self, session_id: str, sample: int = 100) -> tuple[int, int]:
+        """How many rows of a sample of the journal are ``(signed, unsigned)``: every journal row
+        of ``session_id``, plus, where the backend can, up to ``sample`` journal rows and
+        ``sample`` waiting signals of any session. A journal in use is signed throughout or not
+        at all (a store with a key refuses unsigned rows, one without refuses signed rows), so a
+        sample tells which without scanning it. The default counts the session's rows."""
+        journal = await self.load_session(session_id)
+        rows = [*journal.steps.values(), *journal.streams.values()]
+        signed = sum(row.data[: len(MAGIC)] == MAGIC for row in rows)
+        return signed, len(rows) - signed
 
     # -- retention -------------------------------------------------------------------------------
     async def prune(

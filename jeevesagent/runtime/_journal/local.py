@@ -9,9 +9,8 @@ from collections import deque
 from collections.abc import Mapping
 
 from .backend import SessionInfo
-from .commit import Fenced
 from .rows import Row
-from .rules import claimable
+from .rules import check_fence, claimed, holds
 
 __all__ = ["LocalMailbox", "LocalSessions"]
 
@@ -24,30 +23,20 @@ class LocalSessions:
 
     def fence(self, owners: Mapping[str, str] | None) -> None:
         """Raise :class:`Fenced` for the sessions whose claim ``owners`` does not hold."""
-        if owners:
-            fenced = {
-                sid
-                for sid, owner in owners.items()
-                if (info := self.rows.get(sid)) is None or info.owner != owner
-            }
-            if fenced:
-                raise Fenced(fenced)
+        check_fence(owners, self._owner_of)
+
+    def _owner_of(self, session_id: str) -> str | None:
+        info = self.rows.get(session_id)
+        return None if info is None else info.owner
 
     def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        now = time.time()
-        info = self.rows.get(session_id)
-        if info is None:
-            info = SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
-        elif claimable(info, owner, now):
-            info = info._replace(
-                status="running", owner=owner, lease_expires=now + lease, updated_at=now
-            )
+        info = claimed(self.rows.get(session_id), session_id, owner, lease, time.time())
         self.rows[session_id] = info
         return info
 
     def renew(self, session_id: str, owner: str, lease: float) -> bool:
         info = self.rows.get(session_id)
-        if info is None or info.owner != owner:
+        if info is None or not holds(info, owner):
             return False
         now = time.time()
         self.rows[session_id] = info._replace(lease_expires=now + lease, updated_at=now)
@@ -55,7 +44,7 @@ class LocalSessions:
 
     def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         info = self.rows.get(session_id)
-        if info is not None and info.owner == owner:
+        if info is not None and holds(info, owner):
             self.rows[session_id] = info._replace(
                 status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
             )

@@ -1,16 +1,28 @@
-"""The rules of claims and pruning that every backend applies the same way: when a claim is
-live, when a session may be claimed, and which prune candidates are deleted or skipped. The SQL
-stores state the same rules in their statements; the conformance suite checks that they agree.
+"""The rules of claims, fencing and pruning that every backend applies the same way: when a
+claim is live, when a session may be claimed and what the claim makes of its row, which writes
+are fenced, and which prune candidates are deleted or skipped. The in-memory store and the SQLite
+store (which decides claims and fences in Python, inside its write transaction) call these; the
+Postgres store states the same rules in its statements; the conformance suite checks that they
+agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 from .backend import PruneResult, SessionInfo
+from .commit import Fenced
 
-__all__ = ["PruneCandidate", "claimable", "live_claim", "select_prunable"]
+__all__ = [
+    "PruneCandidate",
+    "check_fence",
+    "claimable",
+    "claimed",
+    "holds",
+    "live_claim",
+    "select_prunable",
+]
 
 
 class PruneCandidate(NamedTuple):
@@ -49,3 +61,33 @@ def select_prunable(
 def claimable(info: SessionInfo, owner: str, now: float) -> bool:
     """A session may be claimed when nobody holds it, we do, or the holder's lease ran out."""
     return info.owner is None or info.owner == owner or (info.lease_expires or 0.0) < now
+
+
+def claimed(
+    info: SessionInfo | None, session_id: str, owner: str, lease: float, now: float
+) -> SessionInfo:
+    """The sessions row after ``owner`` asks for the session at ``now``: a new ``running`` row
+    (no row yet), the row taken over (:func:`claimable`), or ``info`` unchanged (held by another:
+    the claim is refused, and the caller sees who holds it)."""
+    if info is None:
+        return SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
+    if claimable(info, owner, now):
+        return info._replace(
+            status="running", owner=owner, lease_expires=now + lease, updated_at=now
+        )
+    return info
+
+
+def holds(info: SessionInfo | None, owner: str) -> bool:
+    """Whether ``owner`` holds the session (may renew its lease, release it, write for it)."""
+    return info is not None and info.owner == owner
+
+
+def check_fence(owners: Mapping[str, str] | None, owner_of: Callable[[str], str | None]) -> None:
+    """Fencing: raise :class:`Fenced` naming every session of ``owners`` (session id -> the
+    owner a write is made for) whose sessions row names another owner, or none, or that has no
+    row (``owner_of`` returns ``None`` for both)."""
+    if owners:
+        fenced = {sid for sid, owner in owners.items() if owner_of(sid) != owner}
+        if fenced:
+            raise Fenced(fenced)

@@ -1,0 +1,139 @@
+"""The Postgres store's journal writes: the insert statements (first writer wins; fenced
+inserts check the owners in the same statement) and the coroutines that run them on the pool's
+loop and report the rows that won a conflict. Kept apart from :mod:`.postgres`, which calls
+:func:`insert_rows` and :func:`get_row`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._journal.backend import Fenced, Record, Row
+
+__all__ = ["Key", "get_row", "insert_rows"]
+
+Key = tuple[str, int, str]
+
+_GET = "SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = $2 AND key = $3"
+_INSERT_ONE = (
+    "INSERT INTO jrt_journal (session_id, kind, key, value, created_at)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+)
+_INSERT = """
+INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
+ON CONFLICT DO NOTHING
+RETURNING session_id, kind, key
+"""
+# The fenced insert: one statement, hence one transaction. The `lock` CTE locks the sessions rows
+# FOR SHARE (a concurrent claim waits for our commit; a claim that committed first is seen, since
+# a locking read in READ COMMITTED returns the newest row version). Rows of `bad` name the
+# sessions whose owner differs (or that have no row): then nothing is inserted.
+_INSERT_ONE_FENCED = """
+WITH lock AS MATERIALIZED (
+    SELECT owner FROM jrt_sessions WHERE session_id = $1 FOR SHARE
+), ok AS MATERIALIZED (
+    SELECT EXISTS (SELECT 1 FROM lock WHERE owner = $6) AS ok
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT $1, $2, $3, $4, $5 WHERE (SELECT ok FROM ok)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ins)
+"""
+_INSERT_FENCED = """
+WITH lock AS MATERIALIZED (
+    SELECT session_id, owner FROM jrt_sessions WHERE session_id = ANY($6::text[])
+    ORDER BY session_id FOR SHARE
+), bad AS MATERIALIZED (
+    SELECT o.session_id FROM unnest($6::text[], $7::text[]) AS o(session_id, owner)
+    LEFT JOIN lock AS l USING (session_id) WHERE l.owner IS DISTINCT FROM o.owner
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8[])
+    WHERE NOT EXISTS (SELECT 1 FROM bad)
+    ON CONFLICT DO NOTHING
+    RETURNING session_id, kind, key
+)
+SELECT true, session_id, NULL::int2, NULL::text FROM bad
+UNION ALL SELECT false, session_id, kind, key FROM ins
+"""
+# A separate statement, not a CTE of the insert: a CTE reads the statement's snapshot, which
+# misses a row that a concurrent transaction committed while the insert waited on it.
+_SELECT_KEYS = """
+SELECT j.session_id, j.kind, j.key, j.value, j.created_at
+FROM unnest($1::text[], $2::int2[], $3::text[]) AS k(session_id, kind, key)
+JOIN jrt_journal AS j USING (session_id, kind, key)
+"""
+
+
+async def get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | None:
+    found = await pool.fetchrow(_GET, session_id, kind, key)
+    return None if found is None else Row(found[0], found[1])
+
+
+async def insert_rows(
+    pool: Any, records: Sequence[Record], owners: Mapping[str, str] | None = None
+) -> dict[Key, Row]:
+    # `pool` is a pool or a connection: both have fetch() and execute().
+    if owners:
+        return await _insert_fenced(pool, records, owners)
+    if len(records) == 1:
+        # The common case of a sequential session: a plain one-row insert (no array encoding;
+        # asyncpg does not have to introspect array types on a new connection).
+        status = await pool.execute(_INSERT_ONE, *records[0])
+        return {} if status.endswith(" 1") else await _kept_row(pool, records[0])
+    # One statement: one round trip, and an autocommitted transaction for the whole batch.
+    inserted = await pool.fetch(_INSERT, *_columns(records))
+    return await _conflicts(pool, records, inserted)
+
+
+def _columns(records: Sequence[Record]) -> list[list[Any]]:
+    """The records as the five column arrays the batch statements take."""
+    return [list(column) for column in zip(*records, strict=True)]
+
+
+async def _kept_row(pool: Any, r: Record) -> dict[Key, Row]:
+    """The row that won over ``r`` (first writer wins), as a conflict to adopt."""
+    found = await pool.fetchrow(_GET, r.session_id, r.kind, r.key)
+    return {} if found is None else {(r.session_id, r.kind, r.key): Row(found[0], found[1])}
+
+
+async def _insert_fenced(
+    pool: Any, records: Sequence[Record], owners: Mapping[str, str]
+) -> dict[Key, Row]:
+    if len(records) == 1 and len(owners) == 1 and records[0].session_id in owners:
+        # A sequential session's step: the same fence with scalar parameters (no arrays).
+        r = records[0]
+        ok, inserted = await pool.fetchrow(_INSERT_ONE_FENCED, *r, owners[r.session_id])
+        if not ok:
+            raise Fenced({r.session_id})
+        return {} if inserted else await _kept_row(pool, r)
+    result = await pool.fetch(
+        _INSERT_FENCED, *_columns(records), list(owners), list(owners.values())
+    )
+    fenced = {r[1] for r in result if r[0]}
+    if fenced:
+        raise Fenced(fenced)
+    return await _conflicts(pool, records, [(r[1], r[2], r[3]) for r in result])
+
+
+async def _conflicts(
+    pool: Any, records: Sequence[Record], inserted: Sequence[Any]
+) -> dict[Key, Row]:
+    if len(inserted) == len(records):
+        return {}
+    # Report the row now present for every key we did not insert -- and for keys that appear
+    # twice in the batch, so both writers adopt the one value that was kept.
+    new = {(r[0], r[1], r[2]) for r in inserted}
+    seen: set[Key] = set()
+    wanted: dict[Key, None] = {}
+    for r in records:
+        key = (r.session_id, r.kind, r.key)
+        if key not in new or key in seen:
+            wanted[key] = None
+        seen.add(key)
+    rows = await pool.fetch(_SELECT_KEYS, *(list(col) for col in zip(*wanted, strict=True)))
+    return {(r[0], r[1], r[2]): Row(r[3], r[4]) for r in rows}
