@@ -256,13 +256,7 @@ def long_modules() -> list[str]:
     ]
 
 
-CURRENT_LONG = [
-    "jeevesagent/runtime/_backends/postgres.py: 602 lines",
-    "jeevesagent/runtime/_journaled/runtime.py: 610 lines",
-]
 
-
-@pytest.mark.xfail(strict=True, reason="modules over 600 lines on main: " + "; ".join(CURRENT_LONG))
 def test_no_module_over_600_lines() -> None:
     assert long_modules() == []
 
@@ -462,17 +456,7 @@ def cross_subpackage_private_attributes() -> list[str]:
     return sorted(found)
 
 
-CURRENT_PRIVATE_ATTRIBUTES = [
-    "_cli/commands.py uses store._call, store._pool, store._run (_backends' stores)",
-    "_cli/target.py uses store._pool, store._run",
-]
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="private store attributes used by the CLI on main: "
-    + "; ".join(CURRENT_PRIVATE_ATTRIBUTES),
-)
 def test_no_private_attribute_of_another_subpackages_class_is_used() -> None:
     violations = cross_subpackage_private_attributes()
     assert violations == [], "private attributes used across subpackages:\n" + "\n".join(violations)

@@ -24,6 +24,7 @@ from ._errors import SessionBusyError as SessionBusyError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreError as StoreError
 from ._errors import ValueEncodingError as ValueEncodingError
+from ._journal.backend import JournalBackend as JournalBackend
 from ._journal.backend import JournalEntry as JournalEntry
 from ._journal.backend import JournalStore as JournalStore
 from ._journal.backend import PruneResult as PruneResult
@@ -44,6 +45,7 @@ __all__ = (
     "InProcSession",
     "InvalidNameError",
     "JournalCorruptError",
+    "JournalBackend",
     "JournalEntry",
     "JournalIntegrityError",
     "JournalMismatchError",
