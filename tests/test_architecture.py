@@ -15,9 +15,6 @@ A subpackage is the package a module sits in: ``_core``, ``_journal``, ``_backen
 ``_journaled``, ``_cli``, and ``jeevesagent.runtime`` itself for the top-level modules
 (``_errors``, ``_policy`` and the public modules). The published names and import paths are
 checked by test_public_api.py.
-
-A rule that main breaks today is a strict ``xfail`` listing the violations: when they are fixed it
-XPASSes, which fails, so drop the mark then.
 """
 
 from __future__ import annotations
@@ -172,9 +169,6 @@ def short(name: str) -> str:
     return name.removeprefix("jeevesagent.runtime.")
 
 
-CURRENT_CYCLES = ["_core.base -> _core.observe -> _core.base"]
-
-
 def test_the_import_graph_sees_the_layers() -> None:
     # Guards the checker itself: a few edges that exist, read from relative and absolute imports.
     runtime = MODULES["jeevesagent.runtime._journaled.runtime"].imports
@@ -184,7 +178,6 @@ def test_the_import_graph_sees_the_layers() -> None:
     assert "jeevesagent.runtime._journal.memory" in MODULES["jeevesagent.runtime.journal"].imports
 
 
-@pytest.mark.xfail(strict=True, reason="import cycles on main: " + "; ".join(CURRENT_CYCLES))
 def test_no_import_cycles() -> None:
     cycles = [" -> ".join(map(short, cycle)) for cycle in import_cycles()]
     assert cycles == [], "import cycles:\n" + "\n".join(cycles)
@@ -254,7 +247,6 @@ def long_modules() -> list[str]:
         for m in MODULES.values()
         if m.lines > MAX_LINES and m.rel not in LINE_ALLOWANCES
     ]
-
 
 
 def test_no_module_over_600_lines() -> None:
@@ -347,7 +339,6 @@ def cross_subpackage_private_uses() -> list[str]:
             for line, owner, name in crossing_private_uses(module)
         }
     )
-
 
 
 def test_the_private_name_checker_sees_imports_and_attributes() -> None:
@@ -454,7 +445,6 @@ def cross_subpackage_private_attributes() -> list[str]:
                     f"{module.rel}:{node.lineno} uses {ast.unparse(node)} (defined in {where})"
                 )
     return sorted(found)
-
 
 
 def test_no_private_attribute_of_another_subpackages_class_is_used() -> None:

@@ -1,4 +1,5 @@
-"""Step policies: retries with backoff, per-attempt timeouts, overall deadlines, journaled failures.
+"""Step policies: retries with backoff, per-attempt timeouts, overall deadlines, journaled failures,
+and the attempts loop that applies them (:func:`attempts`, for steps and stream steps alike).
 
 A policy never travels as a keyword argument of ``step`` (``idempotency_key`` stays its only
 reserved keyword, every other keyword goes to ``fn``). It is attached to the step function with
@@ -9,17 +10,20 @@ the function overrides the default field by field.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import pickle
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from ._errors import RuntimeJournalError
+
+T = TypeVar("T")
 
 __all__ = [
     "JournaledFailure",
@@ -27,6 +31,7 @@ __all__ = [
     "StepFailedError",
     "StepPolicy",
     "StepTimeoutError",
+    "attempts",
     "policy_of",
     "run_with_policy",
     "with_policy",
@@ -183,46 +188,94 @@ def _rebuild_failed(
     )
 
 
+async def attempts(
+    call: Callable[[], Awaitable[T]],
+    retry: RetryPolicy | None,
+    *,
+    timeout: float | None = None,
+    timed_out: Callable[[int], BaseException] | None = None,
+    deadline: float | None = None,
+    expired: Callable[[int], BaseException] | None = None,
+    may_retry: Callable[[BaseException], bool] | None = None,
+    before_retry: Callable[[], Awaitable[None]] | None = None,
+) -> T:
+    """The attempts loop -- the only one of the runtime: await ``call()`` until it returns.
+
+    Each attempt runs under ``timeout`` (an attempt that runs longer is cancelled and fails with
+    ``timed_out(attempt)``); a failed attempt is tried again, after ``retry``'s backoff, while
+    ``retry`` and ``may_retry`` allow it, ``before_retry()`` running first; the whole loop, its
+    delays included, runs under ``deadline`` (then ``expired(attempts made)`` is raised).
+
+    Steps run their function here under the step policy (:func:`run_with_policy`). A stream step
+    opens its producer here, and takes each chunk here with the timeout bounding that one pull
+    (never a span across the consumer's ``yield``, so a stream has no deadline) and a retry --
+    with a new producer -- only before its first chunk reached the consumer.
+
+    Cancellation from outside is never retried or converted: it propagates at once, also from a
+    backoff sleep.
+    """
+    retry = retry or _NO_RETRY
+    attempt = 0
+    scope: contextlib.AbstractContextManager[Any] = (
+        anyio.move_on_after(deadline) if deadline is not None else contextlib.nullcontext()
+    )
+    with scope:
+        while True:
+            attempt += 1
+            try:
+                if timeout is None:
+                    return await call()
+                with anyio.move_on_after(timeout):
+                    return await call()
+                assert timed_out is not None
+                raise timed_out(attempt)
+            except Exception as exc:
+                if (
+                    attempt >= retry.attempts
+                    or not retry.retries(exc)
+                    or (may_retry is not None and not may_retry(exc))
+                ):
+                    raise
+                if before_retry is not None:
+                    await before_retry()
+                await anyio.sleep(retry.delay(attempt))
+    assert expired is not None
+    raise expired(attempt)
+
+
 async def run_with_policy(
-    call: Callable[[], Awaitable[Any]],
+    call: Callable[[], Awaitable[T]],
     policy: StepPolicy,
     *,
     session_id: str | None,
     step: str,
-) -> Any:
-    """Await ``call()`` under ``policy``: per-attempt timeout, retries with backoff, deadline.
+) -> T:
+    """Await a step's ``call()`` under ``policy``: per-attempt timeout, retries with backoff,
+    deadline (see :func:`attempts`)."""
 
-    Cancellation from outside is never retried or converted: it propagates at once, also from
-    a backoff sleep.
-    """
-    retry = policy.retry or _NO_RETRY
-    with anyio.move_on_after(policy.deadline) as overall:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if policy.timeout is None:
-                    return await call()
-                with anyio.move_on_after(policy.timeout) as per_attempt:
-                    return await call()
-                if per_attempt.cancelled_caught:
-                    raise StepTimeoutError(
-                        f"session {session_id!r}, step {step!r}: attempt {attempt} ran longer "
-                        f"than its timeout of {policy.timeout} s and was cancelled; nothing "
-                        "was recorded.",
-                        session_id=session_id,
-                        step=step,
-                    )
-            except Exception as exc:
-                if attempt >= retry.attempts or not retry.retries(exc):
-                    raise
-                await anyio.sleep(retry.delay(attempt))
-    assert overall.cancelled_caught
-    raise StepTimeoutError(
-        f"session {session_id!r}, step {step!r}: the step did not succeed within its deadline "
-        f"of {policy.deadline} s ({attempt} attempts); nothing was recorded.",
-        session_id=session_id,
-        step=step,
+    def timed_out(attempt: int) -> StepTimeoutError:
+        return StepTimeoutError(
+            f"session {session_id!r}, step {step!r}: attempt {attempt} ran longer than its "
+            f"timeout of {policy.timeout} s and was cancelled; nothing was recorded.",
+            session_id=session_id,
+            step=step,
+        )
+
+    def expired(made: int) -> StepTimeoutError:
+        return StepTimeoutError(
+            f"session {session_id!r}, step {step!r}: the step did not succeed within its "
+            f"deadline of {policy.deadline} s ({made} attempts); nothing was recorded.",
+            session_id=session_id,
+            step=step,
+        )
+
+    return await attempts(
+        call,
+        policy.retry,
+        timeout=policy.timeout,
+        timed_out=timed_out,
+        deadline=policy.deadline,
+        expired=expired,
     )
 
 

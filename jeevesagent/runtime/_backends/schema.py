@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from .._core.keys import LEGACY_PREFIX
+from .._core.keys import LEGACY
 from .._errors import JournalCorruptError
 from .._journal.rows import STEP, STREAM
 
@@ -58,16 +58,13 @@ LEGACY_TABLES = (("journal_steps", STEP, "value"), ("journal_streams", STREAM, "
 def legacy_rows(table: str, kind: int, column: str) -> str:
     """A query of one old table's rows as journal rows: imported keys, bytes and times
     unchanged (the store inserts them, ignoring keys already journaled)."""
-    return (
-        f"SELECT session_id, {kind}, '{LEGACY_PREFIX}' || step_name, {column}, created_at "
-        f"FROM {table}"
-    )
+    return f"SELECT session_id, {kind}, '{LEGACY}' || step_name, {column}, created_at FROM {table}"
 
 
 #: A query of the sessions row each imported session gets (status ``imported``): only the
 #: import writes keys of the legacy namespace. The store inserts them where a session has none.
 IMPORTED_SESSIONS = (
     "SELECT session_id, 'imported', NULL, NULL, min(created_at), max(created_at), count(*) "
-    f"FROM jrt_journal WHERE substr(key, 1, {len(LEGACY_PREFIX)}) = '{LEGACY_PREFIX}' "
+    f"FROM jrt_journal WHERE substr(key, 1, {len(LEGACY)}) = '{LEGACY}' "
     "GROUP BY session_id"
 )

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -16,9 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._errors import RuntimeJournalError, StoreClosedError
 from .names import check_session_id, check_signal_target
-
-if TYPE_CHECKING:
-    from .observe import SessionScope
+from .observe import SessionScope
 
 __all__ = [
     "BaseRuntime",
@@ -123,12 +121,18 @@ class SessionState:
         self._services: dict[str, Callable[[], Coroutine[Any, Any, Any]]] = {}
         self._hosts: dict[str, TaskGroup] = {}
         self._leaving: set[TaskGroup] = set()
-        # Observability (_observe.py): steps executed and replayed by this process, the tracer
-        # when the session's span is recorded (its steps get spans then), open stream spans.
+        # Observability (what .hooks.ObservedSession reads): steps executed and replayed by this
+        # process, the tracer when the session's span is recorded (its steps get spans then),
+        # the reports of stream steps not ended yet.
         self.executed = 0
         self.replayed = 0
         self.tracer: Any = None
         self.open_streams: set[Any] = set()
+
+    def journal_counts(self) -> tuple[int, int, int] | None:
+        """(steps, streams, signal receipts) of the session's journal held in memory, for the
+        "opened" report; ``None`` when the runtime loads no journal up front."""
+        return None
 
     def spawn(self, fn: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Run one piece of background work in the task group of an open context."""
@@ -223,8 +227,6 @@ class _SessionContext(Generic[S]):
     async def __aenter__(self) -> Any:
         if self._state is not None:
             raise RuntimeError("a session context cannot be entered twice")
-        from .observe import SessionScope  # here: _observe imports this module
-
         rt = self._runtime
         # The session's span (if traced) is this task's current context until __aexit__.
         scope = self._scope = SessionScope(rt, self._session_id)

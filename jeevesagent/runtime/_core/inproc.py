@@ -11,6 +11,7 @@ import anyio
 from .._policy import StepPolicy, policy_of, run_with_policy
 from . import observe as _observe
 from .base import BaseRuntime, BaseSession, SessionState
+from .hooks import StepHook
 from .names import check_name, check_signal_target
 from .streams import StreamStep, call_step_fn, open_producer
 
@@ -62,7 +63,7 @@ class InProcRuntime(BaseRuntime[_InProcState]):
             check_name("idempotency key", str(idempotency_key), self.current_session_id())
         self._check_open(self.current_session_id(), name)
         policy = self._policy_for(fn)
-        run = _observe.StepRun(self, self._current.get(), name)  # its span is current until end
+        run: StepHook = _observe.StepRun(self, self._current.get(), name)  # current until end
         try:
             if policy.retry is None and policy.timeout is None and policy.deadline is None:
                 return await call_step_fn(fn, args, kwargs)

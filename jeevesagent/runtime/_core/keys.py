@@ -23,67 +23,88 @@ from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
     "FINGERPRINT_CHARS",
-    "LEGACY_PREFIX",
     "describe_key",
     "fingerprint",
     "idempotency_journal_key",
     "is_legacy_key",
     "is_signal_key",
+    "is_signal_receipt",
     "is_timer_key",
     "legacy_journal_key",
+    "receipt_signal_name",
     "signal_journal_key",
     "signal_outcome_key",
+    "split_step_key",
     "step_journal_key",
     "timer_journal_key",
 ]
 
+STEP = "s:"
+IDEMPOTENCY = "k:"
+SIGNAL = "g:"
+OUTCOME = "o:"
+TIMER = "t:"
+LEGACY = "l:"
+
 
 def step_journal_key(name: str, fp: str) -> str:
-    return f"s:{name}:{fp}"
+    return f"{STEP}{name}:{fp}"
 
 
 def idempotency_journal_key(key: str) -> str:
-    return f"k:{key}"
+    return f"{IDEMPOTENCY}{key}"
 
 
 def signal_journal_key(name: str, index: int) -> str:
-    return f"g:{name}:{index}"
+    return f"{SIGNAL}{name}:{index}"
 
 
 def signal_outcome_key(name: str, index: int) -> str:
     """The key of receive number ``index`` of signal ``name`` when it received no payload: a
     wait that timed out, or a poll that found nothing. Never the key of a payload (``g:``), so
     no payload can pose as an outcome."""
-    return f"o:{name}:{index}"
-
-
-#: The namespace of keys imported from a jeevesagent 0.9.7 journal (the SQL stores' import
-#: writes it as a literal: ``'l:' || step_name``).
-LEGACY_PREFIX = "l:"
+    return f"{OUTCOME}{name}:{index}"
 
 
 def legacy_journal_key(name: str) -> str:
     """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
-    return f"{LEGACY_PREFIX}{name}"
+    return f"{LEGACY}{name}"
 
 
 def timer_journal_key(name: str) -> str:
-    return f"t:{name}"
+    return f"{TIMER}{name}"
+
+
+def is_signal_receipt(key: str) -> bool:
+    """A received signal's payload (``g:``)."""
+    return key.startswith(SIGNAL)
 
 
 def is_signal_key(key: str) -> bool:
-    """A signal receipt: a payload received (``g:``) or a receive that got none (``o:``)."""
-    return key.startswith(("g:", "o:"))
+    """A receive of a signal, with its payload (``g:``) or without one (``o:``)."""
+    return key.startswith((SIGNAL, OUTCOME))
 
 
 def is_timer_key(key: str) -> bool:
     """The wake-up time of a durable ``sleep`` (``t:``)."""
-    return key.startswith("t:")
+    return key.startswith(TIMER)
+
+
+def receipt_signal_name(key: str) -> str:
+    """The signal name in a ``g:<name>:<n>`` (or ``o:``) key."""
+    return key[2:].rpartition(":")[0]
 
 
 def is_legacy_key(key: str) -> bool:
-    """A row imported from a jeevesagent 0.9.7 journal (``l:``)."""
-    return key.startswith(LEGACY_PREFIX)
+    """A step imported from a jeevesagent 0.9.7 journal (``l:``)."""
+    return key.startswith(LEGACY)
+
+
+def split_step_key(key: str) -> tuple[str, str] | None:
+    """``(name, fingerprint)`` of a plain step's key (``s:``), else ``None``."""
+    if not key.startswith(STEP):
+        return None
+    return key[2 : -FINGERPRINT_CHARS - 1], key[-FINGERPRINT_CHARS:]
 
 
 _HEX = frozenset("0123456789abcdef")
@@ -93,21 +114,22 @@ def describe_key(key: str) -> str:
     """A readable form of a journal key for messages, listings and errors' ``step``: the step's
     name, ``idempotency_key='K'``, ``signal 'name' #n``, ``sleep 'name'``; any other text (a name
     already, or a key of a third-party store) as is."""
-    if key.startswith("s:"):
-        name, sep, fp = key[2:].rpartition(":")
+    prefix, rest = key[:2], key[2:]
+    if prefix == STEP:
+        name, sep, fp = rest.rpartition(":")
         if sep and len(fp) == FINGERPRINT_CHARS and all(c in _HEX for c in fp):
             return name
         return key
-    if key.startswith("k:"):
-        return f"idempotency_key={key[2:]!r}"
-    if key.startswith("g:"):
-        name, _, idx = key[2:].rpartition(":")
+    if prefix == IDEMPOTENCY:
+        return f"idempotency_key={rest!r}"
+    if prefix == SIGNAL:
+        name, _, idx = rest.rpartition(":")
         return f"signal {name!r} #{idx}"
-    if key.startswith("o:"):
-        name, _, idx = key[2:].rpartition(":")
+    if prefix == OUTCOME:
+        name, _, idx = rest.rpartition(":")
         return f"signal {name!r} #{idx} (no payload)"
-    if key.startswith("t:"):
-        return f"sleep {key[2:]!r}"
-    if key.startswith("l:"):
-        return key[2:]
+    if prefix == TIMER:
+        return f"sleep {rest!r}"
+    if prefix == LEGACY:
+        return rest
     return key

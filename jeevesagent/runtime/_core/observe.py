@@ -11,8 +11,10 @@ here: spans are made only when the application has imported ``opentelemetry.trac
 tracer provider (or names one in ``OTEL_PYTHON_TRACER_PROVIDER``). A session whose span is not
 recorded (no provider, or sampled out) makes no step spans; its steps pay one attribute check.
 
-Every hook runs in the task of the code it observes: a span attached as the current context is
-detached in the same task, before the step or session it belongs to returns.
+This module implements the hook of :mod:`.hooks` (read there at which points the runtime calls
+it) and knows nothing of the runtime's classes beyond those interfaces. Every hook runs in the task
+of the code it observes: a span attached as the current context is detached in the same task,
+before the step or session it belongs to returns.
 """
 
 from __future__ import annotations
@@ -21,23 +23,23 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._errors import SessionBusyError
-from .._policy import JournaledFailure
-from .base import SessionState
+from .._policy import JournaledFailure, StepPolicy
 from .streams import StreamStep
 
 if TYPE_CHECKING:
-    from .base import BaseRuntime
+    from .hooks import ObservedRuntime, ObservedSession
 
 __all__ = [
     "DEBUG",
-    "ObservedStreamStep",
     "SessionScope",
     "StepRun",
+    "StreamRun",
     "log",
     "stream_step",
 ]
@@ -123,7 +125,7 @@ def _end_span(span: Any, exc: BaseException | None) -> None:
     span.end()
 
 
-def store_name(runtime: BaseRuntime[Any]) -> str:
+def store_name(runtime: ObservedRuntime) -> str:
     """``memory``/``sqlite``/``postgres`` for the bundled stores, else the store's class name
     (``none`` for a runtime without a journal)."""
     store = getattr(runtime, "store", None)
@@ -133,7 +135,7 @@ def store_name(runtime: BaseRuntime[Any]) -> str:
     return _STORE_NAMES.get(cls, cls)
 
 
-def _attributes(runtime: BaseRuntime[Any], session_id: str) -> dict[str, Any]:
+def _attributes(runtime: ObservedRuntime, session_id: str) -> dict[str, Any]:
     return {
         "jeevesagent.session_id": session_id,
         "jeevesagent.store": store_name(runtime),
@@ -142,7 +144,7 @@ def _attributes(runtime: BaseRuntime[Any], session_id: str) -> dict[str, Any]:
 
 
 def _start_step_span(
-    state: SessionState, runtime: BaseRuntime[Any], span_name: str, step: str, replayed: bool
+    state: ObservedSession, runtime: ObservedRuntime, span_name: str, step: str, replayed: bool
 ) -> Any:
     attributes = _attributes(runtime, state.id)
     attributes["jeevesagent.step"] = step
@@ -160,7 +162,7 @@ class SessionScope:
 
     __slots__ = ("_runtime", "_session_id", "_span", "_token")
 
-    def __init__(self, runtime: BaseRuntime[Any], session_id: str) -> None:
+    def __init__(self, runtime: ObservedRuntime, session_id: str) -> None:
         self._runtime = runtime
         self._session_id = session_id
         self._span: Any = None
@@ -172,7 +174,7 @@ class SessionScope:
             )
             self._token = _attach(self._span)
 
-    def opened(self, state: SessionState, first: bool) -> None:
+    def opened(self, state: ObservedSession, first: bool) -> None:
         """The context was entered (``first``: it loaded the session)."""
         span = self._span
         recording = span is not None and span.is_recording()
@@ -180,7 +182,9 @@ class SessionScope:
             state.tracer = _tracer()
         if not (recording or (first and log.isEnabledFor(INFO))):
             return
-        loaded = _loaded(self._runtime, state)
+        # None when the runtime does not load a journal up front (no journal, or a store read
+        # per step).
+        loaded = state.journal_counts()
         if recording and loaded is not None:
             steps, streams, receipts = loaded
             span.set_attribute("jeevesagent.resumed", bool(steps or streams))
@@ -206,12 +210,12 @@ class SessionScope:
                 receipts,
             )
 
-    def close(self, state: SessionState | None, exc: BaseException | None) -> None:
+    def close(self, state: ObservedSession | None, exc: BaseException | None) -> None:
         """The context exited (``state`` None: it failed to open); ``exc`` is what propagates."""
         try:
             if state is not None and state.refs == 0:
                 for stream in list(state.open_streams):
-                    stream.end(None, closed=True)
+                    stream.ended(None, closed=True)
                 if log.isEnabledFor(INFO):
                     log.info(
                         "session %r closed (status=%s, steps executed=%d, replayed=%d)",
@@ -228,21 +232,10 @@ class SessionScope:
                 _end_span(span, exc)
 
 
-def _loaded(runtime: BaseRuntime[Any], state: SessionState) -> tuple[int, int, int] | None:
-    """(steps, streams, signal receipts) loaded from the journal; ``None`` when the runtime does
-    not load a journal up front (no journal, or a five-method store read per step)."""
-    if not getattr(state, "loaded", False):
-        return None
-    steps: dict[str, Any] = getattr(state, "steps", {})
-    streams: dict[str, Any] = getattr(state, "streams", {})
-    receipts = sum(1 for key in steps if key.startswith("g:"))
-    return len(steps) - receipts, len(streams), receipts
-
-
 # -- steps ----------------------------------------------------------------------------------------
 
 
-def step_replayed(runtime: BaseRuntime[Any], state: SessionState, name: str, value: Any) -> None:
+def step_replayed(runtime: ObservedRuntime, state: ObservedSession, name: str, value: Any) -> None:
     """A step returned its journaled result (call only when ``state.tracer`` is set or DEBUG is
     enabled: the caller counts the replay and checks that, to keep replay cheap)."""
     failed = isinstance(value, JournaledFailure)
@@ -264,7 +257,7 @@ class StepRun:
 
     __slots__ = ("_error", "_name", "_runtime", "_span", "_state", "_token")
 
-    def __init__(self, runtime: BaseRuntime[Any], state: SessionState | None, name: str) -> None:
+    def __init__(self, runtime: ObservedRuntime, state: ObservedSession | None, name: str) -> None:
         self._runtime = runtime
         self._state = state
         self._name = name
@@ -302,89 +295,63 @@ class StepRun:
 
 
 def stream_step(
-    runtime: BaseRuntime[Any], state: SessionState | None, name: str, *args: Any
+    runtime: ObservedRuntime,
+    state: ObservedSession | None,
+    name: str,
+    start: Callable[[], Awaitable[tuple[list[Any] | None, AsyncIterator[Any] | None]]],
+    complete: Callable[[list[Any]], Awaitable[None]] | None,
+    policy: StepPolicy | None = None,
+    reopen: Callable[[], Awaitable[AsyncIterator[Any]]] | None = None,
+    where: tuple[str | None, str] = (None, "?"),
 ) -> StreamStep:
-    """``StreamStep(*args)``, observed when there is something to report (a traced session, or
-    INFO logging for the session's counts); else plain, without any per-chunk cost."""
+    """A ``StreamStep``, with a :class:`StreamRun` as its hook when there is something to report
+    (a traced session, or INFO logging for the session's counts); else without a hook, and
+    without any per-chunk cost."""
+    hook = None
     if state is not None and (state.tracer is not None or log.isEnabledFor(INFO)):
-        return ObservedStreamStep(runtime, state, name, *args)
-    return StreamStep(*args)
-
-
-class ObservedStreamStep(StreamStep):
-    """A ``StreamStep`` that reports to the session: a ``jeevesagent.stream_step`` span from its
-    first pull until it is exhausted, fails, is closed or its session closes (the span is the
-    current context only during each pull, never across a ``yield`` of the consumer)."""
-
-    __slots__ = ("_obs_name", "_obs_run", "_obs_runtime", "_obs_state")
-
-    def __init__(
-        self,
-        runtime: BaseRuntime[Any],
-        state: SessionState,
-        name: str,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._obs_runtime = runtime
-        self._obs_state = state
-        self._obs_name = name
-        self._obs_run: StreamRun | None = None
-
-    async def __anext__(self) -> Any:
-        if self._start is not None and not self._done:
-            self._obs_run = StreamRun(self._obs_runtime, self._obs_state, self._obs_name)
-        run = self._obs_run
-        token = _attach(run.span) if run is not None and run.span is not None else None
-        try:
-            chunk = await super().__anext__()
-        except StopAsyncIteration:
-            self._obs_end(None)
-            raise
-        except BaseException as exc:
-            self._obs_end(exc)
-            raise
-        finally:
-            if token is not None:
-                _detach(token)
-        if run is not None and self._replay is not None:
-            run.replayed = True
-        return chunk
-
-    async def aclose(self) -> None:
-        try:
-            await super().aclose()
-        finally:
-            self._obs_end(None, closed=True)
-
-    def _obs_end(self, exc: BaseException | None, closed: bool = False) -> None:
-        run, self._obs_run = self._obs_run, None
-        if run is not None:
-            run.replayed = self._replay is not None
-            run.end(exc, closed)
+        hook = StreamRun(runtime, state, name)
+    return StreamStep(start, complete, policy, reopen, where, hook)
 
 
 class StreamRun:
-    """The report of one stream step from its first pull on. Held by the session until it ends
-    (not the stream step itself: a stream dropped unfinished is still collected, and its span
-    ends, as "closed early", when the session closes)."""
+    """The report of one stream step (its ``StreamHook``): a ``jeevesagent.stream_step`` span
+    from its first pull until it is exhausted, fails, is closed or its session closes (the span is
+    the current context only during each pull, never across a ``yield`` of the consumer). Held
+    by the session from the first pull until it ends, so that a stream dropped unfinished is
+    still reported, as "closed early", when the session closes."""
 
-    __slots__ = ("name", "replayed", "span", "state")
+    __slots__ = ("name", "replayed", "runtime", "span", "state")
 
-    def __init__(self, runtime: BaseRuntime[Any], state: SessionState, name: str) -> None:
+    def __init__(self, runtime: ObservedRuntime, state: ObservedSession, name: str) -> None:
+        self.runtime = runtime
         self.state = state
         self.name = name
         self.replayed = False
         self.span: Any = None
+
+    def started(self) -> None:
+        state = self.state
         if state.tracer is not None:
-            self.span = _start_step_span(state, runtime, "jeevesagent.stream_step", name, False)
+            self.span = _start_step_span(
+                state, self.runtime, "jeevesagent.stream_step", self.name, False
+            )
         state.open_streams.add(self)
 
-    def end(self, exc: BaseException | None, closed: bool = False) -> None:
+    def replaying(self) -> None:
+        self.replayed = True
+
+    def pull_started(self) -> Any:
+        span = self.span
+        return _attach(span) if span is not None else None
+
+    def pull_ended(self, token: Any) -> None:
+        if token is not None:
+            _detach(token)
+
+    def ended(self, exc: BaseException | None, closed: bool = False) -> None:
         state = self.state
         if self not in state.open_streams:
-            return  # ended already (by its session closing)
+            return  # not started, or ended already (by its session closing)
         state.open_streams.discard(self)
         replayed = self.replayed
         span, self.span = self.span, None

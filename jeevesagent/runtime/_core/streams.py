@@ -1,7 +1,8 @@
 """Calling step functions and stream-step producers: :func:`call_step_fn` (sync or async),
 :func:`open_producer` (whatever a stream step's ``fn`` returns, as an async iterator) and
 :class:`StreamStep`, the async iterator ``stream_step`` returns -- replay of recorded chunks, the
-producer's retries and pull timeouts under the step policy, and recording when it is exhausted.
+producer's retries and pull timeouts (in the one attempts loop of ``_policy``), recording when
+it is exhausted, and what it tells its observability hook.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
+from .._policy import StepPolicy, StepTimeoutError, attempts
 
-from .._policy import StepPolicy, StepTimeoutError
+if TYPE_CHECKING:
+    from .hooks import StreamHook
 
 __all__ = ["StreamStep", "call_step_fn", "close_producer", "open_producer"]
 
@@ -74,7 +76,8 @@ class StreamStep:
     whether to replay recorded chunks or run the producer; ``complete`` records the chunk list,
     and runs only when the producer is exhausted. ``aclose()`` (used by ``contextlib.aclosing``)
     closes the producer at once; a consumer that simply drops the iterator leaves the producer to
-    the event loop's async-generator finalizer, which closes it too.
+    the event loop's async-generator finalizer, which closes it too. ``hook``, if given, is told
+    what happens (see :class:`~.hooks.StreamHook`).
     """
 
     __slots__ = (
@@ -82,6 +85,7 @@ class StreamStep:
         "_complete",
         "_delivered",
         "_done",
+        "_hook",
         "_policy",
         "_producer",
         "_reopen",
@@ -97,12 +101,14 @@ class StreamStep:
         policy: StepPolicy | None = None,
         reopen: Callable[[], Awaitable[AsyncIterator[Any]]] | None = None,
         where: tuple[str | None, str] = (None, "?"),
+        hook: StreamHook | None = None,
     ) -> None:
         self._start: Callable[[], Awaitable[Any]] | None = start
         self._complete = complete
         self._policy = policy
         self._reopen = reopen
         self._where = where  # (session id, step name) for error messages
+        self._hook = hook
         self._delivered = 0
         self._replay: Iterator[Any] | None = None
         self._producer: AsyncIterator[Any] | None = None
@@ -115,50 +121,66 @@ class StreamStep:
     async def __anext__(self) -> Any:
         if self._done:
             raise StopAsyncIteration
-        if self._start is not None:
-            start, self._start = self._start, None
-            attempt = 1
-            while True:
-                try:
-                    recorded, self._producer = await start()
-                    break
-                except Exception as exc:
-                    # Failing to open the producer is a failure before the first chunk: the
-                    # retry policy applies.
-                    retry = self._policy.retry if self._policy is not None else None
-                    if retry is None or attempt >= retry.attempts or not retry.retries(exc):
-                        self._done = True
-                        raise
-                    await anyio.sleep(retry.delay(attempt))
-                    attempt += 1
-                except BaseException:
-                    self._done = True
-                    raise
-            if recorded is not None:
-                self._replay = iter(recorded)
-        if self._replay is not None:
-            try:
-                return next(self._replay)
-            except StopIteration:
-                self._done = True
-                raise StopAsyncIteration from None
-        assert self._producer is not None
+        hook, token = self._hook, None
+        if hook is not None:
+            if self._start is not None:
+                hook.started()
+            token = hook.pull_started()
         try:
-            chunk = await self._pull()
-        except StopAsyncIteration:
-            self._done = True
-            await close_producer(self._producer)
+            if self._start is not None:
+                await self._open()
+            if self._replay is not None:
+                try:
+                    return next(self._replay)
+                except StopIteration:
+                    self._done = True
+                    raise StopAsyncIteration from None
+            try:
+                chunk = await self._pull()
+            except StopAsyncIteration:
+                self._done = True
+                await close_producer(self._producer)
+                if self._complete is not None:
+                    await self._complete(self._chunks)
+                raise
+            except BaseException:
+                self._done = True
+                await close_producer(self._producer)
+                raise
             if self._complete is not None:
-                await self._complete(self._chunks)
+                self._chunks.append(chunk)
+            self._delivered += 1
+            return chunk
+        except StopAsyncIteration:
+            if hook is not None:
+                hook.ended(None)
             raise
+        except BaseException as exc:
+            if hook is not None:
+                hook.ended(exc)
+            raise
+        finally:
+            if hook is not None:
+                hook.pull_ended(token)
+
+    async def _open(self) -> None:
+        """Replay, or open the producer: a failure to open it is a failure before the first
+        chunk, retried under the step policy (no timeout: that bounds pulls)."""
+        start, self._start = self._start, None
+        assert start is not None
+        retry = self._policy.retry if self._policy is not None else None
+        try:
+            if retry is None:
+                recorded, self._producer = await start()
+            else:
+                recorded, self._producer = await attempts(start, retry)
         except BaseException:
             self._done = True
-            await close_producer(self._producer)
             raise
-        if self._complete is not None:
-            self._chunks.append(chunk)
-        self._delivered += 1
-        return chunk
+        if recorded is not None:
+            self._replay = iter(recorded)
+            if self._hook is not None:
+                self._hook.replaying()
 
     async def _pull(self) -> Any:
         """The next chunk from the producer, under the step policy: the timeout bounds each pull
@@ -166,50 +188,58 @@ class StreamStep:
         may be retried with a new producer, a failure after it may not (the consumer has already
         acted on chunks that a new producer might not repeat)."""
         policy = self._policy
-        if policy is None or (policy.timeout is None and policy.retry is None):
+        if policy is None or (policy.timeout is None and (policy.retry is None or self._delivered)):
             assert self._producer is not None
             return await self._producer.__anext__()
-        attempt = 1
-        while True:
-            assert self._producer is not None
-            try:
-                if policy.timeout is None:
-                    return await self._producer.__anext__()
-                with anyio.move_on_after(policy.timeout):
-                    return await self._producer.__anext__()
-                session_id, name = self._where
-                raise StepTimeoutError(
-                    f"session {session_id!r}, stream step {name!r}: waiting for chunk "
-                    f"{self._delivered + 1} took longer than its timeout of {policy.timeout} s; "
-                    "nothing was recorded.",
-                    session_id=session_id,
-                    step=name,
-                )
-            except StopAsyncIteration:
-                raise
-            except Exception as exc:
-                retry = policy.retry
-                if (
-                    self._delivered
-                    or self._reopen is None
-                    or retry is None
-                    or attempt >= retry.attempts
-                    or not retry.retries(exc)
-                ):
-                    raise
-                with contextlib.suppress(Exception):
-                    await close_producer(self._producer)
-                await anyio.sleep(retry.delay(attempt))
-                attempt += 1
-                self._producer = await self._reopen()
+        return await attempts(
+            self._pull_once,
+            policy.retry,
+            timeout=policy.timeout,
+            timed_out=self._timed_out,
+            may_retry=self._may_retry,
+            before_retry=self._drop_producer,
+        )
+
+    async def _pull_once(self) -> Any:
+        if self._producer is None:  # the one that failed was dropped: retry with a new one
+            assert self._reopen is not None
+            self._producer = await self._reopen()
+        return await self._producer.__anext__()
+
+    def _may_retry(self, exc: BaseException) -> bool:
+        return (
+            not self._delivered
+            and self._reopen is not None
+            and not isinstance(exc, StopAsyncIteration)
+        )
+
+    async def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        with contextlib.suppress(Exception):
+            await close_producer(producer)
+
+    def _timed_out(self, attempt: int) -> StepTimeoutError:
+        assert self._policy is not None
+        session_id, name = self._where
+        return StepTimeoutError(
+            f"session {session_id!r}, stream step {name!r}: waiting for chunk "
+            f"{self._delivered + 1} took longer than its timeout of {self._policy.timeout} s; "
+            "nothing was recorded.",
+            session_id=session_id,
+            step=name,
+        )
 
     async def aclose(self) -> None:
         """Stop early: close the producer; nothing is recorded."""
-        if not self._done:
-            self._done = True
-            self._start = None
-            if self._producer is not None:
-                await close_producer(self._producer)
+        try:
+            if not self._done:
+                self._done = True
+                self._start = None
+                if self._producer is not None:
+                    await close_producer(self._producer)
+        finally:
+            if self._hook is not None:
+                self._hook.ended(None, closed=True)
 
 
 async def close_producer(producer: Any) -> None:

@@ -30,7 +30,7 @@ import pickletools
 from typing import Any, Literal, NamedTuple, Protocol
 
 from .._errors import JournalCorruptError, JournalIntegrityError, ValueEncodingError
-from .keys import describe_key
+from .keys import describe_key, is_signal_receipt, receipt_signal_name
 
 __all__ = [
     "SIGNING_KEY_ENV",
@@ -200,8 +200,8 @@ def _make_key(signing_key: str | bytes | None) -> bytes | None:
 def row_context(kind: int, key: str) -> str:
     """What a journal row is, as bound into its signature. A signal's receipt (``g:`` key) is
     bound to the signal's name, since the row is the mailbox payload moved as is."""
-    if key.startswith("g:") and kind == 0:
-        return signal_context(key[2:].rpartition(":")[0])
+    if kind == 0 and is_signal_receipt(key):
+        return signal_context(receipt_signal_name(key))
     return f"{kind}:{key}"
 
 

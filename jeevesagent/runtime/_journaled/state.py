@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from .._core.base import BaseRuntime, BaseSession, SessionState
-from .._core.keys import FINGERPRINT_CHARS
+from .._core.keys import is_signal_key, is_signal_receipt, split_step_key
 from .._errors import JournalMismatchError, StoreError
 from .._journal.rows import STEP, Record, Row
 
@@ -28,7 +28,7 @@ class JournaledSession(BaseSession):
         state = self._state
         steps = pending = 0
         if state is not None:
-            receipts = sum(1 for key in state.steps if key[:2] in ("g:", "o:"))
+            receipts = sum(1 for key in state.steps if is_signal_key(key))
             steps = len(state.steps) - receipts
             pending = receipts - sum(state.signals_received.values())
         return f"<JournaledSession id={self.id!r} steps={steps} pending_signals={pending}>"
@@ -64,13 +64,21 @@ class JournaledState(SessionState):
         self.session = JournaledSession(session_id, runtime)
         self.session._state = self
 
+    def journal_counts(self) -> tuple[int, int, int] | None:
+        """(steps, streams, signal receipts) loaded when the session opened; ``None`` when the
+        store cannot load a whole session (a five-method store, read per key)."""
+        if not self.loaded:
+            return None
+        receipts = sum(1 for key in self.steps if is_signal_receipt(key))
+        return len(self.steps) - receipts, len(self.streams), receipts
+
     # -- strict replay --------------------------------------------------------------------------
     def note_recorded(self, keys: Iterable[str]) -> None:
         """Remember the argument fingerprints the journal held per step name when it opened."""
         for key in keys:
-            if key.startswith("s:"):
-                name, fp = key[2 : -FINGERPRINT_CHARS - 1], key[-FINGERPRINT_CHARS:]
-                self.recorded_fps.setdefault(name, set()).add(fp)
+            step = split_step_key(key)
+            if step is not None:
+                self.recorded_fps.setdefault(step[0], set()).add(step[1])
 
     def called(self, name: str, fp: str) -> None:
         self.called_fps.setdefault(name, set()).add(fp)
