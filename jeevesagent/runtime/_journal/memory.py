@@ -84,11 +84,13 @@ class InMemoryJournalStore(JournalBackend):
         return (j.steps if kind == STEP else j.streams).get(key)
 
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
+        self.check_open(session_id, name)
         self._mailbox.setdefault((session_id, name), deque()).append(Row(data, created_at))
 
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
+        self.check_open(session_id, name)
         journal = self._rows.get(session_id)
         if key is not None and journal is not None and key in journal.steps:
             return journal.steps[key]
@@ -106,6 +108,7 @@ class InMemoryJournalStore(JournalBackend):
         return row
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        self.check_open(session_id)
         now = time.time()
         info = self._sessions.get(session_id)
         if info is None:
@@ -118,6 +121,7 @@ class InMemoryJournalStore(JournalBackend):
         return info
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        self.check_open(session_id)
         info = self._sessions.get(session_id)
         if info is None or info.owner != owner:
             return False
@@ -126,6 +130,7 @@ class InMemoryJournalStore(JournalBackend):
         return True
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        self.check_open(session_id)
         info = self._sessions.get(session_id)
         if info is not None and info.owner == owner:
             self._sessions[session_id] = info._replace(
@@ -133,13 +138,16 @@ class InMemoryJournalStore(JournalBackend):
             )
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+        self.check_open()
         rows = [i for i in self._sessions.values() if status is None or i.status == status]
         return sorted(rows, key=lambda i: i.created_at)
 
     async def pending_signals(self, session_id: str) -> int:
+        self.check_open(session_id)
         return sum(len(q) for (sid, _), q in self._mailbox.items() if sid == session_id)
 
     async def pending_names(self, session_id: str) -> list[str]:
+        self.check_open(session_id)
         return sorted(name for (sid, name) in self._mailbox if sid == session_id)
 
     async def delete_sessions(
