@@ -47,6 +47,13 @@ class TestSqliteStoreJsonCodec(JournalBackendConformance):
         return lambda: SqliteJournalStore(tmp_path / "journal.sqlite3", codec="json")
 
 
+class TestSqliteStoreSigned(JournalBackendConformance):
+    @pytest.fixture
+    def open_backend(self, tmp_path: Path) -> BackendOpener:
+        key = "conformance-signing-key"
+        return lambda: SqliteJournalStore(tmp_path / "journal.sqlite3", signing_key=key)
+
+
 class TestPostgresStore(JournalBackendConformance):
     @pytest.fixture
     def open_backend(self, pg_schema_dsn: str) -> BackendOpener:
