@@ -266,6 +266,7 @@ class PostgresJournalStore(JournalBackend):
         *,
         shield: bool = False,
     ) -> T:
+        self.check_open(session_id, step)  # close_resources() calls the bridge directly
         return await call_translated(
             self._bridge, self._pool, fn, action, session_id, step, shield=shield
         )
@@ -443,13 +444,14 @@ class PostgresJournalStore(JournalBackend):
 
     async def close_resources(self) -> None:
         with anyio.CancelScope(shield=True):
+            run = functools.partial(call_translated, self._bridge, self._pool)
             try:
                 if self._listener.active:
-                    await self._run(self._listener.aclose, "closing the LISTEN connection")
+                    await run(self._listener.aclose, "closing the LISTEN connection")
                 if self._writer is not None:
-                    await self._run(self._release_writer, "releasing the writer connection")
+                    await run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:
-                    await self._run(lambda: _close_pool(self._pool), "closing the pool")
+                    await run(lambda: _close_pool(self._pool), "closing the pool")
             finally:
                 await self._bridge.aclose()
 

@@ -117,6 +117,7 @@ class StoreAdapter(JournalBackend):
 
     # -- the mailbox, in this process ------------------------------------------------------------
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
+        self.check_open(session_id, name)
         self._mailbox.put(session_id, name, Row(data, created_at))
         for wake in list(self._watchers):
             wake(session_id)
@@ -124,6 +125,7 @@ class StoreAdapter(JournalBackend):
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
+        self.check_open(session_id, name)
         if key is not None:
             existing = await self.read_row(session_id, STEP, key)
             if existing is not None:
@@ -149,9 +151,11 @@ class StoreAdapter(JournalBackend):
         return self._mailbox.pop(session_id, name)
 
     async def pending_signals(self, session_id: str) -> int:
+        self.check_open(session_id)
         return self._mailbox.pending(session_id)
 
     async def pending_names(self, session_id: str) -> list[str]:
+        self.check_open(session_id)
         return self._mailbox.names(session_id)
 
     async def watch(self, wake: Callable[[str], None]) -> bool:
@@ -161,13 +165,17 @@ class StoreAdapter(JournalBackend):
 
     # -- the sessions table, in this process -----------------------------------------------------
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        self.check_open(session_id)
         return self._sessions.claim(session_id, owner, lease)
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        self.check_open(session_id)
         return self._sessions.renew(session_id, owner, lease)
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        self.check_open(session_id)
         self._sessions.release(session_id, owner, status, steps)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+        self.check_open()
         return self._sessions.list(status)

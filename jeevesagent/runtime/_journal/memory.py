@@ -73,11 +73,13 @@ class InMemoryJournalStore(JournalBackend):
         return (j.steps if kind == STEP else j.streams).get(key)
 
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
+        self.check_open(session_id, name)
         self._mailbox.put(session_id, name, Row(data, created_at))
 
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
+        self.check_open(session_id, name)
         journal = self._rows.get(session_id)
         if key is not None and journal is not None and key in journal.steps:
             return journal.steps[key]
@@ -93,21 +95,27 @@ class InMemoryJournalStore(JournalBackend):
         return row
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        self.check_open(session_id)
         return self._sessions.claim(session_id, owner, lease)
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        self.check_open(session_id)
         return self._sessions.renew(session_id, owner, lease)
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        self.check_open(session_id)
         self._sessions.release(session_id, owner, status, steps)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+        self.check_open()
         return self._sessions.list(status)
 
     async def pending_signals(self, session_id: str) -> int:
+        self.check_open(session_id)
         return self._mailbox.pending(session_id)
 
     async def pending_names(self, session_id: str) -> list[str]:
+        self.check_open(session_id)
         return self._mailbox.names(session_id)
 
     async def delete_sessions(

@@ -23,5 +23,8 @@ class Record(NamedTuple):
 
 
 class Row(NamedTuple):
+    """One journal row as a store returns it: its encoded value and when it was recorded (epoch
+    seconds; ``0.0`` when the store cannot know, as for a five-method store's streams)."""
+
     data: bytes
     created_at: float
