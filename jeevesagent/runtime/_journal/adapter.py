@@ -22,7 +22,7 @@ Its codec is plain pickle, unsigned: the wrapped store holds values, not signed 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._core.values import (
@@ -31,14 +31,14 @@ from .._core.values import (
     signal_context,
     split_nonce,
 )
-from .backend import JournalBackend, JournalStore, PruneResult, SessionInfo, SessionJournal
-from .local import LocalMailbox, LocalSessions
+from .backend import JournalStore, PruneResult, SessionJournal
+from .local import LocalBackend, LocalMailbox
 from .rows import STEP, Record, Row
 
 __all__ = ["StoreAdapter"]
 
 
-class StoreAdapter(JournalBackend):
+class StoreAdapter(LocalBackend):
     """A :class:`JournalBackend` over any object with the five :class:`JournalStore` methods.
 
     The wrapped store stays its owner's: closing the adapter does not close it.
@@ -47,9 +47,6 @@ class StoreAdapter(JournalBackend):
     def __init__(self, store: JournalStore) -> None:
         super().__init__(codec="pickle", signing_key="")
         self.store = store
-        self._sessions = LocalSessions()
-        self._mailbox = LocalMailbox()
-        self._watchers: list[Callable[[str], None]] = []
 
     def __repr__(self) -> str:
         return f"<StoreAdapter of {self.store!r}>"
@@ -112,16 +109,10 @@ class StoreAdapter(JournalBackend):
         )
 
     async def close_resources(self) -> None:
-        self._mailbox = LocalMailbox()
-        self._watchers.clear()
+        await super().close_resources()
+        self._mailbox = LocalMailbox()  # signals that were never received go with the process
 
     # -- the mailbox, in this process ------------------------------------------------------------
-    async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
-        self.check_open(session_id, name)
-        self._mailbox.put(session_id, name, Row(data, created_at))
-        for wake in list(self._watchers):
-            wake(session_id)
-
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
@@ -147,35 +138,4 @@ class StoreAdapter(JournalBackend):
             raise
         return row if row is not None else Row(self._encode(session_id, STEP, key, payload), 0.0)
 
-    def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
-        return self._mailbox.pop(session_id, name)
-
-    async def pending_signals(self, session_id: str) -> int:
-        self.check_open(session_id)
-        return self._mailbox.pending(session_id)
-
-    async def pending_names(self, session_id: str) -> list[str]:
-        self.check_open(session_id)
-        return self._mailbox.names(session_id)
-
-    async def watch(self, wake: Callable[[str], None]) -> bool:
-        if wake not in self._watchers:
-            self._watchers.append(wake)
-        return True  # every signal comes through send_signal, which wakes the watchers
-
     # -- the sessions table, in this process -----------------------------------------------------
-    async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        self.check_open(session_id)
-        return self._sessions.claim(session_id, owner, lease)
-
-    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
-        self.check_open(session_id)
-        return self._sessions.renew(session_id, owner, lease)
-
-    async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
-        self.check_open(session_id)
-        self._sessions.release(session_id, owner, status, steps)
-
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        self.check_open()
-        return self._sessions.list(status)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from .backend import SessionInfo
+from .._core.values import Codec
+from .backend import JournalBackend, SessionInfo
 from .rows import Row
 from .rules import check_fence, claimed, holds
 
-__all__ = ["LocalMailbox", "LocalSessions"]
+__all__ = ["LocalBackend", "LocalMailbox", "LocalSessions"]
 
 
 class LocalSessions:
@@ -89,3 +90,59 @@ class LocalMailbox:
     def drop(self, session_id: str) -> None:
         for key in [k for k in self.queues if k[0] == session_id]:
             del self.queues[key]
+
+
+class LocalBackend(JournalBackend):
+    """The part of a :class:`JournalBackend` whose sessions table and mailbox live in this
+    process (the in-memory store, the five-method store adapter): claims, leases, sending and
+    counting signals, and pushed wake-ups (every signal comes through :meth:`send_signal`).
+    Subclasses keep the journal and implement ``take_signal`` (which journals a receipt)."""
+
+    def __init__(
+        self, *, codec: str | Codec | None = None, signing_key: str | bytes | None = None
+    ) -> None:
+        super().__init__(codec=codec, signing_key=signing_key)
+        self._sessions = LocalSessions()
+        self._mailbox = LocalMailbox()
+        self._watchers: list[Callable[[str], None]] = []
+
+    async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
+        self.check_open(session_id, name)
+        self._mailbox.put(session_id, name, Row(data, created_at))
+        for wake in list(self._watchers):
+            wake(session_id)
+
+    def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
+        return self._mailbox.pop(session_id, name)
+
+    async def pending_signals(self, session_id: str) -> int:
+        self.check_open(session_id)
+        return self._mailbox.pending(session_id)
+
+    async def pending_names(self, session_id: str) -> list[str]:
+        self.check_open(session_id)
+        return self._mailbox.names(session_id)
+
+    async def watch(self, wake: Callable[[str], None]) -> bool:
+        if wake not in self._watchers:
+            self._watchers.append(wake)
+        return True
+
+    async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
+        self.check_open(session_id)
+        return self._sessions.claim(session_id, owner, lease)
+
+    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
+        self.check_open(session_id)
+        return self._sessions.renew(session_id, owner, lease)
+
+    async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        self.check_open(session_id)
+        self._sessions.release(session_id, owner, status, steps)
+
+    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+        self.check_open()
+        return self._sessions.list(status)
+
+    async def close_resources(self) -> None:
+        self._watchers.clear()

@@ -6,15 +6,15 @@ import time
 from collections.abc import Mapping, Sequence
 
 from .._core.values import Codec
-from .backend import JournalBackend, PruneResult, SessionInfo, SessionJournal
-from .local import LocalMailbox, LocalSessions
+from .backend import PruneResult, SessionJournal
+from .local import LocalBackend
 from .rows import STEP, Record, Row
 from .rules import PruneCandidate, select_prunable
 
 __all__ = ["InMemoryJournalStore"]
 
 
-class InMemoryJournalStore(JournalBackend):
+class InMemoryJournalStore(LocalBackend):
     """A dict-backed store: nothing survives the process. For tests and prototyping.
 
     Values are kept encoded, exactly as a durable store would keep them, so a test on this store
@@ -27,8 +27,6 @@ class InMemoryJournalStore(JournalBackend):
         """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`."""
         super().__init__(codec=codec, signing_key=signing_key)
         self._rows: dict[str, SessionJournal] = {}
-        self._mailbox = LocalMailbox()
-        self._sessions = LocalSessions()
 
     def __repr__(self) -> str:
         n = sum(len(j.steps) + len(j.streams) for j in self._rows.values())
@@ -72,10 +70,6 @@ class InMemoryJournalStore(JournalBackend):
             return None
         return (j.steps if kind == STEP else j.streams).get(key)
 
-    async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
-        self.check_open(session_id, name)
-        self._mailbox.put(session_id, name, Row(data, created_at))
-
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
@@ -93,30 +87,6 @@ class InMemoryJournalStore(JournalBackend):
         if key is not None:
             self._rows.setdefault(session_id, SessionJournal({}, {})).steps[key] = row
         return row
-
-    async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        self.check_open(session_id)
-        return self._sessions.claim(session_id, owner, lease)
-
-    async def renew(self, session_id: str, owner: str, lease: float) -> bool:
-        self.check_open(session_id)
-        return self._sessions.renew(session_id, owner, lease)
-
-    async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
-        self.check_open(session_id)
-        self._sessions.release(session_id, owner, status, steps)
-
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        self.check_open()
-        return self._sessions.list(status)
-
-    async def pending_signals(self, session_id: str) -> int:
-        self.check_open(session_id)
-        return self._mailbox.pending(session_id)
-
-    async def pending_names(self, session_id: str) -> list[str]:
-        self.check_open(session_id)
-        return self._mailbox.names(session_id)
 
     async def delete_sessions(
         self,
@@ -151,9 +121,3 @@ class InMemoryJournalStore(JournalBackend):
                 self._sessions.rows.pop(sid, None)
                 self._mailbox.drop(sid)
         return result
-
-    def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
-        return self._mailbox.pop(session_id, name)
-
-    async def close_resources(self) -> None:
-        pass
