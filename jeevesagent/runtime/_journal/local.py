@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from .._core.values import Codec
-from .backend import JournalBackend, SessionInfo
-from .rows import Row
-from .rules import check_fence, claimed, holds
+from .backend import ENDED_STATUSES, JournalBackend, SessionInfo
+from .rows import STEP, Record, Row
+from .rules import check_fence, claimed, holds, live_claim
 
 __all__ = ["LocalBackend", "LocalMailbox", "LocalSessions"]
 
@@ -50,9 +50,56 @@ class LocalSessions:
                 status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
             )
 
-    def list(self, status: str | None = None) -> list[SessionInfo]:
-        rows = [i for i in self.rows.values() if status is None or i.status == status]
-        return sorted(rows, key=lambda i: i.created_at)
+    def list(
+        self,
+        status: str | None = None,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        rows = [
+            i
+            for i in self.rows.values()
+            if (status is None or i.status == status)
+            and (workflows is None or i.workflow in workflows)
+        ]
+        rows.sort(key=lambda i: (i.created_at, i.session_id))
+        return rows if limit is None else rows[:limit]
+
+    def create(
+        self, session_id: str, workflow: str, owner: str | None, lease: float
+    ) -> SessionInfo:
+        """The sessions row of a new workflow session (kept if one exists already)."""
+        now = time.time()
+        new = SessionInfo(
+            session_id,
+            "pending" if owner is None else "running",
+            owner,
+            None if owner is None else now + lease,
+            now,
+            now,
+            0,
+            workflow,
+        )
+        return self.rows.setdefault(session_id, new)
+
+    def request_cancel(self, session_id: str) -> SessionInfo | None:
+        """See :meth:`JournalBackend.request_cancel`."""
+        info = self.rows.get(session_id)
+        if info is None or info.status in ENDED_STATUSES:
+            return info
+        now = time.time()
+        if info.status == "running" and live_claim(info.owner, info.lease_expires, now):
+            info = info._replace(cancel_requested=True, updated_at=now)
+        else:
+            info = info._replace(
+                status="cancelled",
+                owner=None,
+                lease_expires=None,
+                cancel_requested=True,
+                updated_at=now,
+            )
+        self.rows[session_id] = info
+        return info
 
 
 class LocalMailbox:
@@ -106,11 +153,14 @@ class LocalBackend(JournalBackend):
         self._mailbox = LocalMailbox()
         self._watchers: list[Callable[[str], None]] = []
 
+    def _wake(self, session_id: str) -> None:
+        for wake in list(self._watchers):
+            wake(session_id)
+
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
         self.check_open(session_id, name)
         self._mailbox.put(session_id, name, Row(data, created_at))
-        for wake in list(self._watchers):
-            wake(session_id)
+        self._wake(session_id)
 
     def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         return self._mailbox.pop(session_id, name)
@@ -139,10 +189,41 @@ class LocalBackend(JournalBackend):
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         self.check_open(session_id)
         self._sessions.release(session_id, owner, status, steps)
+        self._wake(session_id)
 
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
         self.check_open()
-        return self._sessions.list(status)
+        return self._sessions.list(status, workflows, limit)
+
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        self.check_open(session_id, arguments.key)
+        info = self._sessions.rows.get(session_id)
+        if info is None:
+            # The arguments first: a session row is never seen without them.
+            await self.write_rows([arguments])
+            info = self._sessions.create(session_id, workflow, owner, lease)
+            self._wake(session_id)
+        return info, await self.read_row(session_id, STEP, arguments.key)
+
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        self.check_open(session_id)
+        info = self._sessions.request_cancel(session_id)
+        if info is not None:
+            self._wake(session_id)
+        return info
 
     async def close_resources(self) -> None:
         self._watchers.clear()
