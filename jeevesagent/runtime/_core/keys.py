@@ -22,6 +22,8 @@ from __future__ import annotations
 from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
+    "workflow_failure_key",
+    "failure_index",
     "workflow_result_key",
     "workflow_args_key",
     "step_name_of",
@@ -125,6 +127,19 @@ def workflow_result_key() -> str:
     """The key of a workflow session's outcome: its body's return value, or the failure it
     raised (a ``JournaledFailure``)."""
     return f"{WORKFLOW}result"
+
+
+def workflow_failure_key(n: int) -> str:
+    """The key of the exception of a workflow session's ``n``-th failed run (from 0)."""
+    return f"{WORKFLOW}failure:{n}"
+
+
+def failure_index(key: str) -> int | None:
+    """``n`` of a :func:`workflow_failure_key`, else ``None``."""
+    prefix = f"{WORKFLOW}failure:"
+    if not key.startswith(prefix) or not key[len(prefix) :].isdigit():
+        return None
+    return int(key[len(prefix) :])
 
 
 def is_workflow_key(key: str) -> bool:

@@ -29,9 +29,10 @@ from .._core.keys import (
     step_journal_key,
     timer_journal_key,
 )
-from .._core.names import check_name, check_signal_target
+from .._core.names import check_name, check_session_id, check_signal_target
+from .._core.registry import registered_workflow, workflow_name
 from .._core.streams import StreamStep, call_step_fn, open_producer
-from .._errors import SessionBusyError, StoreError
+from .._errors import SessionBusyError, SessionCancelledError, StoreError
 from .._journal.adapter import StoreAdapter
 from .._journal.backend import (
     SESSION_STATUSES,
@@ -43,7 +44,7 @@ from .._journal.backend import (
     SessionInfo,
 )
 from .._journal.memory import InMemoryJournalStore
-from .._journal.owner import new_owner_id, owner_is_dead
+from .._journal.owner import new_owner_id
 from .._policy import (
     JournaledFailure,
     StepPolicy,
@@ -51,10 +52,12 @@ from .._policy import (
     policy_of,
     run_with_policy,
 )
-from .claims import ClaimHolder, session_status
+from .claims import ClaimHolder, orphaned, session_status
 from .recorder import Recorder
 from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
+from .worker import Worker
+from .workflows import Engine, WorkflowHandle
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
 
@@ -133,6 +136,16 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             self.owner_id,
             poll_interval,
         )
+        self._engine = Engine(
+            self,
+            self._backend,
+            self._recorder,
+            self._signals,
+            self._states,
+            self.session,
+            self.owner_id,
+            poll_interval,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -148,8 +161,17 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _load_state(self, state: JournaledState, wait: float | None) -> None:
         backend = self._backend
         backend.check_open(state.id)
-        state.claimed_at = await self._claims.take(state.id, wait)
+        state.claimed_at, info = await self._claims.take(state.id, wait)
         state.claimed = True
+        state.workflow = info.workflow
+        if info.cancel_requested:  # cancel() is final: the session never runs again
+            with anyio.CancelScope(shield=True):
+                await backend.release(state.id, self.owner_id, "cancelled", info.steps)
+            raise SessionCancelledError(
+                f"session {state.id!r} was cancelled (with cancel()): it does not run again. "
+                "Start a new session, or fork this one (fork()) to run it from a step.",
+                session_id=state.id,
+            )
         try:
             journal = await backend.load_session(state.id)
             state.steps.update(journal.steps)
@@ -171,7 +193,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
         if not state.claimed:
             return
-        status = session_status(exc)
+        status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
         await self._claims.release(state.id, status, len(state.steps) + len(state.streams))
@@ -382,16 +404,13 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
 
-        Synchronous, so it reads no store: in a session open in this runtime it returns the next
-        journaled receipt -- a replay, or a signal already moved into the journal (every signal
-        sent through this runtime is, at once; a signal sent from elsewhere is, once a
-        ``wait_for_signal`` of the session has fetched it). Finding nothing is journaled too
-        (it commits with the session's next record), so a replay of this call returns ``None``
-        again even if a signal has arrived since; that signal is left for the next receive.
-        Each such poll adds a journal row: to wait for a signal, prefer ``wait_for_signal``
-        with a ``timeout`` over polling in a loop. With a five-method store, whose journal is
-        read per key, a replayed receipt replays only through ``wait_for_signal``, and "nothing"
-        is not journaled.
+        Synchronous, so it reads no store: in a session open here it returns the next journaled
+        receipt -- a replay, or a signal already moved into the journal (one sent through this
+        runtime is, at once; one sent from elsewhere, once a ``wait_for_signal`` fetched it).
+        Finding nothing is journaled too (with the session's next record), so a replay returns
+        ``None`` again even if a signal has arrived since. Each poll adds a journal row: prefer
+        ``wait_for_signal`` with a ``timeout`` to polling in a loop. With a five-method store,
+        receipts replay only through ``wait_for_signal`` and "nothing" is not journaled.
         """
         check_signal_target(session_id, name)
         return self._signals.poll(session_id, name)
@@ -445,6 +464,84 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             self, state, name, start, complete, policy, reopen, (state.id, name)
         )
 
+    # -- workflows -------------------------------------------------------------------------------
+    async def run(
+        self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run workflow ``wf`` (a ``@workflow`` function or its name) inline, as session
+        ``session_id``, and return its result.
+
+        The first call records the workflow's name and arguments; the result is recorded when
+        the body returns. Again: a completed session returns its recorded result without
+        running; a failed or interrupted one resumes (recorded steps replay). Other arguments
+        for an existing session raise :class:`JournalMismatchError`; a cancelled session raises
+        :class:`SessionCancelledError`. An exception from the body comes out unchanged.
+        """
+        check_session_id(session_id)
+        self._check_open(session_id)
+        fn = registered_workflow(wf)
+        await self._engine.create(workflow_name(wf), session_id, args, kwargs, self.owner_id)
+        return await self._engine.run_body(session_id, fn, args, kwargs, wait=None)
+
+    async def start(
+        self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any
+    ) -> WorkflowHandle:
+        """Record session ``session_id`` of workflow ``wf`` as ``pending`` for a worker
+        (:meth:`serve`, in any process) and return its handle at once. Idempotent for the same
+        id and arguments; other arguments raise :class:`JournalMismatchError`. ``wf`` may be a
+        name, so a process that does not import the workflow's code can start it."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        await self._engine.create(workflow_name(wf), session_id, args, kwargs, None)
+        return self.handle(session_id)
+
+    def handle(self, session_id: str) -> WorkflowHandle:
+        """A handle on session ``session_id``: ``.result()``, ``.status()``, ``.cancel()``."""
+        check_session_id(session_id)
+        return WorkflowHandle(self._engine, session_id)
+
+    async def result(self, session_id: str, *, timeout: float | None = None) -> Any:
+        """Wait, from any process, until the session ends: return its recorded result, raise
+        its recorded failure (or :class:`StepFailedError`), or :class:`SessionCancelledError`;
+        ``TimeoutError`` after ``timeout`` seconds; ``LookupError`` for an unknown session."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        return await self._engine.result(session_id, timeout)
+
+    async def cancel(self, session_id: str) -> None:
+        """Cancel a session, for good, from any process: a session not running never runs; a
+        running one is stopped by its owner wherever it runs (within about a second; at once
+        where the store pushes notices), and the step in flight records nothing. Cancelling an
+        ended session changes nothing; ``LookupError`` for an unknown session."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        await self._engine.cancel(session_id)
+
+    async def fork(
+        self, session_id: str, new_session_id: str, *, at: str | None = None
+    ) -> WorkflowHandle:
+        """Make ``new_session_id``, a pending session of the same workflow and arguments whose
+        journal is a copy of the source's rows recorded before the first step named ``at``
+        (``None``: all of them). Running it replays that prefix and runs the rest."""
+        check_session_id(session_id)
+        check_session_id(new_session_id)
+        self._check_open(session_id)
+        await self._engine.fork(session_id, new_session_id, at)
+        return self.handle(new_session_id)
+
+    async def serve(self, *workflows: Callable[..., Any] | str, concurrency: int = 8) -> None:
+        """Run as a worker until cancelled (start it in your task group): run the pending
+        sessions of ``workflows``, and resume their interrupted and orphaned ones, continuously,
+        at most ``concurrency`` at once. Workers in many processes share one store; a session
+        runs in one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted``
+        for the next worker."""
+        self._check_open()
+        served = {workflow_name(wf): registered_workflow(wf) for wf in workflows}
+        worker = Worker(
+            self._engine, self._backend, self._signals, served, concurrency, self.poll_interval
+        )
+        await worker.serve()
+
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled
         stores). ``status``: ``"running"``, ``"completed"``, ``"failed"``, ``"interrupted"``
@@ -464,19 +561,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
         self._check_open()
-        native = self._backend
-        # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
-        # before the list: a lease renewed in between only lies further past `now`.
-        now = await native.now()
-        running = [
-            info
-            for info in await native.list_sessions("running")
-            if info.owner is None
-            or (info.lease_expires is not None and info.lease_expires < now)
-            or owner_is_dead(info.owner)
-        ]
-        interrupted = await native.list_sessions("interrupted")
-        return sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
+        return await orphaned(self._backend)
 
     async def prune(
         self,
