@@ -41,9 +41,10 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
+from . import pgsessions
 from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
-from .pglisten import Listener
+from .pglisten import CHANNEL, Listener
 from .pgschema import _NOW, _migrate, _prune, schema_statements
 from .pgwrite import Key, get_row, insert_rows
 from .thread import LoopHandle
@@ -56,13 +57,12 @@ T = TypeVar("T")
 _CLOSE_TIMEOUT = 10.0
 
 _LOAD = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
-_SESSION_COLS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
-_SEND = """
+_SEND = f"""
 WITH ins AS (
     INSERT INTO jrt_mailbox (session_id, name, payload, created_at) VALUES ($1, $2, $3, $4)
     RETURNING session_id
 )
-SELECT pg_notify('jrt_signal', session_id) FROM ins
+SELECT pg_notify('{CHANNEL}', session_id) FROM ins
 """
 # One statement: the receipt if ``key`` is already journaled; else, if the owner still holds
 # the session (its row locked FOR SHARE), move the oldest signal into the journal as ``key``
@@ -98,33 +98,6 @@ FROM (SELECT 1) AS one
 LEFT JOIN existing AS e ON true
 LEFT JOIN taken AS t ON true
 """
-_CLAIM = f"""
-WITH now AS (SELECT {_NOW} AS t)
-INSERT INTO jrt_sessions AS s
-    (session_id, status, owner, lease_expires, created_at, updated_at)
-SELECT $1, 'running', $2, t + $3, t, t FROM now
-ON CONFLICT (session_id) DO UPDATE SET
-    status = 'running', owner = EXCLUDED.owner,
-    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at
-WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
-   OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
-RETURNING {_SESSION_COLS}
-"""
-_SESSION = f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
-_RENEW = f"""
-UPDATE jrt_sessions SET lease_expires = n.t + $3, updated_at = n.t
-FROM (SELECT {_NOW} AS t) AS n
-WHERE session_id = $1 AND owner = $2
-"""
-_RELEASE = f"""
-UPDATE jrt_sessions
-SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
-WHERE session_id = $1 AND owner = $2
-"""
-_LIST_ALL = f"SELECT {_SESSION_COLS} FROM jrt_sessions ORDER BY created_at, session_id"
-_LIST_STATUS = (
-    f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE status = $1 ORDER BY created_at, session_id"
-)
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CLOCK = f"SELECT {_NOW}"
@@ -351,7 +324,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._run(
-            lambda: _claim(self._pool, session_id, owner, lease),
+            lambda: pgsessions.claim(self._pool, session_id, owner, lease),
             "claiming the session",
             session_id,
             shield=True,
@@ -359,7 +332,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         status: str = await self._run(
-            lambda: self._pool.execute(_RENEW, session_id, owner, float(lease)),
+            lambda: self._pool.execute(pgsessions.RENEW, session_id, owner, float(lease)),
             "renewing the session's lease",
             session_id,
             shield=True,
@@ -370,19 +343,49 @@ class PostgresJournalStore(JournalBackend):
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
-            lambda: self._pool.execute(_RELEASE, session_id, owner, status, steps),
+            lambda: self._pool.execute(pgsessions.RELEASE, session_id, owner, status, steps),
             "releasing the session",
             session_id,
             shield=True,
         )
 
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        if status is None:
-            fetch = functools.partial(self._pool.fetch, _LIST_ALL)
-        else:
-            fetch = functools.partial(self._pool.fetch, _LIST_STATUS, status)
-        rows = await self._run(fetch, "listing sessions")
-        return [SessionInfo(*r) for r in rows]
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        return await self._run(
+            lambda: pgsessions.list_sessions(self._pool, status, workflows, limit),
+            "listing sessions",
+        )
+
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        return await self._run(
+            lambda: pgsessions.create_session(
+                self._pool, session_id, workflow, arguments, owner, lease
+            ),
+            "creating the session",
+            session_id,
+            describe_key(arguments.key),
+            shield=True,
+        )
+
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        return await self._run(
+            lambda: pgsessions.request_cancel(self._pool, session_id),
+            "cancelling the session",
+            session_id,
+            shield=True,
+        )
 
     async def delete_sessions(
         self,
@@ -400,7 +403,9 @@ class PostgresJournalStore(JournalBackend):
     async def session_info(self, session_id: str) -> SessionInfo | None:
         self.check_open(session_id)
         row = await self._run(
-            lambda: self._pool.fetchrow(_SESSION, session_id), "reading the session", session_id
+            lambda: self._pool.fetchrow(pgsessions.SESSION, session_id),
+            "reading the session",
+            session_id,
         )
         return None if row is None else SessionInfo(*row)
 
@@ -511,10 +516,3 @@ async def _take(
             raise Fenced({session_id})
         return None
     return None if value is None else Row(value, taken_at)
-
-
-async def _claim(pool: Any, session_id: str, owner: str, lease: float) -> SessionInfo:
-    row = await pool.fetchrow(_CLAIM, session_id, owner, float(lease))
-    if row is None:  # held by someone else: a separate statement sees the row that won
-        row = await pool.fetchrow(_SESSION, session_id)
-    return SessionInfo(*row)

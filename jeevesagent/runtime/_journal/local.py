@@ -9,9 +9,9 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from .._core.values import Codec
-from .backend import ENDED_STATUSES, JournalBackend, SessionInfo
+from .backend import JournalBackend, SessionInfo
 from .rows import STEP, Record, Row
-from .rules import check_fence, claimed, holds, live_claim
+from .rules import cancel_requested, check_fence, claimed, created, holds
 
 __all__ = ["LocalBackend", "LocalMailbox", "LocalSessions"]
 
@@ -69,36 +69,15 @@ class LocalSessions:
         self, session_id: str, workflow: str, owner: str | None, lease: float
     ) -> SessionInfo:
         """The sessions row of a new workflow session (kept if one exists already)."""
-        now = time.time()
-        new = SessionInfo(
-            session_id,
-            "pending" if owner is None else "running",
-            owner,
-            None if owner is None else now + lease,
-            now,
-            now,
-            0,
-            workflow,
+        return self.rows.setdefault(
+            session_id, created(session_id, workflow, owner, lease, time.time())
         )
-        return self.rows.setdefault(session_id, new)
 
     def request_cancel(self, session_id: str) -> SessionInfo | None:
         """See :meth:`JournalBackend.request_cancel`."""
         info = self.rows.get(session_id)
-        if info is None or info.status in ENDED_STATUSES:
-            return info
-        now = time.time()
-        if info.status == "running" and live_claim(info.owner, info.lease_expires, now):
-            info = info._replace(cancel_requested=True, updated_at=now)
-        else:
-            info = info._replace(
-                status="cancelled",
-                owner=None,
-                lease_expires=None,
-                cancel_requested=True,
-                updated_at=now,
-            )
-        self.rows[session_id] = info
+        if info is not None:
+            info = self.rows[session_id] = cancel_requested(info, time.time())
         return info
 
 
