@@ -129,7 +129,8 @@ def write_v3_pg(dsn: str) -> None:
 
 def pg_columns(dsn: str) -> list[tuple[str, str, str]]:
     sql = (
-        "SELECT column_name::text, data_type::text, is_nullable::text FROM information_schema.columns"
+        "SELECT column_name::text, data_type::text, is_nullable::text"
+        " FROM information_schema.columns"
         " WHERE table_name = 'jrt_sessions' AND table_schema = current_schema()"
         " ORDER BY ordinal_position"
     )
