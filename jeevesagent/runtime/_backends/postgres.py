@@ -7,7 +7,8 @@ transaction.
 
 Two more tables coordinate workers: ``jrt_mailbox`` keeps signals sent to sessions (a
 ``pg_notify('jrt_signal', session_id)`` in the sending transaction wakes listeners anywhere), and
-``jrt_sessions`` records who runs a session (owner and lease) and how it last ended. Every lease
+``jrt_sessions`` records who runs a session (owner and lease), its workflow, and how it last
+ended (creating, cancelling and releasing a session notify on the same channel). Every lease
 is measured on the database server's clock (``clock_timestamp()``), never a worker's, since
 workers on many hosts share one database. A write on behalf of an owner is fenced: the sessions
 rows are locked ``FOR SHARE`` in the writing statement itself, so a concurrent claim cannot slip in
@@ -129,8 +130,9 @@ class PostgresJournalStore(JournalBackend):
     ``aclose()`` closes the pool only when the store created it (``connect``); a pool you pass
     in stays yours to close, since other code may share it.
 
-    Signal notices (:meth:`_watch`) come over one dedicated connection (``LISTEN jrt_signal``),
-    opened on first use with the pool's connection arguments, outside the pool. If that
+    Notices (:meth:`watch`: signals sent, sessions created, cancelled or released) come over one
+    dedicated connection (``LISTEN jrt_signal``), opened on first use with the pool's connection
+    arguments, outside the pool. If that
     connection is lost, a warning is logged and the store reopens it (with backoff, until it is
     back or the store is closed); waiters meanwhile poll the mailbox, and once it is back every
     session with a signal waiting is woken, so a notice lost in between delays nothing further.
@@ -204,7 +206,8 @@ class PostgresJournalStore(JournalBackend):
         Every statement is idempotent: applying the list again, or to a database at any older
         version, brings it to the current version (rows of ``jrt_schema_version`` record each
         version reached). A database at a newer version than this code knows makes the second
-        statement fail. Version 3 imports a jeevesagent 0.9.7 journal found in the search path.
+        statement fail. Version 3 imports a jeevesagent 0.9.7 journal found in the search path;
+        version 4 adds the sessions' workflow and cancel request, and the workers' index.
         """
         return schema_statements()
 
@@ -435,7 +438,8 @@ class PostgresJournalStore(JournalBackend):
         return now
 
     async def watch(self, wake: Callable[[str], None]) -> bool:
-        """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.
+        """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent
+        and every session created, cancelled or released.
 
         ``True`` while notices arrive. The first call opens the LISTEN connection; later calls
         cost no round trip, and answer ``False`` while a lost connection is being reopened.
