@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jeevesagent.runtime import JournaledRuntime, current_runtime, workflow
-from jeevesagent.runtime._journaled.replaycheck import check_replay
+from jeevesagent.runtime.testing import check_replay
 
 from .conftest import StoreFactory
 

@@ -1,4 +1,15 @@
-"""A conformance suite for store backends: check that your ``JournalBackend`` keeps the contract
+"""Testing helpers: :func:`check_replay` for your own workflows, and a conformance suite for store
+backends.
+
+``await check_replay(my_workflow, *args)`` runs a ``@workflow`` on a fresh journal, then again
+interrupted after each recorded step in turn and resumed, and raises :class:`ReplayCheckError`
+(an ``AssertionError``) naming the step if a resumed run returns another result, takes another
+path, or runs a recorded step's function again::
+
+    async def test_trip_resumes_from_every_step():
+        assert await check_replay(trip, "Lisbon") == "booked"
+
+The conformance suite checks that your ``JournalBackend`` keeps the contract
 ``JournaledRuntime`` relies on (journal rows written once, fencing, claims and leases, the
 mailbox, workflow sessions made, cancelled and listed, wake-ups, prune, close).
 
@@ -79,8 +90,9 @@ from ._journal.conformance import (
     wait_until_expired,
 )
 from ._journal.sessionchecks import WorkflowSessionChecks
+from ._journaled.replaycheck import ReplayCheckError, check_replay
 
-__all__ = ["BackendOpener", "JournalBackendConformance"]
+__all__ = ["BackendOpener", "JournalBackendConformance", "ReplayCheckError", "check_replay"]
 
 # JSON data, so that a backend configured with the JSON codec passes too.
 VALUES: list[Any] = [None, 0, -1.5, "text", "", True, [], {}, [1, "x", None], {"a": {"b": [2]}}]

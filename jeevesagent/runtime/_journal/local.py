@@ -8,6 +8,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+import anyio
+
 from .._core.values import Codec
 from .backend import JournalBackend, SessionInfo
 from .rows import STEP, Record, Row
@@ -131,6 +133,7 @@ class LocalBackend(JournalBackend):
         self._sessions = LocalSessions()
         self._mailbox = LocalMailbox()
         self._watchers: list[Callable[[str], None]] = []
+        self._creating: anyio.Lock | None = None  # made in the event loop, on first use
 
     def _wake(self, session_id: str) -> None:
         for wake in list(self._watchers):
@@ -189,12 +192,17 @@ class LocalBackend(JournalBackend):
         lease: float = 0.0,
     ) -> tuple[SessionInfo, Row | None]:
         self.check_open(session_id, arguments.key)
-        info = self._sessions.rows.get(session_id)
-        if info is None:
-            # The arguments first: a session row is never seen without them.
-            await self.write_rows([arguments])
-            info = self._sessions.create(session_id, workflow, owner, lease)
-            self._wake(session_id)
+        if self._creating is None:
+            self._creating = anyio.Lock()
+        # One creator at a time: writing the arguments may yield (a five-method store), and the
+        # arguments and the sessions row must come from the same creator.
+        async with self._creating:
+            info = self._sessions.rows.get(session_id)
+            if info is None:
+                # The arguments first: a session row is never seen without them.
+                await self.write_rows([arguments])
+                info = self._sessions.create(session_id, workflow, owner, lease)
+                self._wake(session_id)
         return info, await self.read_row(session_id, STEP, arguments.key)
 
     async def request_cancel(self, session_id: str) -> SessionInfo | None:
