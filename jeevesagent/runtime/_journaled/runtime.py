@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio
 from anyio.abc import TaskGroup
@@ -60,6 +60,9 @@ from .worker import Worker
 from .workflows import Engine, WorkflowHandle
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class JournaledRuntime(BaseRuntime[JournaledState]):
@@ -246,13 +249,42 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             raise state.write_failed(None)
 
     # -- steps -----------------------------------------------------------------------------------
+    # Overloads as in InProcRuntime.step (see the comment there on why these four).
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
     async def step(
         self,
         name: str,
         fn: Callable[..., Any],
         /,
         *args: Any,
-        idempotency_key: str | None = None,
+        idempotency_key: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once per session and journal its result.
@@ -415,9 +447,27 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         check_signal_target(session_id, name)
         return self._signals.poll(session_id, name)
 
+    # One overload per kind of producer, as in InProcRuntime.stream_step.
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self,
+        name: str,
+        fn: Callable[P, Awaitable[AsyncIterable[T] | Iterable[T]]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, Iterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> StreamStep:
+    ) -> StreamStep[Any]:
         """Yield the chunks of ``fn(*args, **kwargs)`` (an async iterable) and journal them.
 
         The chunk list is recorded, in one write, only when the producer is exhausted; a consumer
