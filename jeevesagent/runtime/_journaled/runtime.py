@@ -11,8 +11,7 @@ the :class:`JournalBackend` contract: a five-method ``JournalStore`` through its
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
@@ -22,22 +21,15 @@ from anyio.abc import TaskGroup
 from .._core import observe as _observe
 from .._core.base import BaseRuntime
 from .._core.keys import (
-    fingerprint,
-    idempotency_journal_key,
     is_legacy_key,
-    legacy_journal_key,
-    step_journal_key,
-    timer_journal_key,
 )
-from .._core.names import check_name, check_session_id, check_signal_target
+from .._core.names import check_session_id, check_signal_target
 from .._core.registry import registered_workflow, workflow_name
-from .._core.streams import StreamStep, call_step_fn, open_producer
+from .._core.streams import StreamStep
 from .._errors import SessionBusyError, SessionCancelledError, StoreError
 from .._journal.adapter import StoreAdapter
 from .._journal.backend import (
     SESSION_STATUSES,
-    STEP,
-    STREAM,
     JournalBackend,
     JournalStore,
     PruneResult,
@@ -46,16 +38,13 @@ from .._journal.backend import (
 from .._journal.memory import InMemoryJournalStore
 from .._journal.owner import new_owner_id
 from .._policy import (
-    JournaledFailure,
     StepPolicy,
-    StepTimeoutError,
-    policy_of,
-    run_with_policy,
 )
 from .claims import ClaimHolder, orphaned, session_status
 from .recorder import Recorder
 from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
+from .steps import Steps
 from .worker import Worker
 from .workflows import Engine, WorkflowHandle
 
@@ -138,6 +127,9 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             self._check_open,
             self.owner_id,
             poll_interval,
+        )
+        self._steps = Steps(
+            self, self._recorder, self._current, self._check_open, self._require_open
         )
         self._engine = Engine(
             self,
@@ -298,113 +290,13 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         Two concurrent calls with one key run ``fn`` once and both get its result.
         Outside a session, ``fn`` just runs.
         """
-        state = self._current.get()
-        sid = None if state is None else state.id
-        check_name("step name", name, sid)
-        if idempotency_key is not None:
-            idempotency_key = str(idempotency_key)
-            check_name("idempotency key", idempotency_key, sid)
-        policy = self._policy_for(fn)
-        if state is None:
-            self._check_open(None, name)
-            return await self._attempts(fn, args, kwargs, policy, None, name)
-        self._require_open(state, name)
-        fp = ""
-        if idempotency_key is not None:
-            key = idempotency_journal_key(idempotency_key)
-        else:
-            fp = fingerprint(args, kwargs, session_id=state.id, step=name)
-            key = step_journal_key(name, fp)
-            if self.strict:
-                state.called(name, fp)
-        while True:
-            row = await self._recorder.lookup_step(state, key)
-            if row is None and state.legacy:
-                # A journal imported from jeevesagent 0.9.7 keyed steps by name alone.
-                legacy = legacy_journal_key(name)
-                row = state.steps.get(legacy)
-                if row is not None:
-                    key = legacy
-            if row is not None:
-                value = self._recorder.decode(state, key, row)
-                state.replayed += 1
-                if state.tracer is not None or _observe.log.isEnabledFor(_observe.DEBUG):
-                    _observe.step_replayed(self, state, name, value)
-                if isinstance(value, JournaledFailure):
-                    raise value.rebuild(state.id, name)
-                return value
-            running = state.inflight.get(key)
-            if running is None:
-                break
-            # Same key already running in this session: wait for it, then take its result (or,
-            # if it failed, run it ourselves).
-            await running.wait()
-        if self.strict and fp:
-            state.check_strict(name, fp)
-        run = _observe.StepRun(self, state, name)  # its span is current until run.end()
-        done = state.inflight[key] = anyio.Event()
-        try:
-            try:
-                result = await self._attempts(fn, args, kwargs, policy, state.id, name)
-            except Exception as exc:
-                # A timed-out step records nothing, as documented: the timeout says how long
-                # this attempt was allowed, not what the step's outcome is.
-                if not policy.journal_failures or isinstance(exc, StepTimeoutError):
-                    raise
-                # Failed for good: journal the failure so a replay raises it without running.
-                failure = JournaledFailure.of(exc)
-                data = self._recorder.encode(state, key, failure)
-                await self._recorder.record(state, STEP, key, failure, data)
-                raise
-            data = self._recorder.encode(state, key, result)
-            return await self._recorder.record(state, STEP, key, result, data)
-        except BaseException as exc:
-            run.fail(exc)
-            raise
-        finally:
-            del state.inflight[key]
-            done.set()
-            run.end()
-
-    def _policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
-        attached = policy_of(fn)
-        return attached.merged_over(self.policy) if attached is not None else self.policy
-
-    @staticmethod
-    async def _attempts(
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        policy: StepPolicy,
-        session_id: str | None,
-        name: str,
-    ) -> Any:
-        if policy.retry is None and policy.timeout is None and policy.deadline is None:
-            return await call_step_fn(fn, args, kwargs)  # the common case, without wrappers
-        return await run_with_policy(
-            partial(call_step_fn, fn, args, kwargs), policy, session_id=session_id, step=name
-        )
+        return await self._steps.step(name, fn, args, kwargs, idempotency_key)
 
     async def sleep(self, name: str, seconds: float) -> None:
         """A durable sleep: the wake-up time is journaled under ``name``, so after a restart the
         session sleeps only what remains (or not at all if the time has passed). Outside a
         session it is a plain ``anyio.sleep``."""
-        state = self._current.get()
-        check_name("sleep name", name, None if state is None else state.id)
-        if state is None:
-            self._check_open(None, name)
-            await anyio.sleep(seconds)
-            return
-        self._require_open(state, name)
-        key = timer_journal_key(name)
-        row = await self._recorder.lookup_step(state, key)
-        if row is None:
-            wake_at = time.time() + seconds
-            data = self._recorder.encode(state, key, wake_at)
-            wake_at = await self._recorder.record(state, STEP, key, wake_at, data)
-        else:
-            wake_at = self._recorder.decode(state, key, row)
-        await anyio.sleep(max(0.0, wake_at - time.time()))
+        await self._steps.sleep(name, seconds)
 
     # -- signals ---------------------------------------------------------------------------------
     async def signal(self, session_id: str, name: str, payload: Any) -> None:
@@ -475,44 +367,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         stream replays its chunks in order without calling ``fn``. Close the iterator with
         ``contextlib.aclosing`` when you may stop early: that closes the producer at once.
         """
-        state = self._current.get()
-        check_name("stream step name", name, None if state is None else state.id)
-        policy = self._policy_for(fn)
-
-        async def reopen() -> AsyncIterator[Any]:
-            return await open_producer(fn, args, kwargs)
-
-        if state is None:
-            self._check_open(None, name)
-
-            async def run_unjournaled() -> tuple[None, AsyncIterator[Any]]:
-                return None, await open_producer(fn, args, kwargs)
-
-            return StreamStep(run_unjournaled, None, policy, reopen, (None, name))
-        self._require_open(state, name)
-        fp = fingerprint(args, kwargs, session_id=state.id, step=name)
-        key = step_journal_key(name, fp)
-        if self.strict:
-            state.called(name, fp)
-            if key not in state.streams:
-                state.check_strict(name, fp)
-
-        async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
-            self._require_open(state, name)
-            recorded = await self._recorder.lookup_stream(state, key)
-            if recorded is None and state.legacy and legacy_journal_key(name) in state.streams:
-                recorded = await self._recorder.lookup_stream(state, legacy_journal_key(name))
-            if recorded is not None:
-                return recorded, None
-            return None, await open_producer(fn, args, kwargs)
-
-        async def complete(chunks: list[Any]) -> None:
-            data = self._recorder.encode(state, key, chunks, STREAM, "stream chunks")
-            await self._recorder.record(state, STREAM, key, chunks, data)
-
-        return _observe.stream_step(
-            self, state, name, start, complete, policy, reopen, (state.id, name)
-        )
+        return self._steps.stream_step(name, fn, args, kwargs)
 
     # -- workflows -------------------------------------------------------------------------------
     async def run(
