@@ -93,7 +93,9 @@ def test_demo_worker_crashes_then_a_new_worker_resumes_with_replay(tmp_path: Pat
 
 def test_demo_reset_starts_over(tmp_path: Path) -> None:
     journal = str(tmp_path / "demo.sqlite3")
-    done = python("-m", "jeevesagent.runtime", "demo", "--path", journal, "--no-crash", cwd=tmp_path)
+    done = python(
+        "-m", "jeevesagent.runtime", "demo", "--path", journal, "--no-crash", cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert "5 steps ran, 0 replayed" in done.stdout
     again = python("-m", "jeevesagent.runtime", "demo", "--path", journal, "--reset", cwd=tmp_path)

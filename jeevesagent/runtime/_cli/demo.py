@@ -135,7 +135,10 @@ async def trip(request: str) -> dict[str, Any]:
 
     t = time.perf_counter()
     sent = await rt.step(
-        "send_email", log.track("send_email", send_email), "ada@example.com", booking["confirmation"]
+        "send_email",
+        log.track("send_email", send_email),
+        "ada@example.com",
+        booking["confirmation"],
     )
     log.show("send_email", t, sent)
     return {"confirmation": booking["confirmation"], "charged": booking["charged"], "email": sent}
