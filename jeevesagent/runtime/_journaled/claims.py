@@ -83,8 +83,11 @@ class ClaimHolder:
             if info.owner == self.owner_id:
                 return sent, info
             if info.owner is not None and owner_is_dead(info.owner):
-                # Its process is gone (same host): end its claim now instead of waiting.
-                await native.release(session_id, info.owner, "failed", info.steps)
+                # Its process is gone (same host): end its claim now instead of waiting. As
+                # "interrupted", never "failed": until our claim below lands, others read this
+                # status -- result() must not see an ended session, and a worker must still
+                # resume it if we do not get there.
+                await native.release(session_id, info.owner, "interrupted", info.steps)
                 _observe.claim_taken_over(session_id, info.owner)
                 continue
             now = anyio.current_time()
