@@ -146,7 +146,7 @@ async def test_start_makes_a_pending_session_that_a_worker_runs(
         again = await starter.start(plan, "trip-2", "Oslo")  # idempotent
         assert await again.status() == "pending"
         async with runtime(await store_factory.new()) as worker, anyio.create_task_group() as tg:
-            tg.start_soon(worker.serve, plan)
+            await tg.start(worker.serve, plan)  # returns once the worker has looked for work
             with anyio.fail_after(10):
                 result = await handle.result()
             tg.cancel_scope.cancel()

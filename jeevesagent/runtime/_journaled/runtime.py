@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from .._core import observe as _observe
 from .._core.base import BaseRuntime
@@ -434,18 +434,24 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         await self._engine.fork(session_id, new_session_id, at)
         return self.handle(new_session_id)
 
-    async def serve(self, *workflows: Callable[..., Any] | str, concurrency: int = 8) -> None:
-        """Run as a worker until cancelled (start it in your task group): run the pending
-        sessions of ``workflows``, and resume their interrupted and orphaned ones, continuously,
-        at most ``concurrency`` at once. Workers in many processes share one store; a session
-        runs in one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted``
-        for the next worker."""
+    async def serve(
+        self,
+        *workflows: Callable[..., Any] | str,
+        concurrency: int = 8,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run as a worker until cancelled, in your task group (``await tg.start(rt.serve, wf)``
+        returns once it has looked for work the first time): run the pending sessions of
+        ``workflows``, and resume their interrupted and orphaned ones, continuously, at most
+        ``concurrency`` at once. Workers in many processes share one store; a session runs in
+        one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted`` for the
+        next worker."""
         self._check_open()
         served = {workflow_name(wf): registered_workflow(wf) for wf in workflows}
         worker = Worker(
             self._engine, self._backend, self._signals, served, concurrency, self.poll_interval
         )
-        await worker.serve()
+        await worker.serve(task_status)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled

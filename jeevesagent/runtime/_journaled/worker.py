@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 
 from .._errors import SessionBusyError, SessionCancelledError
 from .._journal.backend import JournalBackend, SessionInfo
@@ -55,8 +56,9 @@ class Worker:
     def _notice(self, session_id: str) -> None:
         self._changed.set()
 
-    async def serve(self) -> None:
+    async def serve(self, task_status: TaskStatus[None]) -> None:
         names = sorted(self.workflows)
+        started = False
         async with anyio.create_task_group() as tg:
             while True:
                 self._changed = anyio.Event()
@@ -66,6 +68,9 @@ class Worker:
                     for info in await self.runnable(names, free):
                         self.running.add(info.session_id)
                         tg.start_soon(self._run, info)
+                if not started:
+                    started = True
+                    task_status.started()
                 with anyio.move_on_after(1.0 if pushed else self.poll_interval):
                     await self._changed.wait()
 
