@@ -135,18 +135,25 @@ async def run_sessions(store: BenchStore, n: int, tasks: int) -> float:
     return elapsed
 
 
-async def serve_round(store: BenchStore, cfg: ServeConfig) -> dict[str, float]:
-    """One round: the floor, then every variant; all metrics in sessions/s."""
-    n = cfg.sessions
+async def _floor(store: BenchStore, cfg: ServeConfig) -> float:
+    """sessions/s if each of a session's steps cost one raw insert + commit."""
     async with store.journal() as journal:
         settle()
         floor_us = await store.floor_insert(journal, floor_rows("floor", cfg.floor_rows))
-    out = {"floor": 1e6 / (STEPS * floor_us)}
+    return 1e6 / (STEPS * floor_us)
+
+
+async def serve_round(store: BenchStore, cfg: ServeConfig) -> dict[str, float]:
+    """One round: each variant right after a floor of its own (``floor:<variant>``), so a
+    machine whose load changes during the round moves both; all metrics in sessions/s."""
+    n, tasks = cfg.sessions, cfg.tasks
+    out = {"floor:run1": await _floor(store, cfg), "run1": n / await run_sessions(store, n, 1)}
+    out[f"floor:run{tasks}"] = await _floor(store, cfg)
+    out[f"run{tasks}"] = n / await run_sessions(store, n, tasks)
     for c in cfg.concurrency:
+        out[f"floor:serve{c}"] = await _floor(store, cfg)
         start_s, serve_s, total_s = await serve_sessions(store, n, c)
         out[f"start{c}"] = n / start_s
         out[f"serve{c}"] = n / serve_s
         out[f"e2e{c}"] = n / total_s
-    out["run1"] = n / await run_sessions(store, n, 1)
-    out[f"run{cfg.tasks}"] = n / await run_sessions(store, n, cfg.tasks)
     return out
