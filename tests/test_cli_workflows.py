@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, SqliteRuntime, workflow
+from jeevesagent.runtime._journal.backend import STEP, Record
 
-from .test_cli import KEY, ROOT, STORES, cli, failed, ok, open_runtime
+from .test_cli import KEY, ROOT, STORES, Planted, cli, failed, ok, open_runtime
 
 pytestmark = pytest.mark.slow
 
@@ -206,7 +208,7 @@ def test_signed_journal_start_and_result(tmp_path: pathlib.Path, worker: Any) ->
     ok(cli("start", "greet", "s1", "--args", '["ada"]', "--db", db, env=signed))
     worker(db, KEY)
     out = ok(cli("result", "s1", "--timeout", "60", "--db", db, env=signed))
-    assert json.loads(out) == {"greeting": "hello ada!"}
+    assert json.loads(out)["greeting"] == "hello ada!"
     failed(cli("result", "s1", "--db", db), 1, "JEEVESAGENT_SIGNING_KEY")
     failed(cli("start", "greet", "s2", "--db", db), 1, "signed", "nothing was started")
 
@@ -214,6 +216,51 @@ def test_signed_journal_start_and_result(tmp_path: pathlib.Path, worker: Any) ->
 @workflow(name="tests.cli.a_set")
 async def a_set(n: int) -> set[int]:
     return set(range(1, n + 1))
+
+
+class PlantedError(Exception):
+    """An exception whose unpickling touches a file (see test_cli.Planted)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (pathlib.Path(self.args[0]),))
+
+
+@workflow(name="tests.cli.planted")
+async def raise_planted(marker: str) -> None:
+    raise PlantedError(marker)
+
+
+def test_result_never_runs_code_from_a_failure_row(tmp_path: pathlib.Path) -> None:
+    """A failure's type and message are read from an unsigned pickle without --trust, and
+    nothing in the row runs: not the exception pickled inside it, not a planted row."""
+    db = str(tmp_path / "journal.sqlite3")
+    marker = tmp_path / "unpickled"
+
+    async def prepare() -> None:
+        async with SqliteRuntime(db) as rt:
+            with pytest.raises(PlantedError):
+                await rt.run(raise_planted, "p1", str(marker))
+        marker.unlink(missing_ok=True)  # recording checked that the exception unpickles
+
+    async def plant() -> None:
+        """A later failure row that is a planted pickle, not a JournaledFailure."""
+        async with SqliteRuntime(db) as rt:
+            data = pickle.dumps(Planted(marker))
+            record = Record("p1", STEP, "w:failure:9", data, time.time())
+            await rt.store.append([record])  # type: ignore[attr-defined]
+
+    anyio.run(prepare)
+    failed(cli("result", "p1", "--db", db), 1, f"'p1' failed: {__name__}.PlantedError: {marker}")
+    assert not marker.exists()
+    anyio.run(plant)
+    failed(
+        cli("result", "p1", "--db", db),
+        1,
+        "failure is not shown",
+        "not unpickled (unsigned)",
+        "--trust",
+    )
+    assert not marker.exists()
 
 
 def test_result_repr_plain_and_unknown_sessions(tmp_path: pathlib.Path) -> None:

@@ -20,7 +20,7 @@ import anyio
 from .._backends.sqlite import SCHEMA_VERSION
 from .._journal.backend import ENDED_STATUSES, JournalBackend, SessionInfo
 from .._journaled.runtime import JournaledRuntime
-from .outcome import Read, read_outcome
+from .outcome import read_outcome
 from .shared import print_json, run_on_target
 from .target import CliError, Target, init_schema
 
@@ -175,17 +175,15 @@ async def _wait_ended(store: JournalBackend, sid: str, timeout: float | None) ->
     raise CliError(f"session {sid!r} has not ended within {timeout:g} s (it is {status})")
 
 
-def _not_shown(sid: str, read: Read, args: argparse.Namespace) -> CliError:
-    if "signature not checked" in read.note:
-        hint = f"set the signing key in ${args.signing_key_env} to read it"
-    elif read.note.startswith("REFUSED"):
-        hint = "the row is refused: find out how it got there"
-    else:
-        hint = "pass --trust if you trust this database (unpickling runs code)"
-    return CliError(
-        f"session {sid!r} completed, but its result is not shown ({read.format}, {read.note}): "
-        f"{hint}"
-    )
+def _hint(note: str, args: argparse.Namespace) -> str:
+    """What to do about a row that is not shown, by peek's note."""
+    if "signature not checked" in note:
+        return f"set the signing key in ${args.signing_key_env} to read it"
+    if note.startswith("REFUSED"):
+        return "the row is refused: find out how it got there"
+    if "not unpickled" in note:
+        return "pass --trust if you trust this database (unpickling runs code)"
+    return "the row cannot be read"
 
 
 async def cmd_result(store: JournalBackend, args: argparse.Namespace) -> int:
@@ -201,14 +199,20 @@ async def cmd_result(store: JournalBackend, args: argparse.Namespace) -> int:
         if outcome.failure is None:
             if args.json:
                 print_json({**head, "error": None})
-            raise CliError(f"session {sid!r} failed; its failure is not shown ({outcome.note})")
+            raise CliError(
+                f"session {sid!r} failed; its failure is not shown ({outcome.note}): "
+                f"{_hint(outcome.note, args)}"
+            )
         type_name, message = outcome.failure
         if args.json:
             print_json({**head, "error": {"type": type_name, "message": message}})
         raise CliError(f"session {sid!r} failed: {_type_name(type_name)}: {message}")
     read = outcome.value
     if read is not None and not read.ok:
-        raise _not_shown(sid, read, args)
+        raise CliError(
+            f"session {sid!r} completed, but its result is not shown ({read.format}, "
+            f"{read.note}): {_hint(read.note, args)}"
+        )
     value = read.value if read is not None else None
     is_json, text = _json_or_repr(value)
     if args.json:
@@ -276,6 +280,13 @@ def add_workflow_commands(
         "start",
         parents=[db, key],
         help="start a session of a workflow, by name (a worker serving it runs it)",
+        description=(
+            "Record a pending session of the workflow WORKFLOW with JSON arguments, as "
+            "rt.start(WORKFLOW, SESSION, *args, **kwargs) does; a worker serving the workflow "
+            "(rt.serve) runs it. This process does not import the workflow's code. The same "
+            "SESSION with the same arguments changes nothing; with other arguments it is refused."
+        ),
+        epilog="example: start trip order-42 --args '[\"Oslo\"]' --kwargs '{\"nights\": 3}'",
     )
     p.add_argument("workflow", metavar="WORKFLOW", help="the workflow's registered name")
     p.add_argument("session", metavar="SESSION")
@@ -328,6 +339,13 @@ def add_workflow_commands(
         "result",
         parents=[db, key],
         help="wait for a session to end; print its result (exit 1 if it failed or was cancelled)",
+        description=(
+            "Wait until SESSION ends, then print its result: as JSON when it is JSON data, else "
+            "its repr. A pickled result is unpickled only when its signature verifies with the "
+            "signing key, or with --trust (as show decides). A failed session prints its "
+            "failure's type and message (read without running code from the row) and exits 1; "
+            "a cancelled one exits 1."
+        ),
     )
     p.add_argument("session", metavar="SESSION")
     p.add_argument(
