@@ -3,9 +3,9 @@
 Run as ``python -c "from tests.workflow_child import main; main()" CONFIG`` (CONFIG: a JSON
 object) with the checkout on ``PYTHONPATH``; ``mode`` is
 
-- ``serve``: a worker, ``rt.serve(job, stuck, fails, concurrency=N)`` until the process is killed,
-  interrupted (SIGINT: KeyboardInterrupt) or asked to stop (SIGTERM, turned into a cancellation of
-  the worker's task group, as an application does it);
+- ``serve``: a worker, ``rt.serve(job, stuck, fails, ctrl_c, concurrency=N)`` until the process
+  is killed, interrupted (SIGINT: KeyboardInterrupt) or asked to stop (SIGTERM, turned into a
+  cancellation of the worker's task group, as an application does it);
 - ``result``: prints the outcome of each session in ``sessions`` as one JSON line, read with
   ``rt.result`` (the value, or the exception's type and message).
 
@@ -54,7 +54,8 @@ async def effect(session: str, step: str, value: int, delay: float, gate: str = 
     note(f"ran {os.getpid()} {session} {step}")
     try:
         await anyio.sleep(delay)
-        while gate and not os.path.exists(gate):
+        # A file written by another process: polled (a stat of a local file does not block).
+        while gate and not os.path.exists(gate):  # noqa: ASYNC110, ASYNC240
             await anyio.sleep(0.01)
     except anyio.get_cancelled_exc_class():
         note(f"stopped {os.getpid()} {session} {step}")
@@ -83,6 +84,33 @@ async def stuck() -> str:
     await rt.step("quick", effect, sid, "quick", 1, 0.0)
     await rt.step("long", effect, sid, "long", 2, 600.0)
     return "never"
+
+
+async def press_ctrl_c(session: str, marker: str) -> str:
+    """Interrupt this process as Ctrl-C does (SIGINT to itself), once: the marker file says it
+    was done, so the session's next run goes on."""
+    note(f"ran {os.getpid()} {session} press")
+    if os.path.exists(marker):  # noqa: ASYNC240 -- a stat of a local file
+        return "pressed before"
+    open(marker, "w").close()  # noqa: ASYNC230 -- an empty local file, at once
+    os.kill(os.getpid(), signal.SIGINT)
+    try:
+        await anyio.sleep(30)  # asyncio: the main task is cancelled; trio: KeyboardInterrupt
+    except BaseException:
+        note(f"stopped {os.getpid()} {session} press")
+        raise
+    return "not interrupted"
+
+
+@workflow(name="proc.ctrl_c")
+async def ctrl_c(marker: str) -> str:
+    """Steps ``before``, ``press`` (SIGINT to its own process, the first time) and ``after``."""
+    rt = current_runtime()
+    sid = rt.current_session_id()
+    await rt.step("before", effect, sid, "before", 1, 0.0)
+    pressed = await rt.step("press", press_ctrl_c, sid, marker)
+    await rt.step("after", effect, sid, "after", 2, 0.0)
+    return pressed
 
 
 @workflow(name="proc.fails")
@@ -116,11 +144,15 @@ async def stop_on_sigterm(scope: anyio.CancelScope) -> None:
 
 
 async def serve(config: dict[str, Any]) -> None:
-    async with await open_store(config) as store, JournaledRuntime(store) as rt:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stop_on_sigterm, tg.cancel_scope)
-            tg.start_soon(partial(rt.serve, job, stuck, fails, concurrency=config["concurrency"]))
-            say(f"serving {os.getpid()}")
+    async with (
+        await open_store(config) as store,
+        JournaledRuntime(store) as rt,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(stop_on_sigterm, tg.cancel_scope)
+        served = (job, stuck, fails, ctrl_c)
+        tg.start_soon(partial(rt.serve, *served, concurrency=config["concurrency"]))
+        say(f"serving {os.getpid()}")
     say("stopped")
 
 
