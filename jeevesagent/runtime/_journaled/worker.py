@@ -15,6 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 
 from .._errors import SessionBusyError, SessionCancelledError
@@ -61,6 +62,10 @@ class Worker:
         started = False
         async with anyio.create_task_group() as tg:
             while True:
+                # Stop here if the worker is being stopped: a session's task that ended with an
+                # error (a KeyboardInterrupt raised in it, on trio) woke this loop before the
+                # task group was cancelled, and the store calls below may not check for it.
+                await anyio.lowlevel.checkpoint()
                 self._changed = anyio.Event()
                 pushed = await self.backend.watch(self._notice)
                 free = self.concurrency - len(self.running)
