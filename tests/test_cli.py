@@ -150,7 +150,8 @@ def test_sessions_show_and_export(db: str, tmp_path: pathlib.Path) -> None:
     out = ok(cli("sessions", "--db", db))
     lines = out.splitlines()
     assert lines[0].split() == [
-        *("SESSION", "STATUS", "OWNER", "STEPS", "LAST", "ACTIVITY", "LEASE", "EXPIRES")
+        *("SESSION", "STATUS", "WORKFLOW", "OWNER", "STEPS", "LAST", "ACTIVITY"),
+        *("LEASE", "EXPIRES", "WAITING", "FOR"),
     ]
     assert [line.split()[:2] for line in lines[1:]] == [
         ["trip", "completed"],
@@ -481,7 +482,10 @@ def test_help_names_the_real_defaults_and_json_keys(tmp_path: pathlib.Path) -> N
 
 def test_help_and_entry_points() -> None:
     out = ok(cli("--help"))
-    for command in ("sessions", "show", "signal", "prune", "export", "demo"):
+    for command in (
+        *("sessions", "show", "signal", "prune", "export", "demo"),
+        *("start", "cancel", "fork", "result", "init-schema"),
+    ):
         assert command in out
     out = ok(cli("demo", "--help"))
     assert all(option in out for option in ("--path", "--reset", "--no-crash"))

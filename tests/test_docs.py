@@ -64,24 +64,43 @@ def test_quickstart_second_run_calls_nothing(tmp_path: Path) -> None:
     assert second.stdout.count("CALLED") == 0, second.stderr
 
 
-def test_demo_crashes_then_resumes_with_replay(tmp_path: Path) -> None:
+def test_demo_worker_crashes_then_a_new_worker_resumes_with_replay(tmp_path: Path) -> None:
     journal = str(tmp_path / "demo.sqlite3")
     first = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
-    # A real crash: the process killed itself with SIGKILL part way through.
+    # A real crash: the worker's process killed itself with SIGKILL part way through.
     assert first.returncode in (-signal.SIGKILL, 137), (first.returncode, first.stderr)
     assert "RAN       book_flight" in first.stdout
     assert "send_email" not in first.stdout.split("dies here")[0]
+    [first_pid] = re.findall(r"worker \(pid (\d+)\) runs session 'trip-42'", first.stdout)
 
     second = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
+    assert "the worker that ran it is dead, and 4 recorded steps" in second.stdout
+    [second_pid] = re.findall(r"worker \(pid (\d+)\) runs session 'trip-42'", second.stdout)
+    assert second_pid != first_pid  # another worker, in another process, resumed it
     for step in ("plan", "reply", "search_flights", "book_flight"):
         assert re.search(rf"replayed\s+{step}\b", second.stdout), second.stdout
     assert re.search(r"RAN\s+send_email\b", second.stdout)
     assert "1 step ran, 4 replayed" in second.stdout
+    assert "'confirmation': 'JX-7Q2'" in second.stdout
 
     third = python("-m", "jeevesagent.runtime", "demo", "--path", journal, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
-    assert "0 steps ran, 5 replayed" in third.stdout
+    assert "0 steps ran: the session had completed" in third.stdout
+    assert "runs session" not in third.stdout  # no worker ran the body again
+    assert "'confirmation': 'JX-7Q2'" in third.stdout  # the result, read from the journal
+
+
+def test_demo_reset_starts_over(tmp_path: Path) -> None:
+    journal = str(tmp_path / "demo.sqlite3")
+    done = python(
+        "-m", "jeevesagent.runtime", "demo", "--path", journal, "--no-crash", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "5 steps ran, 0 replayed" in done.stdout
+    again = python("-m", "jeevesagent.runtime", "demo", "--path", journal, "--reset", cwd=tmp_path)
+    assert again.returncode in (-signal.SIGKILL, 137), (again.returncode, again.stderr)
+    assert "The journal is empty" in again.stdout
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,8 @@ OLD_STEPS = "SELECT session_id, step_name, value, created_at FROM journal_steps 
 OLD_STREAMS = "SELECT session_id, step_name, chunks, created_at FROM journal_streams ORDER BY 1, 2"
 JOURNAL = "SELECT session_id, kind, key, value, created_at FROM jrt_journal ORDER BY 1, 2, 3"
 VERSIONS = "SELECT version FROM jrt_schema_version ORDER BY version"
+# Every version a new or migrated journal records (4: workflows, see test_migration_workflows).
+ALL_VERSIONS = [(1,), (2,), (3,), (4,)]
 
 
 def _legacy_params() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -211,7 +213,7 @@ async def test_sqlite_imports_a_097_journal_byte_for_byte(legacy_sqlite: Path) -
     finally:
         await store.aclose()
     assert sqlite_rows(legacy_sqlite, JOURNAL) == EXPECTED_ROWS
-    assert sqlite_rows(legacy_sqlite, VERSIONS) == [(1,), (2,), (3,)]
+    assert sqlite_rows(legacy_sqlite, VERSIONS) == ALL_VERSIONS
     # The 0.9.7 tables are left exactly as they were.
     assert (sqlite_rows(legacy_sqlite, OLD_STEPS), sqlite_rows(legacy_sqlite, OLD_STREAMS)) == old
 
@@ -221,15 +223,15 @@ async def test_sqlite_reopening_a_migrated_journal_changes_nothing(legacy_sqlite
         store = await open_sqlite(legacy_sqlite)
         await store.aclose()
     assert sqlite_rows(legacy_sqlite, JOURNAL) == EXPECTED_ROWS
-    assert sqlite_rows(legacy_sqlite, VERSIONS) == [(1,), (2,), (3,)]
+    assert sqlite_rows(legacy_sqlite, VERSIONS) == ALL_VERSIONS
     assert len(sqlite_rows(legacy_sqlite, "SELECT * FROM jrt_sessions")) == len(LEGACY_SESSIONS)
 
 
-async def test_sqlite_fresh_file_has_version_3_and_no_legacy_tables(tmp_path: Path) -> None:
+async def test_sqlite_fresh_file_has_every_version_and_no_legacy_tables(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     store = await open_sqlite(path)
     await store.aclose()
-    assert sqlite_rows(path, VERSIONS) == [(1,), (2,), (3,)]
+    assert sqlite_rows(path, VERSIONS) == ALL_VERSIONS
     tables = {r[0] for r in sqlite_rows(path, "SELECT name FROM sqlite_master")}
     assert "journal_steps" not in tables
     assert sqlite_rows(path, "SELECT count(*) FROM jrt_sessions") == [(0,)]
@@ -260,7 +262,7 @@ async def test_sqlite_version_2_journal_imports_and_keeps_existing_session_rows(
     finally:
         await store.aclose()
     assert sqlite_rows(legacy_sqlite, JOURNAL) == EXPECTED_ROWS
-    assert sqlite_rows(legacy_sqlite, VERSIONS) == [(1,), (2,), (3,)]
+    assert sqlite_rows(legacy_sqlite, VERSIONS) == ALL_VERSIONS
 
 
 async def test_sqlite_two_stores_opening_one_097_file_at_once_migrate_it_once(
@@ -278,7 +280,7 @@ async def test_sqlite_two_stores_opening_one_097_file_at_once_migrate_it_once(
         finally:
             await a.aclose()
             await b.aclose()
-        assert sqlite_rows(path, VERSIONS) == [(1,), (2,), (3,)]
+        assert sqlite_rows(path, VERSIONS) == ALL_VERSIONS
         assert sqlite_rows(path, JOURNAL) == EXPECTED_ROWS
         assert len(sqlite_rows(path, "SELECT * FROM jrt_sessions")) == len(LEGACY_SESSIONS)
 
@@ -322,7 +324,7 @@ async def test_postgres_imports_a_097_journal_byte_for_byte(legacy_pg: str) -> N
     finally:
         await store.aclose()
     assert pg_rows(legacy_pg, JOURNAL) == EXPECTED_ROWS
-    assert pg_rows(legacy_pg, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(legacy_pg, VERSIONS) == ALL_VERSIONS
     assert (pg_rows(legacy_pg, OLD_STEPS), pg_rows(legacy_pg, OLD_STREAMS)) == old
 
 
@@ -336,7 +338,7 @@ async def test_postgres_init_schema_again_changes_nothing(legacy_pg: str) -> Non
     finally:
         await store.aclose()
     assert pg_rows(legacy_pg, JOURNAL) == EXPECTED_ROWS
-    assert pg_rows(legacy_pg, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(legacy_pg, VERSIONS) == ALL_VERSIONS
 
 
 @pytest.mark.postgres
@@ -351,7 +353,7 @@ async def test_postgres_concurrent_init_schema_migrates_once(legacy_pg: str) -> 
     finally:
         await a.aclose()
         await b.aclose()
-    assert pg_rows(legacy_pg, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(legacy_pg, VERSIONS) == ALL_VERSIONS
     assert pg_rows(legacy_pg, JOURNAL) == EXPECTED_ROWS
 
 
@@ -365,7 +367,7 @@ async def test_postgres_concurrent_init_schema_on_an_empty_schema(pg_schema_dsn:
     finally:
         for store in stores:
             await store.aclose()
-    assert pg_rows(pg_schema_dsn, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(pg_schema_dsn, VERSIONS) == ALL_VERSIONS
     assert pg_rows(pg_schema_dsn, "SELECT to_regclass('journal_steps')::text") == [(None,)]
 
 
@@ -378,7 +380,7 @@ def test_postgres_schema_sql_imports_once_even_when_applied_again(legacy_pg: str
     _run_sql(legacy_pg, "DELETE FROM jrt_sessions WHERE session_id = 'order-2'")
     apply_schema_sql(legacy_pg)
     assert pg_rows(legacy_pg, JOURNAL) == [r for r in EXPECTED_ROWS if r[0] != "order-2"]
-    assert pg_rows(legacy_pg, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(legacy_pg, VERSIONS) == ALL_VERSIONS
     sessions = pg_rows(legacy_pg, "SELECT session_id, status FROM jrt_sessions ORDER BY 1")
     assert sessions == [("order-1", "imported"), ("order-3", "imported")]
 
@@ -387,7 +389,7 @@ def test_postgres_schema_sql_imports_once_even_when_applied_again(legacy_pg: str
 def test_postgres_schema_sql_on_an_empty_schema_is_harmless_twice(pg_schema_dsn: str) -> None:
     for _ in range(2):
         apply_schema_sql(pg_schema_dsn)
-    assert pg_rows(pg_schema_dsn, VERSIONS) == [(1,), (2,), (3,)]
+    assert pg_rows(pg_schema_dsn, VERSIONS) == ALL_VERSIONS
 
 
 @pytest.mark.postgres
@@ -412,7 +414,7 @@ async def test_postgres_version_2_database_is_migrated_and_keeps_its_sessions(
     finally:
         await store.aclose()
     assert pg_rows(legacy_pg, JOURNAL) == EXPECTED_ROWS
-    assert pg_rows(legacy_pg, VERSIONS) == [(2,), (3,)]
+    assert pg_rows(legacy_pg, VERSIONS) == [(2,), (3,), (4,)]
 
 
 @pytest.mark.postgres

@@ -98,6 +98,7 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
     rt_pkg.StepTimeoutError,
     rt_pkg.StepFailedError,
     rt_pkg.InvalidNameError,
+    rt_pkg.SessionCancelledError,
 ]
 
 RUNTIME_CLASSES: list[type[Any]] = [InProcRuntime, JournaledRuntime, SqliteRuntime, PostgresRuntime]

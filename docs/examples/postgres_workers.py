@@ -4,6 +4,12 @@ Run it with ``pip install 'jeevesagent[postgres]'`` and, in a shell,
 ``JEEVESAGENT_PG_DSN=postgresql://user:pass@host/db python docs/examples/postgres_workers.py``.
 Each worker here has its own runtime and connection pool, exactly as separate processes would;
 the sessions it opens are claimed in the database.
+
+These are plain sessions (``rt.session(order)``): the database records no workflow name or
+arguments for them, so no worker (``serve``) can run or resume them, and the recovery below is
+the application's own, run at start-up. A service should make ``run_order`` a ``@workflow`` and
+let ``serve`` start, resume and share the work: see ``worker_service.py``. This file stays to
+show what plain sessions need, and that claims keep concurrent workers apart.
 """
 
 import os
@@ -52,7 +58,8 @@ async def worker(dsn: str, orders: list[str], done: set[str]) -> None:
 
 
 async def recover(dsn: str) -> None:
-    """What every worker does at start-up: resume sessions that failed or whose worker died."""
+    """What every worker of plain sessions does at start-up: resume the sessions that failed or
+    whose worker died (``serve`` does this continuously for workflow sessions)."""
     async with await PostgresRuntime.connect(dsn, min_size=1, max_size=2) as rt:
         todo = await rt.orphaned_sessions() + await rt.list_sessions(status="failed")
         for info in todo:

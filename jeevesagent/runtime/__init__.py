@@ -13,6 +13,8 @@ from ._backends.runtimes import SqliteRuntime as SqliteRuntime
 from ._backends.sqlite import SqliteJournalStore as SqliteJournalStore
 from ._core.inproc import InProcRuntime as InProcRuntime
 from ._core.inproc import InProcSession as InProcSession
+from ._core.registry import current_runtime as current_runtime
+from ._core.registry import workflow as workflow
 from ._core.values import JsonCodec as JsonCodec
 from ._core.values import PickleCodec as PickleCodec
 from ._errors import InvalidNameError as InvalidNameError
@@ -21,6 +23,7 @@ from ._errors import JournalIntegrityError as JournalIntegrityError
 from ._errors import JournalMismatchError as JournalMismatchError
 from ._errors import RuntimeJournalError as RuntimeJournalError
 from ._errors import SessionBusyError as SessionBusyError
+from ._errors import SessionCancelledError as SessionCancelledError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreError as StoreError
 from ._errors import ValueEncodingError as ValueEncodingError
@@ -32,6 +35,7 @@ from ._journal.backend import SessionInfo as SessionInfo
 from ._journal.memory import InMemoryJournalStore as InMemoryJournalStore
 from ._journaled.runtime import JournaledRuntime as JournaledRuntime
 from ._journaled.runtime import JournaledSession as JournaledSession
+from ._journaled.workflows import WorkflowHandle as WorkflowHandle
 from ._policy import RetryPolicy as RetryPolicy
 from ._policy import StepFailedError as StepFailedError
 from ._policy import StepPolicy as StepPolicy
@@ -60,6 +64,7 @@ __all__ = (
     "RetryPolicy",
     "RuntimeJournalError",
     "SessionBusyError",
+    "SessionCancelledError",
     "SessionInfo",
     "SqliteJournalStore",
     "SqliteRuntime",
@@ -69,7 +74,10 @@ __all__ = (
     "StoreClosedError",
     "StoreError",
     "ValueEncodingError",
+    "WorkflowHandle",
+    "current_runtime",
     "with_policy",
+    "workflow",
 )
 
 for _name in __all__:

@@ -19,6 +19,7 @@ __all__ = [
     "JournalMismatchError",
     "RuntimeJournalError",
     "SessionBusyError",
+    "SessionCancelledError",
     "StoreClosedError",
     "StoreError",
     "ValueEncodingError",
@@ -56,6 +57,10 @@ def _rebuild(
 
 class SessionBusyError(RuntimeJournalError):
     """The session is already owned by a live runtime elsewhere."""
+
+
+class SessionCancelledError(RuntimeJournalError):
+    """The session was cancelled with ``cancel()``: it does not run (again), and has no result."""
 
 
 class JournalMismatchError(RuntimeJournalError):

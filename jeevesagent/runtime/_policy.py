@@ -4,8 +4,9 @@ and the attempts loop that applies them (:func:`attempts`, for steps and stream 
 A policy never travels as a keyword argument of ``step`` (``idempotency_key`` stays its only
 reserved keyword, every other keyword goes to ``fn``). It is attached to the step function with
 :func:`with_policy` -- ``rt.step("search", with_policy(search, retry=RetryPolicy(attempts=5)), q)``
--- or set as the runtime's default (``JournaledRuntime(..., policy=StepPolicy(...))``); a policy on
-the function overrides the default field by field.
+-- or as a decorator on its definition (``@with_policy(retry=RetryPolicy(attempts=5))``), or set as
+the runtime's default (``JournaledRuntime(..., policy=StepPolicy(...))``); a policy on the function
+overrides the default field by field.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import pickle
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 
 from ._errors import RuntimeJournalError
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 __all__ = [
     "JournaledFailure",
@@ -118,19 +120,59 @@ class StepPolicy:
 _ATTR = "__jeevesagent_policy__"
 
 
+@overload
 def with_policy(
-    fn: Callable[..., Any],
+    fn: Callable[P, T],
     policy: StepPolicy | None = None,
     *,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     deadline: float | None = None,
     journal_failures: bool | None = None,
-) -> Callable[..., Any]:
-    """Return ``fn`` with a step policy attached (``fn`` itself is not changed).
+) -> Callable[P, T]: ...
+@overload
+def with_policy(
+    policy: StepPolicy | None = None,
+    /,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+    journal_failures: bool | None = None,
+) -> Callable[[Callable[P, T]], Callable[P, T]]: ...
+def with_policy(
+    fn: Callable[P, T] | StepPolicy | None = None,
+    policy: StepPolicy | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
+    journal_failures: bool | None = None,
+) -> Callable[P, T] | Callable[[Callable[P, T]], Callable[P, T]]:
+    """Return ``fn`` with a step policy attached (``fn`` itself is not changed); without ``fn``,
+    a decorator that does that. The result has ``fn``'s signature, for type checkers too.
 
-    ``rt.step("fetch", with_policy(fetch, retry=RetryPolicy(attempts=5), timeout=10), url)``
+    ``rt.step("fetch", with_policy(fetch, retry=RetryPolicy(attempts=5), timeout=10), url)``, or::
+
+        @with_policy(retry=RetryPolicy(attempts=5), timeout=10)  # or @with_policy(StepPolicy(...))
+        async def fetch(url: str) -> bytes: ...
     """
+    if fn is None or isinstance(fn, StepPolicy):
+        if fn is not None and policy is not None:
+            raise TypeError("with_policy() takes one StepPolicy, got two")
+        outer = fn if fn is not None else policy
+
+        def decorate(f: Callable[P, T]) -> Callable[P, T]:
+            return with_policy(
+                f,
+                outer,
+                retry=retry,
+                timeout=timeout,
+                deadline=deadline,
+                journal_failures=journal_failures,
+            )
+
+        return decorate
     extra = StepPolicy(retry, timeout, deadline, journal_failures)
     combined = extra.merged_over(policy) if policy is not None else extra
     inner = policy_of(fn)
@@ -138,7 +180,7 @@ def with_policy(
         combined = combined.merged_over(inner)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         return fn(*args, **kwargs)
 
     setattr(wrapper, _ATTR, combined)

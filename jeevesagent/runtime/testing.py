@@ -1,6 +1,17 @@
-"""A conformance suite for store backends: check that your ``JournalBackend`` keeps the contract
+"""Testing helpers: :func:`check_replay` for your own workflows, and a conformance suite for store
+backends.
+
+``await check_replay(my_workflow, *args)`` runs a ``@workflow`` on a fresh journal, then again
+interrupted after each recorded step in turn and resumed, and raises :class:`ReplayCheckError`
+(an ``AssertionError``) naming the step if a resumed run returns another result, takes another
+path, or runs a recorded step's function again::
+
+    async def test_trip_resumes_from_every_step():
+        assert await check_replay(trip, "Lisbon") == "booked"
+
+The conformance suite checks that your ``JournalBackend`` keeps the contract
 ``JournaledRuntime`` relies on (journal rows written once, fencing, claims and leases, the
-mailbox, prune, close).
+mailbox, workflow sessions made, cancelled and listed, wake-ups, prune, close).
 
 Subclass :class:`JournalBackendConformance` in one of your test modules (the class name must
 start with ``Test``) and override the ``open_backend`` fixture: it returns a function that opens
@@ -64,6 +75,9 @@ from ._journal.backend import (
     SessionInfo,
 )
 from ._journal.conformance import (
+    LIVE,
+    A,
+    B,
     BackendOpener,
     OpenedBackends,
     decode_row,
@@ -75,16 +89,16 @@ from ._journal.conformance import (
     step_value,
     wait_until_expired,
 )
+from ._journal.sessionchecks import WorkflowSessionChecks
+from ._journaled.replaycheck import ReplayCheckError, check_replay
 
-__all__ = ["BackendOpener", "JournalBackendConformance"]
+__all__ = ["BackendOpener", "JournalBackendConformance", "ReplayCheckError", "check_replay"]
 
-A, B = "owner-a", "owner-b"  # owner tokens (a backend stores them, never parses them)
-LIVE = 600.0  # a lease that does not run out during a test
 # JSON data, so that a backend configured with the JSON codec passes too.
 VALUES: list[Any] = [None, 0, -1.5, "text", "", True, [], {}, [1, "x", None], {"a": {"b": [2]}}]
 
 
-class JournalBackendConformance:
+class JournalBackendConformance(WorkflowSessionChecks):
     """The checks every ``JournalBackend`` must pass. Subclass it as ``Test...`` and override
     the ``open_backend`` fixture (see the module docstring)."""
 
@@ -567,6 +581,8 @@ class JournalBackendConformance:
             "renew": lambda: backend.renew("s", A, LIVE),
             "release": lambda: backend.release("s", A, "completed", 0),
             "list_sessions": lambda: backend.list_sessions(),
+            "create_session": lambda: backend.create_session("s", "wf", r),
+            "request_cancel": lambda: backend.request_cancel("s"),
         }
         if self.can_prune:
             calls["prune"] = lambda: backend.prune(sessions=["s"])

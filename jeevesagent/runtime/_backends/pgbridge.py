@@ -13,10 +13,24 @@ import anyio
 from .._errors import StoreClosedError, StoreError
 from .thread import LoopHandle, call_soon_in_loop
 
-__all__ = ["AsyncFn", "_AsyncioBridge", "require_asyncpg"]
+__all__ = ["AsyncFn", "_AsyncioBridge", "ki_protected", "require_asyncpg"]
 
 T = TypeVar("T")
 AsyncFn = Callable[[], Coroutine[Any, Any, T]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def ki_protected(fn: F) -> F:
+    """Under trio, defer a KeyboardInterrupt (Ctrl+C, SIGINT) raised in ``fn`` to its next
+    checkpoint. trio otherwise raises it at any bytecode: between handing a call to the pool's
+    loop and starting to watch it, it would leave that call running unobserved, and the
+    connection it holds busy for the next caller ("another operation is in progress"). At a
+    checkpoint it is handled like a cancellation: the call is cancelled and waited for."""
+    try:  # trio is optional: without it there is no trio KeyboardInterrupt to defer
+        from trio.lowlevel import enable_ki_protection
+    except ImportError:  # pragma: no cover - trio is installed with the test extra
+        return fn
+    return enable_ki_protection(fn)
 
 
 def require_asyncpg() -> None:
@@ -93,6 +107,7 @@ class _AsyncioBridge:
                 return await fn()
         return await self._hop(fn, shield, token)
 
+    @ki_protected
     async def _hop(self, fn: AsyncFn[T], shield: bool, token: LoopHandle) -> T:
         # fn() is called on the bridge loop, so a task cancelled before it starts leaves no
         # never-awaited coroutine behind.

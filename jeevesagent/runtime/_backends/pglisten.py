@@ -23,10 +23,11 @@ from typing import Any
 
 from .thread import LoopHandle, call_soon_in_loop
 
-__all__ = ["Listener"]
+__all__ = ["CHANNEL", "Listener"]
 
 _log = logging.getLogger("jeevesagent.runtime._postgres")
-_CHANNEL = "jrt_signal"
+#: The notice channel: signals sent, sessions created, cancelled or released.
+CHANNEL = "jrt_signal"
 _CLOSE_TIMEOUT = 10.0
 # Reopening a lost connection: the first try at once, then waits doubling up to the last.
 _FIRST_RETRY = 0.05
@@ -97,7 +98,7 @@ class Listener:
                 **pool._connect_kwargs,
             )
             try:
-                await conn.add_listener(_CHANNEL, self._on_notify)
+                await conn.add_listener(CHANNEL, self._on_notify)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=_CLOSE_TIMEOUT)

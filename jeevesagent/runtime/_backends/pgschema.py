@@ -68,6 +68,16 @@ _PG_MIGRATIONS: list[list[str]] = [
         " steps integer NOT NULL DEFAULT 0)",
     ],
     [_IMPORT_097],
+    # Version 4: workflows. A session names its workflow and keeps a cancel request; workers
+    # poll the pending sessions of their workflows, oldest first, through the index. (Adding a
+    # column with a constant default rewrites nothing.)
+    [
+        "ALTER TABLE jrt_sessions ADD COLUMN IF NOT EXISTS workflow text",
+        "ALTER TABLE jrt_sessions ADD COLUMN IF NOT EXISTS cancel_requested boolean"
+        " NOT NULL DEFAULT false",
+        "CREATE INDEX IF NOT EXISTS jrt_sessions_work"
+        " ON jrt_sessions (status, workflow, created_at, session_id)",
+    ],
 ]
 _SCHEMA = Migrations(_PG_MIGRATIONS, "use")
 SCHEMA_VERSION = _SCHEMA.version

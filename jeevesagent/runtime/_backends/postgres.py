@@ -7,7 +7,8 @@ transaction.
 
 Two more tables coordinate workers: ``jrt_mailbox`` keeps signals sent to sessions (a
 ``pg_notify('jrt_signal', session_id)`` in the sending transaction wakes listeners anywhere), and
-``jrt_sessions`` records who runs a session (owner and lease) and how it last ended. Every lease
+``jrt_sessions`` records who runs a session (owner and lease), its workflow, and how it last
+ended (creating, cancelling and releasing a session notify on the same channel). Every lease
 is measured on the database server's clock (``clock_timestamp()``), never a worker's, since
 workers on many hosts share one database. A write on behalf of an owner is fenced: the sessions
 rows are locked ``FOR SHARE`` in the writing statement itself, so a concurrent claim cannot slip in
@@ -41,9 +42,10 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
+from . import pgsessions
 from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
-from .pglisten import Listener
+from .pglisten import CHANNEL, Listener
 from .pgschema import _NOW, _migrate, _prune, schema_statements
 from .pgwrite import Key, get_row, insert_rows
 from .thread import LoopHandle
@@ -56,13 +58,12 @@ T = TypeVar("T")
 _CLOSE_TIMEOUT = 10.0
 
 _LOAD = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
-_SESSION_COLS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
-_SEND = """
+_SEND = f"""
 WITH ins AS (
     INSERT INTO jrt_mailbox (session_id, name, payload, created_at) VALUES ($1, $2, $3, $4)
     RETURNING session_id
 )
-SELECT pg_notify('jrt_signal', session_id) FROM ins
+SELECT pg_notify('{CHANNEL}', session_id) FROM ins
 """
 # One statement: the receipt if ``key`` is already journaled; else, if the owner still holds
 # the session (its row locked FOR SHARE), move the oldest signal into the journal as ``key``
@@ -98,33 +99,6 @@ FROM (SELECT 1) AS one
 LEFT JOIN existing AS e ON true
 LEFT JOIN taken AS t ON true
 """
-_CLAIM = f"""
-WITH now AS (SELECT {_NOW} AS t)
-INSERT INTO jrt_sessions AS s
-    (session_id, status, owner, lease_expires, created_at, updated_at)
-SELECT $1, 'running', $2, t + $3, t, t FROM now
-ON CONFLICT (session_id) DO UPDATE SET
-    status = 'running', owner = EXCLUDED.owner,
-    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at
-WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
-   OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
-RETURNING {_SESSION_COLS}
-"""
-_SESSION = f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
-_RENEW = f"""
-UPDATE jrt_sessions SET lease_expires = n.t + $3, updated_at = n.t
-FROM (SELECT {_NOW} AS t) AS n
-WHERE session_id = $1 AND owner = $2
-"""
-_RELEASE = f"""
-UPDATE jrt_sessions
-SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
-WHERE session_id = $1 AND owner = $2
-"""
-_LIST_ALL = f"SELECT {_SESSION_COLS} FROM jrt_sessions ORDER BY created_at, session_id"
-_LIST_STATUS = (
-    f"SELECT {_SESSION_COLS} FROM jrt_sessions WHERE status = $1 ORDER BY created_at, session_id"
-)
 _PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
 _PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CLOCK = f"SELECT {_NOW}"
@@ -156,8 +130,9 @@ class PostgresJournalStore(JournalBackend):
     ``aclose()`` closes the pool only when the store created it (``connect``); a pool you pass
     in stays yours to close, since other code may share it.
 
-    Signal notices (:meth:`_watch`) come over one dedicated connection (``LISTEN jrt_signal``),
-    opened on first use with the pool's connection arguments, outside the pool. If that
+    Notices (:meth:`watch`: signals sent, sessions created, cancelled or released) come over one
+    dedicated connection (``LISTEN jrt_signal``), opened on first use with the pool's connection
+    arguments, outside the pool. If that
     connection is lost, a warning is logged and the store reopens it (with backoff, until it is
     back or the store is closed); waiters meanwhile poll the mailbox, and once it is back every
     session with a signal waiting is woken, so a notice lost in between delays nothing further.
@@ -231,7 +206,8 @@ class PostgresJournalStore(JournalBackend):
         Every statement is idempotent: applying the list again, or to a database at any older
         version, brings it to the current version (rows of ``jrt_schema_version`` record each
         version reached). A database at a newer version than this code knows makes the second
-        statement fail. Version 3 imports a jeevesagent 0.9.7 journal found in the search path.
+        statement fail. Version 3 imports a jeevesagent 0.9.7 journal found in the search path;
+        version 4 adds the sessions' workflow and cancel request, and the workers' index.
         """
         return schema_statements()
 
@@ -351,7 +327,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._run(
-            lambda: _claim(self._pool, session_id, owner, lease),
+            lambda: pgsessions.claim(self._pool, session_id, owner, lease),
             "claiming the session",
             session_id,
             shield=True,
@@ -359,7 +335,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         status: str = await self._run(
-            lambda: self._pool.execute(_RENEW, session_id, owner, float(lease)),
+            lambda: self._pool.execute(pgsessions.RENEW, session_id, owner, float(lease)),
             "renewing the session's lease",
             session_id,
             shield=True,
@@ -370,19 +346,49 @@ class PostgresJournalStore(JournalBackend):
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
-            lambda: self._pool.execute(_RELEASE, session_id, owner, status, steps),
+            lambda: self._pool.execute(pgsessions.RELEASE, session_id, owner, status, steps),
             "releasing the session",
             session_id,
             shield=True,
         )
 
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        if status is None:
-            fetch = functools.partial(self._pool.fetch, _LIST_ALL)
-        else:
-            fetch = functools.partial(self._pool.fetch, _LIST_STATUS, status)
-        rows = await self._run(fetch, "listing sessions")
-        return [SessionInfo(*r) for r in rows]
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        return await self._run(
+            lambda: pgsessions.list_sessions(self._pool, status, workflows, limit),
+            "listing sessions",
+        )
+
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        return await self._run(
+            lambda: pgsessions.create_session(
+                self._pool, session_id, workflow, arguments, owner, lease
+            ),
+            "creating the session",
+            session_id,
+            describe_key(arguments.key),
+            shield=True,
+        )
+
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        return await self._run(
+            lambda: pgsessions.request_cancel(self._pool, session_id),
+            "cancelling the session",
+            session_id,
+            shield=True,
+        )
 
     async def delete_sessions(
         self,
@@ -400,7 +406,9 @@ class PostgresJournalStore(JournalBackend):
     async def session_info(self, session_id: str) -> SessionInfo | None:
         self.check_open(session_id)
         row = await self._run(
-            lambda: self._pool.fetchrow(_SESSION, session_id), "reading the session", session_id
+            lambda: self._pool.fetchrow(pgsessions.SESSION, session_id),
+            "reading the session",
+            session_id,
         )
         return None if row is None else SessionInfo(*row)
 
@@ -430,7 +438,8 @@ class PostgresJournalStore(JournalBackend):
         return now
 
     async def watch(self, wake: Callable[[str], None]) -> bool:
-        """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent.
+        """Have ``wake(session_id)`` called, in the caller's event loop, for every signal sent
+        and every session created, cancelled or released.
 
         ``True`` while notices arrive. The first call opens the LISTEN connection; later calls
         cost no round trip, and answer ``False`` while a lost connection is being reopened.
@@ -511,10 +520,3 @@ async def _take(
             raise Fenced({session_id})
         return None
     return None if value is None else Row(value, taken_at)
-
-
-async def _claim(pool: Any, session_id: str, owner: str, lease: float) -> SessionInfo:
-    row = await pool.fetchrow(_CLAIM, session_id, owner, float(lease))
-    if row is None:  # held by someone else: a separate statement sees the row that won
-        row = await pool.fetchrow(_SESSION, session_id)
-    return SessionInfo(*row)

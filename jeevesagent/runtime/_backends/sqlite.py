@@ -11,7 +11,8 @@ instead of failing half-way through a transaction.
 Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on open in one
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
 file (``journal_steps`` / ``journal_streams``) under legacy (``l:``) keys and leaves the old
-tables in place; drop them yourself once you have checked the import.
+tables in place; drop them yourself once you have checked the import. Version 4 gives sessions
+rows their workflow and cancel request, and indexes the workers' poll.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from .._journal.rules import PruneCandidate, check_fence, claimed, select_prunable
+from .._journal.rules import check_fence
+from . import sqlitesessions
 from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
+from .sqlitetx import INSERT, SELECT_ONE, get_row, one, write
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -55,7 +58,7 @@ def _import_097(conn: sqlite3.Connection) -> None:
     found = False
     for table, kind, column in LEGACY_TABLES:
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
-        if _one(conn, sql, (table,)) is not None:
+        if one(conn, sql, (table,)) is not None:
             found = True
             conn.execute(
                 "INSERT OR IGNORE INTO jrt_journal (session_id, kind, key, value, created_at) "
@@ -104,26 +107,19 @@ _MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
     ],
     # version 3: import a jeevesagent 0.9.7 journal found in the same file (see _import_097).
     [_import_097],
+    # version 4: workflows. A session names its workflow and keeps a cancel request; workers
+    # poll the pending sessions of their workflows, oldest first, through the index.
+    [
+        "ALTER TABLE jrt_sessions ADD COLUMN workflow TEXT",
+        "ALTER TABLE jrt_sessions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS jrt_sessions_work"
+        " ON jrt_sessions (status, workflow, created_at, session_id)",
+    ],
 ]
 _SCHEMA = Migrations(_MIGRATIONS, "open")
 SCHEMA_VERSION = _SCHEMA.version
 
-_INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
-_SELECT_ONE = (
-    "SELECT value, created_at FROM jrt_journal WHERE session_id = ? AND kind = ? AND key = ?"
-)
 _SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
-
-
-def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
-    """Fetch one row and finalize the statement at once: a statement left open keeps its read
-    snapshot, and a later write from that snapshot fails with SQLITE_BUSY_SNAPSHOT immediately,
-    without waiting on the busy timeout."""
-    cursor = conn.execute(sql, params)
-    try:
-        return cursor.fetchone()
-    finally:
-        cursor.close()
 
 
 def _open(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -147,9 +143,9 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
     deadline = time.monotonic() + busy_timeout
     while True:
         try:
-            mode = _one(conn, "PRAGMA journal_mode")[0]
+            mode = one(conn, "PRAGMA journal_mode")[0]
             if str(mode).lower() != "wal":
-                mode = _one(conn, "PRAGMA journal_mode = WAL")[0]
+                mode = one(conn, "PRAGMA journal_mode = WAL")[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"could not switch to WAL mode (got {mode!r})")
             return
@@ -160,9 +156,9 @@ def _enable_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    with _write(conn):
+    with write(conn):
         conn.execute("CREATE TABLE IF NOT EXISTS jrt_schema_version (version INTEGER NOT NULL)")
-        row = _one(conn, "SELECT max(version) FROM jrt_schema_version")
+        row = one(conn, "SELECT max(version) FROM jrt_schema_version")
         for reached, steps in _SCHEMA.pending(row[0] or 0):
             for ddl in steps:
                 if isinstance(ddl, str):
@@ -184,38 +180,25 @@ def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
     """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours."""
 
     def owner_of(session_id: str) -> str | None:
-        row = _one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
+        row = one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
         return None if row is None else row[0]
 
     check_fence(owners, owner_of)
-
-
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, taking the write lock up front."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _insert(
     conn: sqlite3.Connection, records: Sequence[Record], owners: Mapping[str, str] | None = None
 ) -> dict[tuple[str, int, str], Row]:
     conflicts: dict[tuple[str, int, str], Row] = {}
-    with _write(conn):
+    with write(conn):
         _fence(conn, owners)
         before = conn.total_changes
-        conn.executemany(_INSERT, records)
+        conn.executemany(INSERT, records)
         if conn.total_changes - before != len(records):
             # Some keys were already recorded (by another store on this file, or a duplicate in
             # the batch): report what was there first, which is what everyone must see.
             for r in records:
-                row = _one(conn, _SELECT_ONE, (r.session_id, r.kind, r.key))
+                row = one(conn, SELECT_ONE, (r.session_id, r.kind, r.key))
                 if row is not None and (row[0] != r.data or row[1] != r.created_at):
                     conflicts[(r.session_id, r.kind, r.key)] = Row(row[0], row[1])
     return conflicts
@@ -233,12 +216,12 @@ def _send_signal(
 def _take_signal(
     conn: sqlite3.Connection, session_id: str, name: str, key: str | None, owner: str | None
 ) -> Row | None:
-    with _write(conn):
+    with write(conn):
         if key is not None:
-            done = _one(conn, _SELECT_ONE, (session_id, STEP, key))
+            done = one(conn, SELECT_ONE, (session_id, STEP, key))
             if done is not None:
                 return Row(done[0], done[1])
-        signal = _one(
+        signal = one(
             conn,
             "SELECT id, payload FROM jrt_mailbox WHERE session_id = ? AND name = ? "
             "ORDER BY id LIMIT 1",
@@ -251,65 +234,8 @@ def _take_signal(
         conn.execute("DELETE FROM jrt_mailbox WHERE id = ?", (signal[0],))
         row = Row(signal[1], time.time())
         if key is not None:
-            conn.execute(_INSERT, (session_id, STEP, key, row.data, row.created_at))
+            conn.execute(INSERT, (session_id, STEP, key, row.data, row.created_at))
         return row
-
-
-_SESSION_COLUMNS = "session_id, status, owner, lease_expires, created_at, updated_at, steps"
-
-
-def _session(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
-    row = _one(
-        conn, f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions WHERE session_id = ?", (session_id,)
-    )
-    return None if row is None else SessionInfo(*row)
-
-
-def _claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
-    with _write(conn):
-        info = _session(conn, session_id)
-        result = claimed(info, session_id, owner, lease, time.time())
-        if info is None:
-            conn.execute(
-                f"INSERT INTO jrt_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                result,
-            )
-        elif result != info:
-            conn.execute(
-                "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
-                "updated_at = ? WHERE session_id = ?",
-                (result.status, owner, result.lease_expires, result.updated_at, session_id),
-            )
-    return result
-
-
-def _renew(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> bool:
-    now = time.time()
-    cur = conn.execute(
-        "UPDATE jrt_sessions SET lease_expires = ?, updated_at = ? "
-        "WHERE session_id = ? AND owner = ?",
-        (now + lease, now, session_id, owner),
-    )
-    return cur.rowcount == 1
-
-
-def _release(
-    conn: sqlite3.Connection, session_id: str, owner: str, status: str, steps: int
-) -> None:
-    conn.execute(
-        "UPDATE jrt_sessions SET status = ?, owner = NULL, lease_expires = NULL, updated_at = ?, "
-        "steps = ? WHERE session_id = ? AND owner = ?",
-        (status, time.time(), steps, session_id, owner),
-    )
-
-
-def _list_sessions(conn: sqlite3.Connection, status: str | None) -> list[SessionInfo]:
-    sql = f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions"
-    params: tuple[str, ...] = ()
-    if status is not None:
-        sql += " WHERE status = ?"
-        params = (status,)
-    return [SessionInfo(*row) for row in conn.execute(sql + " ORDER BY created_at", params)]
 
 
 def _pending_names(conn: sqlite3.Connection, session_id: str) -> list[str]:
@@ -318,56 +244,7 @@ def _pending_names(conn: sqlite3.Connection, session_id: str) -> list[str]:
 
 
 def _pending_signals(conn: sqlite3.Connection, session_id: str) -> int:
-    return int(
-        _one(conn, "SELECT count(*) FROM jrt_mailbox WHERE session_id = ?", (session_id,))[0]
-    )
-
-
-_PRUNE_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM jrt_sessions"
-# Sessions with journal rows or signals but no sessions row: last activity is their newest row.
-_PRUNE_ORPHANS = """
-SELECT session_id, NULL, NULL, NULL, max(created_at) FROM (
-    SELECT session_id, created_at FROM jrt_journal {where}
-    UNION ALL SELECT session_id, created_at FROM jrt_mailbox {where}
-) AS r
-WHERE NOT EXISTS (SELECT 1 FROM jrt_sessions AS s WHERE s.session_id = r.session_id)
-GROUP BY session_id
-"""
-
-
-def _prune(
-    conn: sqlite3.Connection,
-    older_than: float | None,
-    sessions: list[str] | None,
-    statuses: tuple[str, ...] | None,
-    dry_run: bool,
-) -> PruneResult:
-    # BEGIN IMMEDIATE: no other connection writes (claims included) until the deletes commit.
-    with _write(conn):
-        now = time.time()
-        candidates: list[PruneCandidate] = []
-        for where, params in _id_filters(sessions):
-            for sid, status, owner, lease, _, updated_at, _ in conn.execute(
-                f"{_PRUNE_SESSIONS} {where}", params
-            ):
-                candidates.append(PruneCandidate(sid, status, owner, lease, updated_at))
-            if statuses is None:  # sessions without a row never match a status filter
-                sql = _PRUNE_ORPHANS.format(where=where)
-                candidates.extend(PruneCandidate(*row) for row in conn.execute(sql, params))
-        result = select_prunable(candidates, older_than, statuses, now)
-        if not dry_run:
-            gone = [(sid,) for sid in result.pruned]
-            for table in ("jrt_journal", "jrt_mailbox", "jrt_sessions"):
-                conn.executemany(f"DELETE FROM {table} WHERE session_id = ?", gone)
-    return result
-
-
-def _id_filters(sessions: list[str] | None) -> list[tuple[str, dict[str, str]]]:
-    """WHERE clauses (and parameters) to run the candidate queries with: every session, or one
-    indexed lookup per id."""
-    if sessions is None:
-        return [("", {})]
-    return [("WHERE session_id = :sid", {"sid": sid}) for sid in sessions]
+    return int(one(conn, "SELECT count(*) FROM jrt_mailbox WHERE session_id = ?", (session_id,))[0])
 
 
 def _count_signed(conn: sqlite3.Connection, session_id: str, sample: int) -> tuple[int, int]:
@@ -378,13 +255,8 @@ def _count_signed(conn: sqlite3.Connection, session_id: str, sample: int) -> tup
               UNION ALL SELECT * FROM (SELECT value FROM jrt_journal LIMIT :n)
               UNION ALL SELECT * FROM (SELECT payload FROM jrt_mailbox LIMIT :n))"""
     params = {"sid": session_id, "magic": MAGIC, "n": sample}
-    signed, unsigned = _one(conn, sql, params)
+    signed, unsigned = one(conn, sql, params)
     return int(signed), int(unsigned)
-
-
-def _get(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
-    row = _one(conn, _SELECT_ONE, (session_id, kind, key))
-    return None if row is None else Row(row[0], row[1])
 
 
 # The SQLite store's mapping for driver_error: what to do about each kind of failure.
@@ -501,16 +373,51 @@ class SqliteJournalStore(JournalBackend):
         )
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
-        return await self._call(_claim, session_id, owner, lease, session_id=session_id)
+        return await self._call(
+            sqlitesessions.claim, session_id, owner, lease, session_id=session_id
+        )
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
-        return await self._call(_renew, session_id, owner, lease, session_id=session_id)
+        return await self._call(
+            sqlitesessions.renew, session_id, owner, lease, session_id=session_id
+        )
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
-        await self._call(_release, session_id, owner, status, steps, session_id=session_id)
+        await self._call(
+            sqlitesessions.release, session_id, owner, status, steps, session_id=session_id
+        )
 
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        return await self._call(_list_sessions, status)
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        names = None if workflows is None else list(workflows)
+        return await self._call(sqlitesessions.list_sessions, status, names, limit)
+
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        return await self._call(
+            sqlitesessions.create_session,
+            session_id,
+            workflow,
+            arguments,
+            owner,
+            lease,
+            session_id=session_id,
+            step=describe_key(arguments.key),
+        )
+
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        return await self._call(sqlitesessions.request_cancel, session_id, session_id=session_id)
 
     async def pending_names(self, session_id: str) -> list[str]:
         return await self._call(_pending_names, session_id, session_id=session_id)
@@ -525,17 +432,17 @@ class SqliteJournalStore(JournalBackend):
         statuses: tuple[str, ...] | None,
         dry_run: bool,
     ) -> PruneResult:
-        return await self._call(_prune, older_than, sessions, statuses, dry_run)
+        return await self._call(sqlitesessions.prune, older_than, sessions, statuses, dry_run)
 
     async def session_info(self, session_id: str) -> SessionInfo | None:
-        return await self._call(_session, session_id, session_id=session_id)
+        return await self._call(sqlitesessions.session_row, session_id, session_id=session_id)
 
     async def count_signed(self, session_id: str, sample: int = 100) -> tuple[int, int]:
         return await self._call(_count_signed, session_id, sample, session_id=session_id)
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
         return await self._call(
-            _get, session_id, kind, key, session_id=session_id, step=describe_key(key)
+            get_row, session_id, kind, key, session_id=session_id, step=describe_key(key)
         )
 
     async def close_resources(self) -> None:

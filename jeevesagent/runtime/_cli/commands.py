@@ -1,11 +1,14 @@
 """The operations command line: ``jeevesagent-runtime`` / ``python -m jeevesagent.runtime``.
 
-Commands: ``sessions``, ``show``, ``signal``, ``prune``, ``export`` (on a journal named by
-``--db`` or ``$JEEVESAGENT_DB``: a SQLite path or a ``postgres://`` / ``postgresql://`` DSN) and
-``demo``; opening that journal is :mod:`~jeevesagent.runtime._cli.target`'s. Every read goes
-through public :class:`JournalBackend` methods (and, for Postgres, ``schema_ready``), so any
-backend serves it. Values are shown only through :func:`~jeevesagent.runtime._core.values.peek`,
-which never unpickles a row it cannot vouch for (unsigned, unless ``--trust``).
+Commands: ``sessions``, ``show``, ``signal``, ``prune``, ``export`` here, the workflow commands
+``start``, ``cancel``, ``fork``, ``result`` and ``init-schema`` in
+:mod:`~jeevesagent.runtime._cli.workflows` (all on a journal named by ``--db`` or
+``$JEEVESAGENT_DB``: a SQLite path or a ``postgres://`` / ``postgresql://`` DSN), and ``demo``;
+opening that journal is :mod:`~jeevesagent.runtime._cli.target`'s. Every read goes through public
+:class:`JournalBackend` methods (and, for Postgres, ``schema_ready``), so any backend serves it.
+Values are shown only through :func:`~jeevesagent.runtime._core.values.peek`, which never
+unpickles a row it cannot vouch for (unsigned, unless ``--trust``); what a session waits for is
+read as :mod:`~jeevesagent.runtime._cli.outcome` says.
 
 Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid database, refused),
 2 usage error. Errors are one line on stderr starting with ``error:``.
@@ -14,33 +17,38 @@ Exit codes: 0 ok, 1 operational error (unknown session, unreachable or invalid d
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
 import re
-import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import anyio
-
-from .._core.keys import describe_key, is_legacy_key, is_signal_key, is_timer_key
+from .._core.keys import describe_key, is_legacy_key, is_signal_key, is_timer_key, is_workflow_key
 from .._core.values import SIGNING_KEY_ENV, JournalCodec, peek
-from .._errors import RuntimeJournalError
-from .._journal.backend import SESSION_STATUSES, STEP, STREAM, JournalBackend, Row, SessionInfo
+from .._journal.backend import (
+    ENDED_STATUSES,
+    SESSION_STATUSES,
+    STEP,
+    STREAM,
+    JournalBackend,
+    Row,
+    SessionInfo,
+    SessionJournal,
+)
 from .._journaled.signals import seal_signal
 from .demo import DEFAULT_PATH
-from .target import DB_ENV, CliError, open_store, parse_target
+from .outcome import Waiting, describe_waiting, waiting_for
+from .shared import for_json, one_line, print_json, run_on_store, table, when
+from .target import DB_ENV, CliError
+from .workflows import add_workflow_commands, check_signing, run_init_schema
 
 __all__ = ["main"]
 
 PREVIEW_CHARS = 60
 NOTE_CHARS = 100  # why a value is not shown (and what a pickle refers to) is worth more room
-_SAMPLE_ROWS = 100  # rows read to tell whether a journal is signed (see _signed_rows)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -48,88 +56,6 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise CliError(f"{self.prog}: {message} (see {self.prog} --help)", 2)
-
-
-# -- running a command on the journal ------------------------------------------------------------
-
-
-def _signing_key(args: argparse.Namespace) -> str:
-    """The key from ``--signing-key-env`` (default ``$JEEVESAGENT_SIGNING_KEY``); ``""`` when
-    that variable is unset, which tells the store "no key" (it does not fall back to the
-    default variable)."""
-    name: str = getattr(args, "signing_key_env", SIGNING_KEY_ENV)
-    key = os.environ.get(name) or ""
-    try:
-        JournalCodec(None, key)
-    except ValueError as exc:
-        raise CliError(f"the signing key in ${name} cannot be used: {exc}") from None
-    return key
-
-
-def run_on_store(
-    args: argparse.Namespace,
-    command: Callable[[JournalBackend, argparse.Namespace], Awaitable[int]],
-) -> int:
-    target = parse_target(args.db or os.environ.get(DB_ENV))
-    key = args.signing_key = _signing_key(args)
-
-    async def go() -> int:
-        store = await open_store(target, key)
-        try:
-            return await command(store, args)
-        finally:
-            await store.aclose()
-
-    try:
-        return anyio.run(go)
-    except CliError as exc:
-        exc.message = target.scrub(exc.message)
-        raise
-    except BrokenPipeError:
-        raise  # the reader went away (`... | head`): see main
-    except (RuntimeJournalError, OSError, sqlite3.Error) as exc:
-        raise CliError(target.scrub(str(exc))) from None
-
-
-# -- formatting ----------------------------------------------------------------------------------
-
-
-def _when(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Aligned columns; the last one is not padded (it holds the long previews)."""
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers) - 1)]
-    return "\n".join(
-        "  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip()
-        for r in [headers, *rows]
-    )
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=repr))
-
-
-def _for_json(obj: dict[str, Any]) -> dict[str, Any]:
-    """A row object whose ``value`` dumps as strict JSON (objects in it dump by ``repr``; a value
-    that still cannot, such as one with tuple keys or NaN, becomes its ``repr``)."""
-    if "value" not in obj:
-        return obj
-    try:
-        json.dumps(obj["value"], default=repr, allow_nan=False)
-    except Exception:
-        return {**obj, "value": repr(obj["value"])}
-    return obj
-
-
-def _one_line(text: str, limit: int | None) -> str:
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
 
 
 # -- rows of a session ---------------------------------------------------------------------------
@@ -142,13 +68,15 @@ def row_kind(kind: int, key: str) -> str:
         return "signal"
     if is_timer_key(key):
         return "sleep"
+    if is_workflow_key(key):
+        return "workflow"
     return "legacy" if is_legacy_key(key) else "step"
 
 
 def row_object(
     session_id: str, kind: int, key: str, row: Row, codec: JournalCodec, trust: bool
 ) -> dict[str, Any]:
-    """One row as ``show --json`` and ``export`` print it (through :func:`_for_json`);
+    """One row as ``show --json`` and ``export`` print it (through :func:`~.shared.for_json`);
     ``value`` (as decoded) only when peek decoded it, else ``note``."""
     p = peek(row.data, codec, session_id, kind, key, trust=trust)
     obj: dict[str, Any] = {
@@ -175,6 +103,7 @@ class SessionView:
     rows: list[dict[str, Any]]
     pending: int
     pending_names: list[str]
+    waiting: Waiting | None
 
 
 async def load_view(store: JournalBackend, session_id: str, trust: bool) -> SessionView:
@@ -189,31 +118,52 @@ async def load_view(store: JournalBackend, session_id: str, trust: bool) -> Sess
     rows += [(STREAM, k, r) for k, r in journal.streams.items()]
     rows.sort(key=lambda x: (x[2].created_at, x[1]))
     objs = [row_object(session_id, kind, k, r, store.codec, trust) for kind, k, r in rows]
-    return SessionView(info, objs, pending, names)
+    waiting = waiting_for(info, journal, store.codec, trust=trust, now=time.time())
+    return SessionView(info, objs, pending, names, waiting)
 
 
 # -- commands ------------------------------------------------------------------------------------
 
 
+async def _waiting(store: JournalBackend, info: SessionInfo, now: float) -> Waiting | None:
+    """What a listed session waits for (its journal is read only when it is open and running)."""
+    if info.status in (*ENDED_STATUSES, "pending"):
+        return waiting_for(info, SessionJournal({}, {}), store.codec, trust=False, now=now)
+    journal = await store.load_session(info.session_id)
+    return waiting_for(info, journal, store.codec, trust=False, now=now)
+
+
 async def cmd_sessions(store: JournalBackend, args: argparse.Namespace) -> int:
-    infos = await store.list_sessions(args.status)
+    infos = await store.list_sessions(args.status, workflows=args.workflow)
+    now = time.time()
+    waits = [await _waiting(store, i, now) for i in infos]
     if args.json:
-        _print_json([info._asdict() for info in infos])
+        print_json(
+            [
+                {**i._asdict(), "waiting_for": w.as_json() if w else None}
+                for i, w in zip(infos, waits, strict=True)
+            ]
+        )
         return 0
     if not infos:
         print("no sessions" + (f" with status {args.status!r}" if args.status else ""))
         return 0
-    now = time.time()
     rows = []
-    for i in infos:
-        lease = _when(i.lease_expires)
+    for i, w in zip(infos, waits, strict=True):
+        lease = when(i.lease_expires)
         if i.lease_expires is not None and i.lease_expires < now:
             lease += " (expired)"
         rows.append(
-            [i.session_id, i.status, i.owner or "-", str(i.steps), _when(i.updated_at), lease]
+            [
+                *(i.session_id, i.status, i.workflow or "-", i.owner or "-", str(i.steps)),
+                *(when(i.updated_at), lease, describe_waiting(w, when) if w else "-"),
+            ]
         )
-    headers = ["SESSION", "STATUS", "OWNER", "STEPS", "LAST ACTIVITY", "LEASE EXPIRES"]
-    print(_table(headers, rows))
+    headers = [
+        *("SESSION", "STATUS", "WORKFLOW", "OWNER", "STEPS"),
+        *("LAST ACTIVITY", "LEASE EXPIRES", "WAITING FOR"),
+    ]
+    print(table(headers, rows))
     return 0
 
 
@@ -221,10 +171,10 @@ def _preview(obj: dict[str, Any], full: bool) -> str:
     """A value as JSON text (JSON rows) or its ``repr`` (unpickled rows); else peek's note."""
     if "value" not in obj:
         text = f"{obj['format']}, {obj['note']}"
-        return _one_line(text, None if full else NOTE_CHARS)
+        return one_line(text, None if full else NOTE_CHARS)
     value = obj["value"]
     text = json.dumps(value, ensure_ascii=False) if obj["format"] == "json" else repr(value)
-    return _one_line(text, None if full else PREVIEW_CHARS)
+    return one_line(text, None if full else PREVIEW_CHARS)
 
 
 def _session_line(session_id: str, view: SessionView) -> str:
@@ -232,12 +182,16 @@ def _session_line(session_id: str, view: SessionView) -> str:
     if info is None:
         head = f"session {session_id!r}: not in the sessions table (never claimed)"
     else:
-        owner = f"owned by {info.owner} until {_when(info.lease_expires)}" if info.owner else ""
+        owner = f"owned by {info.owner} until {when(info.lease_expires)}" if info.owner else ""
+        workflow = f"workflow {info.workflow!r}, " if info.workflow else ""
+        cancel = "cancel requested, " if info.cancel_requested else ""
         head = (
-            f"session {session_id!r}: {info.status}, {owner or 'no owner'}, "
-            f"last activity {_when(info.updated_at)}"
+            f"session {session_id!r}: {info.status}, {workflow}{cancel}{owner or 'no owner'}, "
+            f"last activity {when(info.updated_at)}"
         )
     pending = f"{view.pending} ({', '.join(view.pending_names)})" if view.pending else "none"
+    if view.waiting is not None:
+        pending += f"\nwaiting for: {describe_waiting(view.waiting, when)}"
     return f"{head}\npending signals: {pending}"
 
 
@@ -246,18 +200,21 @@ async def cmd_show(store: JournalBackend, args: argparse.Namespace) -> int:
     if args.json:
         session = view.info._asdict() if view.info else None
         pending = {"count": view.pending, "names": view.pending_names}
-        rows = [_for_json(o) for o in view.rows]
-        _print_json({"session": session, "pending_signals": pending, "rows": rows})
+        rows = [for_json(o) for o in view.rows]
+        waiting = view.waiting.as_json() if view.waiting else None
+        print_json(
+            {"session": session, "pending_signals": pending, "waiting_for": waiting, "rows": rows}
+        )
         return 0
     print(_session_line(args.session, view))
     if not view.rows:
         print("no rows recorded")
         return 0
-    table = [
-        [o["kind"], o["name"], str(o["size"]), _when(o["created_at"]), _preview(o, args.values)]
+    lines = [
+        [o["kind"], o["name"], str(o["size"]), when(o["created_at"]), _preview(o, args.values)]
         for o in view.rows
     ]
-    print(_table(["KIND", "NAME", "SIZE", "RECORDED", "VALUE"], table))
+    print(table(["KIND", "NAME", "SIZE", "RECORDED", "VALUE"], lines))
     hidden = [o for o in view.rows if "value" not in o and not o["note"].startswith("REFUSED")]
     if any(not o["signed"] for o in hidden):
         print(
@@ -275,7 +232,7 @@ async def cmd_show(store: JournalBackend, args: argparse.Namespace) -> int:
 async def cmd_export(store: JournalBackend, args: argparse.Namespace) -> int:
     view = await load_view(store, args.session, args.trust)
     for obj in view.rows:
-        print(json.dumps(_for_json(obj), ensure_ascii=False, default=repr))
+        print(json.dumps(for_json(obj), ensure_ascii=False, default=repr))
     return 0
 
 
@@ -293,27 +250,9 @@ def parse_payload(text: str) -> Any:
         ) from None
 
 
-async def _signed_rows(store: JournalBackend, session_id: str) -> tuple[int, int]:
-    """How many (signed, unsigned) rows a sample of the journal holds: all rows of the target
-    session (an indexed read) plus up to _SAMPLE_ROWS rows of the journal and of the mailbox
-    anywhere (see :meth:`JournalBackend.count_signed`)."""
-    return await store.count_signed(session_id, _SAMPLE_ROWS)
-
-
 async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
     sid, name = args.session, args.name
-    signed, unsigned = await _signed_rows(store, sid)
-    env = args.signing_key_env
-    if signed and not store.codec.signed:
-        raise CliError(
-            f"the journal is signed and no signing key is set (${env}): session {sid!r} would "
-            "refuse an unsigned signal; nothing was sent"
-        )
-    if store.codec.signed and unsigned and not signed:
-        raise CliError(
-            f"a signing key is set (${env}) but the journal's rows are not signed: session "
-            f"{sid!r} would refuse a signed signal; unset it. Nothing was sent"
-        )
+    await check_signing(store, sid, args, "signal", "nothing was sent")
     # JSON, whatever the journal's codec: every runtime reads JSON rows (the pickle codec too).
     codec = JournalCodec("json", signing_key=args.signing_key)
     data = seal_signal(codec, sid, name, args.payload_value)
@@ -329,7 +268,7 @@ async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
         )
     if args.json:
         sent = {"session_id": sid, "name": name, "signed": codec.signed, "size": len(data)}
-        _print_json({"sent": True, **sent, "session_existed": exists})
+        print_json({"sent": True, **sent, "session_existed": exists})
     else:
         print(f"sent {name} to {sid}")
     return 0
@@ -358,7 +297,7 @@ async def cmd_prune(store: JournalBackend, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
     if args.json:
-        _print_json({"pruned": result.pruned, "skipped": result.skipped, "dry_run": args.dry_run})
+        print_json({"pruned": result.pruned, "skipped": result.skipped, "dry_run": args.dry_run})
     else:
         verb = "would prune" if args.dry_run else "pruned"
         if result.pruned:
@@ -383,7 +322,10 @@ async def cmd_prune(store: JournalBackend, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jeevesagent-runtime",
-        description="jeevesagent.runtime command line: inspect and operate a journal.",
+        description=(
+            "jeevesagent.runtime command line: inspect and operate a journal; start, cancel, "
+            "fork and read workflow sessions (a worker serving the workflow runs them)."
+        ),
         epilog=f"--db defaults to ${DB_ENV}. Exit codes: 0 ok, 1 operational error, 2 usage.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -398,15 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="environment variable holding the signing key (default: %(default)s)",
     )
 
-    p = commands.add_parser("sessions", parents=[db], help="list sessions")
+    p = commands.add_parser(
+        "sessions", parents=[db], help="list sessions: workflow, status, what each waits for"
+    )
     p.add_argument("--status", choices=SESSION_STATUSES, help="only sessions with this status")
+    p.add_argument(
+        "--workflow", metavar="NAME", action="append", help="only this workflow's (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="a JSON array")
     p.set_defaults(command_fn=cmd_sessions)
 
     p = commands.add_parser("show", parents=[db, key], help="every row of a session")
     p.add_argument("session", metavar="SESSION")
     p.add_argument(
-        "--json", action="store_true", help="a JSON object (session, pending_signals, rows)"
+        "--json",
+        action="store_true",
+        help="a JSON object (session, pending_signals, waiting_for, rows)",
     )
     p.add_argument("--trust", action="store_true", help="unpickle unsigned rows (runs code!)")
     p.add_argument("--values", action="store_true", help="print values in full")
@@ -436,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust", action="store_true", help="unpickle unsigned rows (runs code!)")
     p.set_defaults(command_fn=cmd_export)
 
+    add_workflow_commands(commands, db, key)
+
     demo = commands.add_parser(
         "demo", help="a durable agent session that crashes, then resumes (run it twice)"
     )
@@ -462,7 +413,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
     if args.command == "signal":  # a usage error, reported before any database is opened
         args.payload_value = parse_payload(args.payload)
-    return run_on_store(args, args.command_fn)
+    if args.command == "init-schema":
+        return run_init_schema(args)
+    return run_on_store(args, args.command_fn, getattr(args, "codec", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 import anyio
 
@@ -16,6 +16,9 @@ from .names import check_name, check_signal_target
 from .streams import StreamStep, call_step_fn, open_producer
 
 __all__ = ["InProcRuntime", "InProcSession"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class InProcSession(BaseSession):
@@ -47,13 +50,59 @@ class InProcRuntime(BaseRuntime[_InProcState]):
     def _session_object(self, state: _InProcState) -> InProcSession:
         return state.session
 
+    # Typing of ``step`` (checked by tests/test_typing.py). The precise signature would be
+    # ``(name, fn: Callable[P, Awaitable[T]], /, *args: P.args, idempotency_key: str | None = None,
+    # **kwargs: P.kwargs) -> T``, but the typing spec (PEP 612) forbids a keyword-only parameter
+    # between ``*args: P.args`` and ``**kwargs: P.kwargs``, and mypy rejects it ("Arguments not
+    # allowed after ParamSpec.args"), as does pyright. So:
+    # - a call that passes ``idempotency_key=`` matches one of the first two overloads: its result
+    #   type is still ``fn``'s, but the arguments for ``fn`` are not checked (no ParamSpec there);
+    # - every other call matches one of the last two, where ``P`` checks the arguments exactly.
+    # The first two come first because ``idempotency_key`` is required there: a call without it
+    # falls through to the precise ones (the other order makes mypy call the keyed overloads
+    # unreachable). In each pair, the ``Awaitable[T]`` overload comes first, so an async function
+    # (or a sync one returning an awaitable, such as a ``with_policy`` wrapper of an async
+    # function) gives the awaited ``T``, as the runtime awaits it; any other function gives ``T``.
+    # (One parameter ``Callable[P, Awaitable[T]] | Callable[P, T]``, or ``Callable[P, Awaitable[T]
+    # | T]``, makes mypy infer ``Never`` for an async function.) Before mypy 2.4, a callable value
+    # returning ``Coroutine[Any, Any, X]`` matched both overloads "because of Any" and gave ``Any``
+    # (the rule of python/mypy#17331). The implementation takes ``idempotency_key: Any``: through
+    # ``P.kwargs``, mypy cannot rule out any type for it.
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
     async def step(
         self,
         name: str,
         fn: Callable[..., Any],
         /,
         *args: Any,
-        idempotency_key: str | None = None,
+        idempotency_key: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` (awaiting it if it is async) and return its result, under
@@ -85,9 +134,29 @@ class InProcRuntime(BaseRuntime[_InProcState]):
         self._check_open(self.current_session_id(), name)
         await anyio.sleep(seconds)
 
+    # Typing of ``stream_step``: one overload per kind of producer the runtime accepts (an async
+    # iterable -- an async generator function --, an awaitable of either, a sync iterable); each
+    # gives a ``StreamStep[T]`` that iterates the producer's ``T`` and keeps ``aclose()``.
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self,
+        name: str,
+        fn: Callable[P, Awaitable[AsyncIterable[T] | Iterable[T]]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, Iterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> StreamStep:
+    ) -> StreamStep[Any]:
         """Yield what ``fn(*args, **kwargs)`` yields; the producer is closed when this stops."""
         check_name("stream step name", name, self.current_session_id())
         self._check_open(self.current_session_id(), name)

@@ -22,6 +22,12 @@ from __future__ import annotations
 from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
+    "workflow_failure_key",
+    "failure_index",
+    "workflow_result_key",
+    "workflow_args_key",
+    "step_name_of",
+    "is_workflow_key",
     "FINGERPRINT_CHARS",
     "describe_key",
     "fingerprint",
@@ -45,6 +51,7 @@ SIGNAL = "g:"
 OUTCOME = "o:"
 TIMER = "t:"
 LEGACY = "l:"
+WORKFLOW = "w:"
 
 
 def step_journal_key(name: str, fp: str) -> str:
@@ -110,6 +117,42 @@ def split_step_key(key: str) -> tuple[str, str] | None:
 _HEX = frozenset("0123456789abcdef")
 
 
+def workflow_args_key() -> str:
+    """The key of a workflow session's arguments (its workflow's ``(fingerprint, args,
+    kwargs)``)."""
+    return f"{WORKFLOW}args"
+
+
+def workflow_result_key() -> str:
+    """The key of a workflow session's outcome: its body's return value, or the failure it
+    raised (a ``JournaledFailure``)."""
+    return f"{WORKFLOW}result"
+
+
+def workflow_failure_key(n: int) -> str:
+    """The key of the exception of a workflow session's ``n``-th failed run (from 0)."""
+    return f"{WORKFLOW}failure:{n}"
+
+
+def failure_index(key: str) -> int | None:
+    """``n`` of a :func:`workflow_failure_key`, else ``None``."""
+    prefix = f"{WORKFLOW}failure:"
+    if not key.startswith(prefix) or not key[len(prefix) :].isdigit():
+        return None
+    return int(key[len(prefix) :])
+
+
+def is_workflow_key(key: str) -> bool:
+    """A workflow session's arguments or outcome (``w:``): not a step."""
+    return key.startswith(WORKFLOW)
+
+
+def step_name_of(key: str) -> str | None:
+    """The step name in a plain step's key (``s:name:fingerprint``), else ``None``."""
+    step = split_step_key(key)
+    return None if step is None else step[0]
+
+
 def describe_key(key: str) -> str:
     """A readable form of a journal key for messages, listings and errors' ``step``: the step's
     name, ``idempotency_key='K'``, ``signal 'name' #n``, ``sleep 'name'``; any other text (a name
@@ -132,4 +175,6 @@ def describe_key(key: str) -> str:
         return f"sleep {rest!r}"
     if prefix == LEGACY:
         return rest
+    if prefix == WORKFLOW:
+        return f"workflow {rest}"
     return key

@@ -303,7 +303,7 @@ def stream_step(
     policy: StepPolicy | None = None,
     reopen: Callable[[], Awaitable[AsyncIterator[Any]]] | None = None,
     where: tuple[str | None, str] = (None, "?"),
-) -> StreamStep:
+) -> StreamStep[Any]:
     """A ``StreamStep``, with a :class:`StreamRun` as its hook when there is something to report
     (a traced session, or INFO logging for the session's counts); else without a hook, and
     without any per-chunk cost."""

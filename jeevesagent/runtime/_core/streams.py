@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._policy import StepPolicy, StepTimeoutError, attempts
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from .hooks import StreamHook
 
 __all__ = ["StreamStep", "call_step_fn", "close_producer", "open_producer"]
+
+T_co = TypeVar("T_co", covariant=True)
 
 
 async def call_step_fn(
@@ -68,8 +70,9 @@ class _SyncIterator:
             close()
 
 
-class StreamStep:
-    """The async iterator ``stream_step`` returns.
+class StreamStep(Generic[T_co]):
+    """The async iterator ``stream_step`` returns; ``StreamStep[T]`` yields the ``T`` chunks of
+    its producer (only a type-checker parameter: nothing is checked at run time).
 
     A plain class rather than an async generator: it holds no frame of its own that could be left
     suspended, and no cancel scope can ever span a ``yield``. ``start`` decides, on the first pull,
@@ -110,15 +113,15 @@ class StreamStep:
         self._where = where  # (session id, step name) for error messages
         self._hook = hook
         self._delivered = 0
-        self._replay: Iterator[Any] | None = None
+        self._replay: Iterator[T_co] | None = None
         self._producer: AsyncIterator[Any] | None = None
         self._chunks: list[Any] = []
         self._done = False
 
-    def __aiter__(self) -> StreamStep:
+    def __aiter__(self) -> StreamStep[T_co]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> T_co:
         if self._done:
             raise StopAsyncIteration
         hook, token = self._hook, None
@@ -136,7 +139,7 @@ class StreamStep:
                     self._done = True
                     raise StopAsyncIteration from None
             try:
-                chunk = await self._pull()
+                chunk: T_co = await self._pull()
             except StopAsyncIteration:
                 self._done = True
                 await close_producer(self._producer)

@@ -18,6 +18,7 @@ from .commit import Fenced, GroupCommitter
 from .rows import STEP, STREAM, Record, Row
 
 __all__ = [
+    "ENDED_STATUSES",
     "SESSION_STATUSES",
     "STEP",
     "Fenced",
@@ -85,13 +86,30 @@ class SessionInfo(NamedTuple):
     created_at: float
     updated_at: float
     steps: int  # journal rows of the session when it was last released
+    workflow: str | None = None  # the registered workflow it runs; None: a plain session
+    cancel_requested: bool = False  # rt.cancel() asked for it: it must never run again
 
 
+# "pending": a workflow session made by ``start`` (or ``fork``), waiting for a worker.
+# "waiting": a workflow session suspended while it waits for a signal or a timer.
 # "imported": a session copied from a jeevesagent 0.9.7 journal by the schema migration; it has
 # never run under this version (claiming it sets it to "running" like any other).
 # "interrupted": the body was stopped by the application's own shutdown (a cancelled scope or
 # task group, KeyboardInterrupt): resumable, and found by recovery like an orphan.
-SESSION_STATUSES = ("running", "completed", "failed", "cancelled", "interrupted", "imported")
+# "cancelled": stopped for good by ``cancel`` (final).
+SESSION_STATUSES = (
+    "pending",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "interrupted",
+    "imported",
+)
+#: The statuses of a session that has ended: it never runs again unless opened again by hand
+#: (``completed`` or ``failed``), and never at all (``cancelled``).
+ENDED_STATUSES = ("completed", "failed", "cancelled")
 
 
 class PruneResult(NamedTuple):
@@ -230,8 +248,8 @@ class JournalBackend(abc.ABC):
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         """Atomically take the session for ``owner`` if it is free: no row, no owner, the same
         owner, or an expired lease (see :func:`claimable`). Sets status ``running`` and the
-        lease; returns the row as it is afterwards (compare ``.owner`` to know whether the claim
-        was granted)."""
+        lease, keeping ``workflow`` and ``cancel_requested``; returns the row as it is afterwards
+        (compare ``.owner`` to know whether the claim was granted)."""
 
     @abc.abstractmethod
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
@@ -240,11 +258,53 @@ class JournalBackend(abc.ABC):
     @abc.abstractmethod
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         """Record how the session ended (``status``, ``steps`` journal rows) and drop the claim,
-        only if ``owner`` holds it."""
+        only if ``owner`` holds it. Wakes the store's watchers of the session (someone may be
+        waiting for its result)."""
 
     @abc.abstractmethod
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
-        """Rows of the sessions table, optionally of one status, oldest first."""
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        """Rows of the sessions table, oldest first (by ``created_at``, then id): all of them,
+        or those of one ``status``, of the given ``workflows`` (names), at most ``limit``."""
+
+    # -- workflows -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        """Make a workflow session, in one transaction, unless a sessions row exists already.
+
+        A new session gets a sessions row naming ``workflow`` -- status ``pending`` with no
+        owner, or, when ``owner`` is given, ``running`` and claimed by ``owner`` for ``lease``
+        seconds -- and ``arguments`` (a STEP record of the session, its key
+        :func:`~jeevesagent.runtime._core.keys.workflow_args_key`) is journaled, first writer
+        wins. An existing session is left as it is. Returns the sessions row and the journaled
+        arguments row as they are afterwards (``None``: an existing session made without
+        arguments, e.g. a plain ``session()``). Wakes the store's watchers of the session (as
+        :meth:`send_signal` does), so idle workers look for new work at once."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        """Cancel a session, in one transaction, and return its row afterwards (``None``: no
+        such session).
+
+        ``cancel_requested`` is set, and stays set: no claim clears it, so a runtime that claims
+        the session later sees it and ends it ``cancelled`` without running it. A session with no
+        live claim (pending, waiting, interrupted, imported, or running with an expired lease)
+        also becomes ``cancelled`` at once, its owner cleared. A running one with a live claim
+        keeps its status and owner: its owner stops it and releases it as ``cancelled``. An
+        ended session (``completed``, ``failed``, ``cancelled``) is left unchanged. Wakes the
+        store's watchers of the session (its owner may be watching)."""
 
     async def now(self) -> float:
         """The backend's clock, in epoch seconds: the one its leases are measured on (a database

@@ -17,6 +17,9 @@ from .._core.values import decode_value, encode_value, signal_context
 from .backend import STEP, JournalBackend, Record, Row
 
 __all__ = [
+    "A",
+    "B",
+    "LIVE",
     "BackendOpener",
     "OpenedBackends",
     "decode_row",
@@ -28,6 +31,9 @@ __all__ = [
     "step_value",
     "wait_until_expired",
 ]
+
+A, B = "owner-a", "owner-b"  # owner tokens (a backend stores them, never parses them)
+LIVE = 600.0  # a lease that does not run out during a test
 
 #: Makes a backend on the test's storage: a function returning a backend or an awaitable of one.
 BackendOpener = Callable[[], JournalBackend | Awaitable[JournalBackend]]

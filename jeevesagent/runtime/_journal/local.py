@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+
+import anyio
 
 from .._core.values import Codec
 from .backend import JournalBackend, SessionInfo
-from .rows import Row
-from .rules import check_fence, claimed, holds
+from .rows import STEP, Record, Row
+from .rules import cancel_requested, check_fence, claimed, created, holds
 
 __all__ = ["LocalBackend", "LocalMailbox", "LocalSessions"]
 
@@ -50,9 +52,35 @@ class LocalSessions:
                 status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
             )
 
-    def list(self, status: str | None = None) -> list[SessionInfo]:
-        rows = [i for i in self.rows.values() if status is None or i.status == status]
-        return sorted(rows, key=lambda i: i.created_at)
+    def list(
+        self,
+        status: str | None = None,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
+        rows = [
+            i
+            for i in self.rows.values()
+            if (status is None or i.status == status)
+            and (workflows is None or i.workflow in workflows)
+        ]
+        rows.sort(key=lambda i: (i.created_at, i.session_id))
+        return rows if limit is None else rows[:limit]
+
+    def create(
+        self, session_id: str, workflow: str, owner: str | None, lease: float
+    ) -> SessionInfo:
+        """The sessions row of a new workflow session (kept if one exists already)."""
+        return self.rows.setdefault(
+            session_id, created(session_id, workflow, owner, lease, time.time())
+        )
+
+    def request_cancel(self, session_id: str) -> SessionInfo | None:
+        """See :meth:`JournalBackend.request_cancel`."""
+        info = self.rows.get(session_id)
+        if info is not None:
+            info = self.rows[session_id] = cancel_requested(info, time.time())
+        return info
 
 
 class LocalMailbox:
@@ -105,12 +133,16 @@ class LocalBackend(JournalBackend):
         self._sessions = LocalSessions()
         self._mailbox = LocalMailbox()
         self._watchers: list[Callable[[str], None]] = []
+        self._creating: anyio.Lock | None = None  # made in the event loop, on first use
+
+    def _wake(self, session_id: str) -> None:
+        for wake in list(self._watchers):
+            wake(session_id)
 
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
         self.check_open(session_id, name)
         self._mailbox.put(session_id, name, Row(data, created_at))
-        for wake in list(self._watchers):
-            wake(session_id)
+        self._wake(session_id)
 
     def take_signal_nowait(self, session_id: str, name: str) -> Row | None:
         return self._mailbox.pop(session_id, name)
@@ -139,10 +171,46 @@ class LocalBackend(JournalBackend):
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         self.check_open(session_id)
         self._sessions.release(session_id, owner, status, steps)
+        self._wake(session_id)
 
-    async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
+    async def list_sessions(
+        self,
+        status: str | None = None,
+        *,
+        workflows: Sequence[str] | None = None,
+        limit: int | None = None,
+    ) -> list[SessionInfo]:
         self.check_open()
-        return self._sessions.list(status)
+        return self._sessions.list(status, workflows, limit)
+
+    async def create_session(
+        self,
+        session_id: str,
+        workflow: str,
+        arguments: Record,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> tuple[SessionInfo, Row | None]:
+        self.check_open(session_id, arguments.key)
+        if self._creating is None:
+            self._creating = anyio.Lock()
+        # One creator at a time: writing the arguments may yield (a five-method store), and the
+        # arguments and the sessions row must come from the same creator.
+        async with self._creating:
+            info = self._sessions.rows.get(session_id)
+            if info is None:
+                # The arguments first: a session row is never seen without them.
+                await self.write_rows([arguments])
+                info = self._sessions.create(session_id, workflow, owner, lease)
+                self._wake(session_id)
+        return info, await self.read_row(session_id, STEP, arguments.key)
+
+    async def request_cancel(self, session_id: str) -> SessionInfo | None:
+        self.check_open(session_id)
+        info = self._sessions.request_cancel(session_id)
+        if info is not None:
+            self._wake(session_id)
+        return info
 
     async def close_resources(self) -> None:
         self._watchers.clear()

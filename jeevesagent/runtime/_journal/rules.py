@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from .backend import PruneResult, SessionInfo
+from .backend import ENDED_STATUSES, PruneResult, SessionInfo
 from .commit import Fenced
 
 __all__ = [
     "PruneCandidate",
+    "cancel_requested",
     "check_fence",
     "claimable",
     "claimed",
+    "created",
     "holds",
     "live_claim",
     "select_prunable",
@@ -76,6 +78,29 @@ def claimed(
             status="running", owner=owner, lease_expires=now + lease, updated_at=now
         )
     return info
+
+
+def created(
+    session_id: str, workflow: str, owner: str | None, lease: float, now: float
+) -> SessionInfo:
+    """The sessions row of a new workflow session made at ``now``: ``pending`` with no owner,
+    or ``running`` and claimed by ``owner`` for ``lease`` seconds."""
+    if owner is None:
+        return SessionInfo(session_id, "pending", None, None, now, now, 0, workflow)
+    return SessionInfo(session_id, "running", owner, now + lease, now, now, 0, workflow)
+
+
+def cancel_requested(info: SessionInfo, now: float) -> SessionInfo:
+    """The sessions row after ``request_cancel`` at ``now``: an ended session unchanged; a
+    running one with a live claim only marked (its owner stops it); any other ``cancelled``,
+    its claim dropped."""
+    if info.status in ENDED_STATUSES:
+        return info
+    if info.status == "running" and live_claim(info.owner, info.lease_expires, now):
+        return info._replace(cancel_requested=True, updated_at=now)
+    return info._replace(
+        status="cancelled", owner=None, lease_expires=None, cancel_requested=True, updated_at=now
+    )
 
 
 def holds(info: SessionInfo | None, owner: str) -> bool:

@@ -9,16 +9,40 @@ calls it, holding the per-session bookkeeping itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
 from .._core import observe as _observe
 from .._errors import SessionBusyError, StoreClosedError, StoreError
-from .._journal.backend import JournalBackend
+from .._journal.backend import JournalBackend, SessionInfo
 from .._journal.owner import owner_is_dead
 
-__all__ = ["ClaimHolder", "session_status"]
+__all__ = ["ClaimHolder", "orphaned", "session_status"]
+
+
+async def orphaned(
+    backend: JournalBackend,
+    workflows: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[SessionInfo]:
+    """Sessions to resume, oldest first: ``interrupted`` ones, and ``running`` ones whose owner
+    is gone (lease expired on the store's clock, or its process on this host, in this pid
+    namespace, no longer exists) -- of ``workflows`` only, when given."""
+    # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
+    # before the list: a lease renewed in between only lies further past `now`.
+    now = await backend.now()
+    more = None if limit is None else limit + 16
+    running = [
+        info
+        for info in await backend.list_sessions("running", workflows=workflows, limit=more)
+        if info.owner is None
+        or (info.lease_expires is not None and info.lease_expires < now)
+        or owner_is_dead(info.owner)
+    ]
+    interrupted = await backend.list_sessions("interrupted", workflows=workflows, limit=limit)
+    found = sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
+    return found if limit is None else found[:limit]
 
 
 def session_status(exc: BaseException | None) -> str:
@@ -47,19 +71,23 @@ class ClaimHolder:
         self.lease = lease
         self.poll_interval = poll_interval
 
-    async def take(self, session_id: str, wait: float | None) -> float:
+    async def take(self, session_id: str, wait: float | None) -> tuple[float, SessionInfo]:
         """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds).
-        Returns the time (``anyio.current_time()``) just before the claim that was granted."""
+        Returns the time (``anyio.current_time()``) just before the claim that was granted, and
+        the sessions row as the claim left it."""
         native = self.native
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
             sent = anyio.current_time()
             info = await native.claim(session_id, self.owner_id, self.lease)
             if info.owner == self.owner_id:
-                return sent
+                return sent, info
             if info.owner is not None and owner_is_dead(info.owner):
-                # Its process is gone (same host): end its claim now instead of waiting.
-                await native.release(session_id, info.owner, "failed", info.steps)
+                # Its process is gone (same host): end its claim now instead of waiting. As
+                # "interrupted", never "failed": until our claim below lands, others read this
+                # status -- result() must not see an ended session, and a worker must still
+                # resume it if we do not get there.
+                await native.release(session_id, info.owner, "interrupted", info.steps)
                 _observe.claim_taken_over(session_id, info.owner)
                 continue
             now = anyio.current_time()

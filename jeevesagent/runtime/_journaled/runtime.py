@@ -11,52 +11,47 @@ the :class:`JournalBackend` contract: a five-method ``JournalStore`` through its
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 
 from .._core import observe as _observe
 from .._core.base import BaseRuntime
 from .._core.keys import (
-    fingerprint,
-    idempotency_journal_key,
     is_legacy_key,
-    legacy_journal_key,
-    step_journal_key,
-    timer_journal_key,
 )
-from .._core.names import check_name, check_signal_target
-from .._core.streams import StreamStep, call_step_fn, open_producer
-from .._errors import SessionBusyError, StoreError
+from .._core.names import check_session_id, check_signal_target
+from .._core.registry import registered_workflow, workflow_name
+from .._core.streams import StreamStep
+from .._errors import SessionBusyError, SessionCancelledError, StoreError
 from .._journal.adapter import StoreAdapter
 from .._journal.backend import (
     SESSION_STATUSES,
-    STEP,
-    STREAM,
     JournalBackend,
     JournalStore,
     PruneResult,
     SessionInfo,
 )
 from .._journal.memory import InMemoryJournalStore
-from .._journal.owner import new_owner_id, owner_is_dead
+from .._journal.owner import new_owner_id
 from .._policy import (
-    JournaledFailure,
     StepPolicy,
-    StepTimeoutError,
-    policy_of,
-    run_with_policy,
 )
-from .claims import ClaimHolder, session_status
+from .claims import ClaimHolder, orphaned, session_status
 from .recorder import Recorder
 from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
+from .steps import Steps
+from .worker import Worker
+from .workflows import Engine, WorkflowHandle
 
 __all__ = ["JournaledRuntime", "JournaledSession"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class JournaledRuntime(BaseRuntime[JournaledState]):
@@ -133,6 +128,19 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             self.owner_id,
             poll_interval,
         )
+        self._steps = Steps(
+            self, self._recorder, self._current, self._check_open, self._require_open
+        )
+        self._engine = Engine(
+            self,
+            self._backend,
+            self._recorder,
+            self._signals,
+            self._states,
+            self.session,
+            self.owner_id,
+            poll_interval,
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -148,8 +156,17 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _load_state(self, state: JournaledState, wait: float | None) -> None:
         backend = self._backend
         backend.check_open(state.id)
-        state.claimed_at = await self._claims.take(state.id, wait)
+        state.claimed_at, info = await self._claims.take(state.id, wait)
         state.claimed = True
+        state.workflow = info.workflow
+        if info.cancel_requested:  # cancel() is final: the session never runs again
+            with anyio.CancelScope(shield=True):
+                await backend.release(state.id, self.owner_id, "cancelled", info.steps)
+            raise SessionCancelledError(
+                f"session {state.id!r} was cancelled (with cancel()): it does not run again. "
+                "Start a new session, or fork this one (fork()) to run it from a step.",
+                session_id=state.id,
+            )
         try:
             journal = await backend.load_session(state.id)
             state.steps.update(journal.steps)
@@ -171,7 +188,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
         if not state.claimed:
             return
-        status = session_status(exc)
+        status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
         await self._claims.release(state.id, status, len(state.steps) + len(state.streams))
@@ -224,13 +241,42 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             raise state.write_failed(None)
 
     # -- steps -----------------------------------------------------------------------------------
+    # Overloads as in InProcRuntime.step (see the comment there on why these four).
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        idempotency_key: str | None,
+        **kwargs: Any,
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+    @overload
+    async def step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
     async def step(
         self,
         name: str,
         fn: Callable[..., Any],
         /,
         *args: Any,
-        idempotency_key: str | None = None,
+        idempotency_key: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once per session and journal its result.
@@ -244,113 +290,13 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         Two concurrent calls with one key run ``fn`` once and both get its result.
         Outside a session, ``fn`` just runs.
         """
-        state = self._current.get()
-        sid = None if state is None else state.id
-        check_name("step name", name, sid)
-        if idempotency_key is not None:
-            idempotency_key = str(idempotency_key)
-            check_name("idempotency key", idempotency_key, sid)
-        policy = self._policy_for(fn)
-        if state is None:
-            self._check_open(None, name)
-            return await self._attempts(fn, args, kwargs, policy, None, name)
-        self._require_open(state, name)
-        fp = ""
-        if idempotency_key is not None:
-            key = idempotency_journal_key(idempotency_key)
-        else:
-            fp = fingerprint(args, kwargs, session_id=state.id, step=name)
-            key = step_journal_key(name, fp)
-            if self.strict:
-                state.called(name, fp)
-        while True:
-            row = await self._recorder.lookup_step(state, key)
-            if row is None and state.legacy:
-                # A journal imported from jeevesagent 0.9.7 keyed steps by name alone.
-                legacy = legacy_journal_key(name)
-                row = state.steps.get(legacy)
-                if row is not None:
-                    key = legacy
-            if row is not None:
-                value = self._recorder.decode(state, key, row)
-                state.replayed += 1
-                if state.tracer is not None or _observe.log.isEnabledFor(_observe.DEBUG):
-                    _observe.step_replayed(self, state, name, value)
-                if isinstance(value, JournaledFailure):
-                    raise value.rebuild(state.id, name)
-                return value
-            running = state.inflight.get(key)
-            if running is None:
-                break
-            # Same key already running in this session: wait for it, then take its result (or,
-            # if it failed, run it ourselves).
-            await running.wait()
-        if self.strict and fp:
-            state.check_strict(name, fp)
-        run = _observe.StepRun(self, state, name)  # its span is current until run.end()
-        done = state.inflight[key] = anyio.Event()
-        try:
-            try:
-                result = await self._attempts(fn, args, kwargs, policy, state.id, name)
-            except Exception as exc:
-                # A timed-out step records nothing, as documented: the timeout says how long
-                # this attempt was allowed, not what the step's outcome is.
-                if not policy.journal_failures or isinstance(exc, StepTimeoutError):
-                    raise
-                # Failed for good: journal the failure so a replay raises it without running.
-                failure = JournaledFailure.of(exc)
-                data = self._recorder.encode(state, key, failure)
-                await self._recorder.record(state, STEP, key, failure, data)
-                raise
-            data = self._recorder.encode(state, key, result)
-            return await self._recorder.record(state, STEP, key, result, data)
-        except BaseException as exc:
-            run.fail(exc)
-            raise
-        finally:
-            del state.inflight[key]
-            done.set()
-            run.end()
-
-    def _policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
-        attached = policy_of(fn)
-        return attached.merged_over(self.policy) if attached is not None else self.policy
-
-    @staticmethod
-    async def _attempts(
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        policy: StepPolicy,
-        session_id: str | None,
-        name: str,
-    ) -> Any:
-        if policy.retry is None and policy.timeout is None and policy.deadline is None:
-            return await call_step_fn(fn, args, kwargs)  # the common case, without wrappers
-        return await run_with_policy(
-            partial(call_step_fn, fn, args, kwargs), policy, session_id=session_id, step=name
-        )
+        return await self._steps.step(name, fn, args, kwargs, idempotency_key)
 
     async def sleep(self, name: str, seconds: float) -> None:
         """A durable sleep: the wake-up time is journaled under ``name``, so after a restart the
         session sleeps only what remains (or not at all if the time has passed). Outside a
         session it is a plain ``anyio.sleep``."""
-        state = self._current.get()
-        check_name("sleep name", name, None if state is None else state.id)
-        if state is None:
-            self._check_open(None, name)
-            await anyio.sleep(seconds)
-            return
-        self._require_open(state, name)
-        key = timer_journal_key(name)
-        row = await self._recorder.lookup_step(state, key)
-        if row is None:
-            wake_at = time.time() + seconds
-            data = self._recorder.encode(state, key, wake_at)
-            wake_at = await self._recorder.record(state, STEP, key, wake_at, data)
-        else:
-            wake_at = self._recorder.decode(state, key, row)
-        await anyio.sleep(max(0.0, wake_at - time.time()))
+        await self._steps.sleep(name, seconds)
 
     # -- signals ---------------------------------------------------------------------------------
     async def signal(self, session_id: str, name: str, payload: Any) -> None:
@@ -382,23 +328,38 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
 
-        Synchronous, so it reads no store: in a session open in this runtime it returns the next
-        journaled receipt -- a replay, or a signal already moved into the journal (every signal
-        sent through this runtime is, at once; a signal sent from elsewhere is, once a
-        ``wait_for_signal`` of the session has fetched it). Finding nothing is journaled too
-        (it commits with the session's next record), so a replay of this call returns ``None``
-        again even if a signal has arrived since; that signal is left for the next receive.
-        Each such poll adds a journal row: to wait for a signal, prefer ``wait_for_signal``
-        with a ``timeout`` over polling in a loop. With a five-method store, whose journal is
-        read per key, a replayed receipt replays only through ``wait_for_signal``, and "nothing"
-        is not journaled.
+        Synchronous, so it reads no store: in a session open here it returns the next journaled
+        receipt -- a replay, or a signal already moved into the journal (one sent through this
+        runtime is, at once; one sent from elsewhere, once a ``wait_for_signal`` fetched it).
+        Finding nothing is journaled too (with the session's next record), so a replay returns
+        ``None`` again even if a signal has arrived since. Each poll adds a journal row: prefer
+        ``wait_for_signal`` with a ``timeout`` to polling in a loop. With a five-method store,
+        receipts replay only through ``wait_for_signal`` and "nothing" is not journaled.
         """
         check_signal_target(session_id, name)
         return self._signals.poll(session_id, name)
 
+    # One overload per kind of producer, as in InProcRuntime.stream_step.
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self,
+        name: str,
+        fn: Callable[P, Awaitable[AsyncIterable[T] | Iterable[T]]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StreamStep[T]: ...
+    @overload
+    def stream_step(
+        self, name: str, fn: Callable[P, Iterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StreamStep[T]: ...
     def stream_step(
         self, name: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-    ) -> StreamStep:
+    ) -> StreamStep[Any]:
         """Yield the chunks of ``fn(*args, **kwargs)`` (an async iterable) and journal them.
 
         The chunk list is recorded, in one write, only when the producer is exhausted; a consumer
@@ -406,44 +367,91 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         stream replays its chunks in order without calling ``fn``. Close the iterator with
         ``contextlib.aclosing`` when you may stop early: that closes the producer at once.
         """
-        state = self._current.get()
-        check_name("stream step name", name, None if state is None else state.id)
-        policy = self._policy_for(fn)
+        return self._steps.stream_step(name, fn, args, kwargs)
 
-        async def reopen() -> AsyncIterator[Any]:
-            return await open_producer(fn, args, kwargs)
+    # -- workflows -------------------------------------------------------------------------------
+    async def run(
+        self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Run workflow ``wf`` (a ``@workflow`` function or its name) inline, as session
+        ``session_id``, and return its result.
 
-        if state is None:
-            self._check_open(None, name)
+        The first call records the workflow's name and arguments; the result is recorded when
+        the body returns. Again: a completed session returns its recorded result without
+        running; a failed or interrupted one resumes (recorded steps replay). Other arguments
+        for an existing session raise :class:`JournalMismatchError`; a cancelled session raises
+        :class:`SessionCancelledError`. An exception from the body comes out unchanged.
+        """
+        check_session_id(session_id)
+        self._check_open(session_id)
+        fn = registered_workflow(wf)
+        await self._engine.create(workflow_name(wf), session_id, args, kwargs, self.owner_id)
+        return await self._engine.run_body(session_id, fn, args, kwargs, wait=None)
 
-            async def run_unjournaled() -> tuple[None, AsyncIterator[Any]]:
-                return None, await open_producer(fn, args, kwargs)
+    async def start(
+        self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any
+    ) -> WorkflowHandle:
+        """Record session ``session_id`` of workflow ``wf`` as ``pending`` for a worker
+        (:meth:`serve`, in any process) and return its handle at once. Idempotent for the same
+        id and arguments; other arguments raise :class:`JournalMismatchError`. ``wf`` may be a
+        name, so a process that does not import the workflow's code can start it."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        await self._engine.create(workflow_name(wf), session_id, args, kwargs, None)
+        return self.handle(session_id)
 
-            return StreamStep(run_unjournaled, None, policy, reopen, (None, name))
-        self._require_open(state, name)
-        fp = fingerprint(args, kwargs, session_id=state.id, step=name)
-        key = step_journal_key(name, fp)
-        if self.strict:
-            state.called(name, fp)
-            if key not in state.streams:
-                state.check_strict(name, fp)
+    def handle(self, session_id: str) -> WorkflowHandle:
+        """A handle on session ``session_id``: ``.result()``, ``.status()``, ``.cancel()``."""
+        check_session_id(session_id)
+        return WorkflowHandle(self._engine, session_id)
 
-        async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
-            self._require_open(state, name)
-            recorded = await self._recorder.lookup_stream(state, key)
-            if recorded is None and state.legacy and legacy_journal_key(name) in state.streams:
-                recorded = await self._recorder.lookup_stream(state, legacy_journal_key(name))
-            if recorded is not None:
-                return recorded, None
-            return None, await open_producer(fn, args, kwargs)
+    async def result(self, session_id: str, *, timeout: float | None = None) -> Any:
+        """Wait, from any process, until the session ends: return its recorded result, raise
+        its recorded failure (or :class:`StepFailedError`), or :class:`SessionCancelledError`;
+        ``TimeoutError`` after ``timeout`` seconds; ``LookupError`` for an unknown session."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        return await self._engine.result(session_id, timeout)
 
-        async def complete(chunks: list[Any]) -> None:
-            data = self._recorder.encode(state, key, chunks, STREAM, "stream chunks")
-            await self._recorder.record(state, STREAM, key, chunks, data)
+    async def cancel(self, session_id: str) -> None:
+        """Cancel a session, for good, from any process: a session not running never runs; a
+        running one is stopped by its owner wherever it runs (within about a second; at once
+        where the store pushes notices), and the step in flight records nothing. Cancelling an
+        ended session changes nothing; ``LookupError`` for an unknown session."""
+        check_session_id(session_id)
+        self._check_open(session_id)
+        await self._engine.cancel(session_id)
 
-        return _observe.stream_step(
-            self, state, name, start, complete, policy, reopen, (state.id, name)
+    async def fork(
+        self, session_id: str, new_session_id: str, *, at: str | None = None
+    ) -> WorkflowHandle:
+        """Make ``new_session_id``, a pending session of the same workflow and arguments whose
+        journal is a copy of the source's rows recorded before the first step named ``at``
+        (``None``: all of them). Running it replays that prefix and runs the rest."""
+        check_session_id(session_id)
+        check_session_id(new_session_id)
+        self._check_open(session_id)
+        await self._engine.fork(session_id, new_session_id, at)
+        return self.handle(new_session_id)
+
+    async def serve(
+        self,
+        *workflows: Callable[..., Any] | str,
+        concurrency: int = 8,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run as a worker until cancelled, in your task group (``await tg.start(rt.serve, wf)``
+        returns once it has looked for work the first time): run the pending sessions of
+        ``workflows``, and resume their interrupted and orphaned ones, continuously, at most
+        ``concurrency`` at once. Workers in many processes share one store; a session runs in
+        one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted`` for the
+        next worker."""
+        self._check_open()
+        served = {workflow_name(wf): registered_workflow(wf) for wf in workflows}
+        worker = Worker(
+            self._engine, self._backend, self._signals, served, concurrency, self.poll_interval
         )
+        await worker.serve(task_status)
 
     async def list_sessions(self, status: str | None = None) -> list[SessionInfo]:
         """Sessions known to the store, with status, owner, lease and step count (bundled
@@ -464,19 +472,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
         self._check_open()
-        native = self._backend
-        # Leases are measured on the store's clock, never this worker's (it may run ahead). Read
-        # before the list: a lease renewed in between only lies further past `now`.
-        now = await native.now()
-        running = [
-            info
-            for info in await native.list_sessions("running")
-            if info.owner is None
-            or (info.lease_expires is not None and info.lease_expires < now)
-            or owner_is_dead(info.owner)
-        ]
-        interrupted = await native.list_sessions("interrupted")
-        return sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
+        return await orphaned(self._backend)
 
     async def prune(
         self,

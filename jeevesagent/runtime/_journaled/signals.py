@@ -214,6 +214,16 @@ class SignalInbox:
         if event is not None:
             event.set()
 
+    def wake(self, session_id: str) -> None:
+        """Wake whoever waits on ``wakeups[session_id]`` (signal waiters, result waiters, the
+        cancel watcher of a body running here)."""
+        self._wake(session_id)
+
+    async def watch(self) -> bool:
+        """Have the store's notices wake ``wakeups``; ``True`` while it pushes them."""
+        self.pushed = await self.backend.watch(self._wake)
+        return self.pushed
+
     def wake_all(self) -> None:
         """The runtime closes: every waiter wakes, sees it closed, and raises."""
         for event in self.wakeups.values():
@@ -224,7 +234,7 @@ class SignalInbox:
         """Wait for a signal notice (this runtime's own, or the store's push), or the poll,
         for at most ``limit`` seconds. Asked before every wait: pushes stop while a lost
         listener is being reopened."""
-        self.pushed = await self.backend.watch(self._wake)
+        await self.watch()
         wait = max(1.0, self.poll_interval) if self.pushed else self.poll_interval
         with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()

@@ -57,6 +57,8 @@ class JournaledState(SessionState):
         self.claim_error: BaseException | None = None  # the claim was lost (heartbeat)
         self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
+        self.workflow: str | None = None  # the workflow the session runs (from its claim)
+        self.end_status: str | None = None  # how it ends, when not told by its exception
         # Strict replay: argument fingerprints per step name, as journaled when the session
         # opened, and as called in this run.
         self.recorded_fps: dict[str, set[str]] = {}

@@ -1,0 +1,158 @@
+"""The Postgres store's sessions table: the statements that claim, renew and release sessions,
+create workflow sessions, request cancellation and list sessions, and the coroutines (run on the
+pool's loop) that need more than one statement. Kept apart from :mod:`.postgres`, which calls
+them.
+
+Every time is the server's clock. A statement that changes what a waiter may be waiting for
+(a release, a new session, a cancel request) sends ``pg_notify('jrt_signal', session_id)`` in
+the same statement, so it costs no extra round trip and commits with the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._journal.backend import SessionInfo
+from .._journal.rows import Record, Row
+from .pglisten import CHANNEL
+from .pgschema import _NOW
+from .pgwrite import get_row
+
+__all__ = [
+    "CLAIM",
+    "RELEASE",
+    "RENEW",
+    "SESSION",
+    "SESSION_COLS",
+    "claim",
+    "create_session",
+    "list_sessions",
+    "request_cancel",
+]
+
+#: Every column of a sessions row, in SessionInfo's order.
+SESSION_COLS = (
+    "session_id, status, owner, lease_expires, created_at, updated_at, steps, workflow,"
+    " cancel_requested"
+)
+# A claim changes status, owner and lease only: workflow and cancel_requested stay.
+CLAIM = f"""
+WITH now AS (SELECT {_NOW} AS t)
+INSERT INTO jrt_sessions AS s
+    (session_id, status, owner, lease_expires, created_at, updated_at)
+SELECT $1, 'running', $2, t + $3, t, t FROM now
+ON CONFLICT (session_id) DO UPDATE SET
+    status = 'running', owner = EXCLUDED.owner,
+    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at
+WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
+   OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
+RETURNING {SESSION_COLS}
+"""
+SESSION = f"SELECT {SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
+RENEW = f"""
+UPDATE jrt_sessions SET lease_expires = n.t + $3, updated_at = n.t
+FROM (SELECT {_NOW} AS t) AS n
+WHERE session_id = $1 AND owner = $2
+"""
+# Someone may wait for the session's result: the notice wakes them (one statement).
+RELEASE = f"""
+WITH up AS (
+    UPDATE jrt_sessions
+    SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
+    WHERE session_id = $1 AND owner = $2
+    RETURNING session_id
+)
+SELECT pg_notify('{CHANNEL}', session_id) FROM up
+"""
+# A new workflow session: its sessions row and, only if that row is new, its arguments (first
+# writer wins) and a notice for idle workers, in one statement. Returns nothing when a sessions
+# row existed; then a separate statement reads it (this statement's snapshot may predate the row
+# that won). $1 id, $2 workflow, $3 owner or NULL, $4 lease, $5 kind, $6 key, $7 value,
+# $8 created_at of the arguments.
+_CREATE = f"""
+WITH now AS (SELECT {_NOW} AS t), s AS (
+    INSERT INTO jrt_sessions ({SESSION_COLS})
+    SELECT $1::text, CASE WHEN $3::text IS NULL THEN 'pending' ELSE 'running' END, $3::text,
+        CASE WHEN $3::text IS NULL THEN NULL ELSE t + $4::float8 END, t, t, 0, $2::text, false
+    FROM now
+    ON CONFLICT (session_id) DO NOTHING
+    RETURNING {SESSION_COLS}
+), args AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT session_id, $5::int2, $6::text, $7::bytea, $8::float8 FROM s
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT {SESSION_COLS}, EXISTS (SELECT 1 FROM args), pg_notify('{CHANNEL}', session_id) FROM s
+"""
+# request_cancel: the rules of rules.cancel_requested, in one statement on the locked row. An
+# ended session is not updated (nothing returned; a separate statement reads it).
+_LIVE = "(s.status = 'running' AND s.owner IS NOT NULL AND s.lease_expires >= n.t)"
+_CANCEL = f"""
+WITH up AS (
+    UPDATE jrt_sessions AS s SET
+        cancel_requested = true,
+        updated_at = n.t,
+        status = CASE WHEN {_LIVE} THEN s.status ELSE 'cancelled' END,
+        owner = CASE WHEN {_LIVE} THEN s.owner END,
+        lease_expires = CASE WHEN {_LIVE} THEN s.lease_expires END
+    FROM (SELECT {_NOW} AS t) AS n
+    WHERE s.session_id = $1 AND s.status NOT IN ('completed', 'failed', 'cancelled')
+    RETURNING {SESSION_COLS}
+)
+SELECT *, pg_notify('{CHANNEL}', session_id) FROM up
+"""
+
+
+async def list_sessions(
+    pool: Any, status: str | None, workflows: Sequence[str] | None, limit: int | None
+) -> list[SessionInfo]:
+    # Only the filters asked for, so that each variant is planned with the index.
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        args.append(status)
+        where.append(f"status = ${len(args)}")
+    if workflows is not None:
+        args.append(list(workflows))
+        where.append(f"workflow = ANY(${len(args)}::text[])")
+    sql = f"SELECT {SESSION_COLS} FROM jrt_sessions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at, session_id"
+    if limit is not None:
+        args.append(limit)
+        sql += f" LIMIT ${len(args)}"
+    return [SessionInfo(*r) for r in await pool.fetch(sql, *args)]
+
+
+async def claim(pool: Any, session_id: str, owner: str, lease: float) -> SessionInfo:
+    row = await pool.fetchrow(CLAIM, session_id, owner, float(lease))
+    if row is None:  # held by someone else: a separate statement sees the row that won
+        row = await pool.fetchrow(SESSION, session_id)
+    return SessionInfo(*row)
+
+
+async def create_session(
+    pool: Any, session_id: str, workflow: str, arguments: Record, owner: str | None, lease: float
+) -> tuple[SessionInfo, Row | None]:
+    _, kind, key, data, created_at = arguments
+    row = await pool.fetchrow(
+        _CREATE, session_id, workflow, owner, float(lease), kind, key, data, created_at
+    )
+    if row is not None:
+        info = SessionInfo(*row[:9])
+        if row[9]:
+            return info, Row(data, created_at)
+        # The arguments key was journaled before the session existed: the first value stays.
+        return info, await get_row(pool, session_id, kind, key)
+    found = await pool.fetchrow(SESSION, session_id)
+    return SessionInfo(*found), await get_row(pool, session_id, kind, key)
+
+
+async def request_cancel(pool: Any, session_id: str) -> SessionInfo | None:
+    row = await pool.fetchrow(_CANCEL, session_id)
+    if row is None:  # no such session, or it ended: unchanged
+        row = await pool.fetchrow(SESSION, session_id)
+    return None if row is None else SessionInfo(*row[:9])
