@@ -95,7 +95,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy", "asyncpg-stubs", "trio")
+    # pytest: jeevesagent.runtime.testing (the conformance suite) is typed against it.
+    session.install("-e", ".", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest")
     session.run("mypy")
 
 
