@@ -2,9 +2,13 @@
 stream step that is not recorded as complete. It delivers the prefix an interrupted run
 journaled, then the producer's chunks, and journals them in batches (``c:`` keys) -- when
 ``flush_interval`` seconds have passed since the last batch, or ``flush_chunks`` chunks are
-waiting -- never one write per chunk. The complete stream is still recorded by ``stream_step``
-as one row under the step's own key when the producer is exhausted; the batches are only ever
-read as the prefix of a stream that did not complete, and by ``read_stream``.
+waiting -- never one write per chunk. A chunk is journaled by the pull of a later chunk, or, if
+the producer stalls, by a background task of the session (one per stream, only while chunks
+wait), so a reader never waits much longer than ``flush_interval`` for a delivered chunk.
+
+The complete stream is still recorded by ``stream_step`` as one row under the step's own key
+when the producer is exhausted; the batches are only ever read as the prefix of a stream that
+did not complete, and by ``read_stream``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import anyio
 
 from .._core.keys import chunks_journal_key, chunks_prefix, split_chunks_key
 from .._core.streams import StreamPrefix, close_producer, producing
@@ -52,7 +58,9 @@ class LiveProducer:
 
     __slots__ = (
         "_batch_from",
+        "_closed",
         "_dropped",
+        "_error",
         "_flush_chunks",
         "_flush_interval",
         "_key",
@@ -63,6 +71,7 @@ class LiveProducer:
         "_recorder",
         "_replayed",
         "_state",
+        "_timer",
         "_warned",
     )
 
@@ -89,11 +98,16 @@ class LiveProducer:
         self._pending: list[Any] = []  # new chunks not journaled yet
         self._batch_from = 0 if prefix is None else len(prefix.chunks)  # offset of _pending[0]
         self._last_flush = time.monotonic()
+        self._timer = False  # the background flush of a stalled stream is running
+        self._error: Exception | None = None  # a background flush failed: raised at next pull
+        self._closed = False
 
     def __aiter__(self) -> LiveProducer:
         return self
 
     async def __anext__(self) -> Any:
+        if self._error is not None:
+            raise self._error
         prefix = self._prefix
         if prefix is not None:
             if self._replayed < len(prefix.chunks):
@@ -113,7 +127,27 @@ class LiveProducer:
             or time.monotonic() - self._last_flush >= self._flush_interval
         ):
             await self._flush()
+        elif not self._timer:
+            self._timer = True
+            self._state.keep_running(f"stream flush {id(self)}", self._flush_stalled)
         return chunk
+
+    async def _flush_stalled(self) -> None:
+        """A session service while chunks wait: journal them once ``flush_interval`` has passed
+        since the last batch, if no pull of a later chunk did it first."""
+        try:
+            while self._pending and not self._closed:
+                await anyio.sleep(
+                    max(0.0, self._last_flush + self._flush_interval - time.monotonic())
+                )
+                if self._pending and time.monotonic() - self._last_flush >= self._flush_interval:
+                    try:
+                        await self._flush()
+                    except Exception as exc:  # not lost: the next pull raises it
+                        self._error = exc
+                        return
+        finally:
+            self._timer = False
 
     def _check_dropped(self, chunk: Any) -> None:
         assert self._prefix is not None
@@ -136,10 +170,12 @@ class LiveProducer:
         batch, self._pending = self._pending, []
         key = chunks_journal_key(self._key, self._batch_from)
         self._batch_from += len(batch)
+        # Counted from when the batch is taken: a pull during its write must not write another.
+        self._last_flush = time.monotonic()
         data = self._recorder.encode(self._state, key, batch, STREAM, "stream chunks")
         await self._recorder.record_chunks(self._state, key, data)
-        self._last_flush = time.monotonic()
 
     async def aclose(self) -> None:
+        self._closed = True
         with producing(self._prefix):
             await close_producer(self._producer)
