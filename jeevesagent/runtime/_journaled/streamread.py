@@ -14,6 +14,7 @@ interrupted or crashed may resume, so the reader waits for it.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -77,8 +78,10 @@ class StreamReader:
         name: str,
         offset: int,
         poll_interval: float,
+        decode: Callable[[str, Row], Any] | None = None,
     ) -> None:
         self._backend = backend
+        self._decoder = decode  # (key, row) -> value; default: the store's codec
         self._codec: JournalCodec = backend.codec
         self._watch = watch
         self._session_id = session_id
@@ -200,6 +203,8 @@ class StreamReader:
         return max(started, key=lambda k: (started[k], k))
 
     def _decode(self, key: str, row: Row) -> Any:
+        if self._decoder is not None:
+            return self._decoder(key, row)
         return decode_value(
             self._codec, row.data, session_id=self._session_id, step=key, kind=STREAM
         )
