@@ -1,5 +1,5 @@
 """The ``tail`` command: follow a session's stream step in the terminal, live, from any
-process (``JournaledRuntime.read_stream`` over the journal's store).
+process (the reader of ``JournaledRuntime.read_stream`` over the journal's store).
 
 Chunks are read by the rules of :mod:`~jeevesagent.runtime._cli.outcome`: JSON rows, signed
 rows, and unsigned pickles of plain data (str, bytes, numbers, lists...) are read; any other
@@ -13,10 +13,10 @@ import json
 import sys
 from typing import Any
 
+from .._core.names import check_name, check_session_id
 from .._errors import StreamFailedError
 from .._journal.backend import STREAM, JournalBackend, Row
-from .._journaled.runtime import JournaledRuntime
-from .._journaled.streamread import StreamReader
+from .._journaled.streamread import StreamReader, StreamWatch
 from .outcome import read_row
 from .target import CliError
 
@@ -35,16 +35,16 @@ async def cmd_tail(store: JournalBackend, args: argparse.Namespace) -> int:
             )
         return read.value
 
-    async with JournaledRuntime(store, poll_interval=args.poll) as rt:
-        rt.read_stream(sid, name, offset=args.offset)  # checks the arguments
-        reader = StreamReader(store, rt._stream_watch, sid, name, args.offset, args.poll, decode)
-        try:
-            async for chunk in reader:
-                _print_chunk(chunk, reader.offset - 1, args.json)
-        except StreamFailedError as exc:
-            if not args.json:
-                print(file=sys.stderr)
-            raise CliError(f"{exc} (next offset: {reader.offset})") from None
+    check_session_id(sid)
+    check_name("stream step name", name, sid)
+    reader = StreamReader(store, StreamWatch(store), sid, name, args.offset, args.poll, decode)
+    try:
+        async for chunk in reader:
+            _print_chunk(chunk, reader.offset - 1, args.json)
+    except StreamFailedError as exc:
+        if not args.json:
+            print(file=sys.stderr)
+        raise CliError(f"{exc} (next offset: {reader.offset})") from None
     if not args.json:
         print()  # the stream's text ends without a newline of its own
     return 0
