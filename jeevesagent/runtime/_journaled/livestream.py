@@ -13,8 +13,10 @@ did not complete, and by ``read_stream``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -57,6 +59,7 @@ class LiveProducer:
     prefix with ``current_stream_prefix()``), each new one journaled in batches."""
 
     __slots__ = (
+        "__weakref__",
         "_batch_from",
         "_closed",
         "_dropped",
@@ -68,6 +71,7 @@ class LiveProducer:
         "_pending",
         "_prefix",
         "_producer",
+        "_pulling",
         "_recorder",
         "_replayed",
         "_state",
@@ -101,6 +105,7 @@ class LiveProducer:
         self._timer = False  # the background flush of a stalled stream is running
         self._error: Exception | None = None  # a background flush failed: raised at next pull
         self._closed = False
+        self._pulling = False  # waiting for the producer's next chunk
 
     def __aiter__(self) -> LiveProducer:
         return self
@@ -115,39 +120,32 @@ class LiveProducer:
                 return prefix.chunks[self._replayed - 1]
             while True:
                 with producing(prefix):
-                    chunk = await self._producer.__anext__()
+                    chunk = await self._pull()
                 if prefix.asked or self._dropped >= len(prefix.chunks):
                     break
                 self._check_dropped(chunk)
         else:
-            chunk = await self._producer.__anext__()
+            chunk = await self._pull()
         self._pending.append(chunk)
         if (
             len(self._pending) >= self._flush_chunks
             or time.monotonic() - self._last_flush >= self._flush_interval
         ):
             await self._flush()
-        elif not self._timer:
-            self._timer = True
-            self._state.keep_running(f"stream flush {id(self)}", self._flush_stalled)
         return chunk
 
-    async def _flush_stalled(self) -> None:
-        """A session service while chunks wait: journal them once ``flush_interval`` has passed
-        since the last batch, if no pull of a later chunk did it first."""
+    async def _pull(self) -> Any:
+        """The producer's next chunk; while it comes, chunks waiting are journaled once the
+        flush interval has passed (see :meth:`_flush_stalled`)."""
+        self._pulling = True
+        if self._pending and not self._timer:
+            self._timer = True
+            flush = functools.partial(_flush_stalled, weakref.ref(self))
+            self._state.keep_running(f"stream flush {id(self)}", flush)
         try:
-            while self._pending and not self._closed:
-                await anyio.sleep(
-                    max(0.0, self._last_flush + self._flush_interval - time.monotonic())
-                )
-                if self._pending and time.monotonic() - self._last_flush >= self._flush_interval:
-                    try:
-                        await self._flush()
-                    except Exception as exc:  # not lost: the next pull raises it
-                        self._error = exc
-                        return
+            return await self._producer.__anext__()
         finally:
-            self._timer = False
+            self._pulling = False
 
     def _check_dropped(self, chunk: Any) -> None:
         assert self._prefix is not None
@@ -179,3 +177,31 @@ class LiveProducer:
         self._closed = True
         with producing(self._prefix):
             await close_producer(self._producer)
+
+
+async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:
+    """A session service while the consumer waits for the producer's next chunk and chunks
+    wait to be journaled: journal them once the flush interval has passed since the last batch
+    (a stalled producer). Ends when the pull does: a consumer busy with a chunk, or one that
+    stopped early, has nothing journaled behind its back. Holds the stream only weakly, so a
+    stream its consumer dropped is still collected (and its producer closed) at once."""
+    live = ref()
+    try:
+        while live is not None and live._pending and live._pulling and not live._closed:
+            delay = max(0.0, live._last_flush + live._flush_interval - time.monotonic())
+            live = None  # not held across the sleep
+            await anyio.sleep(delay)
+            live = ref()
+            if live is None:
+                return
+            due = time.monotonic() - live._last_flush >= live._flush_interval
+            if live._pending and live._pulling and due:
+                try:
+                    await live._flush()
+                except Exception as exc:  # not lost: the next pull raises it
+                    live._error = exc
+                    return
+    finally:
+        live = ref()
+        if live is not None:
+            live._timer = False
