@@ -22,6 +22,7 @@ __all__ = [
     "SessionCancelledError",
     "StoreClosedError",
     "StoreError",
+    "StreamFailedError",
     "ValueEncodingError",
     "driver_error",
 ]
@@ -89,6 +90,12 @@ class StoreError(RuntimeJournalError):
 
 class StoreClosedError(StoreError):
     """The store (or runtime) was used after ``aclose()``."""
+
+
+class StreamFailedError(RuntimeJournalError):
+    """``read_stream``: the session ended (completed, failed or cancelled) without completing
+    the stream step it was reading, or without ever running a stream step of that name. The
+    chunks read before it are all the stream will ever have."""
 
 
 class InvalidNameError(RuntimeJournalError, ValueError, TypeError):

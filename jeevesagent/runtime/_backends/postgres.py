@@ -47,7 +47,7 @@ from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
 from .pglisten import CHANNEL, Listener
 from .pgschema import _NOW, _migrate, _prune, schema_statements
-from .pgwrite import Key, get_row, insert_rows
+from .pgwrite import STREAM_CHANNEL, Key, get_prefixed, get_row, insert_rows
 from .thread import LoopHandle
 
 __all__ = ["PostgresJournalStore"]
@@ -161,6 +161,7 @@ class PostgresJournalStore(JournalBackend):
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
         self._listener = Listener(pool)  # signal notices: the LISTEN connection
+        self._stream_listener = Listener(pool, STREAM_CHANNEL)  # opened by the first reader
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -451,12 +452,29 @@ class PostgresJournalStore(JournalBackend):
         token = LoopHandle()
         return await self._run(lambda: listener.watch(wake, token), "listening for signals")
 
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        return await self._run(
+            lambda: get_prefixed(self._pool, session_id, kind, prefix), "reading", session_id
+        )
+
+    async def watch_streams(self, wake: Callable[[str], None]) -> bool:
+        """Have ``wake(session_id)`` called for every stream row journaled (``LISTEN
+        jrt_stream``, a connection of its own opened by the first stream reader)."""
+        self.check_open()
+        listener = self._stream_listener
+        if listener.registered(wake) and (listener.pushing or listener.reopening):
+            return listener.pushing
+        token = LoopHandle()
+        return await self._run(lambda: listener.watch(wake, token), "listening for streams")
+
     async def close_resources(self) -> None:
         with anyio.CancelScope(shield=True):
             run = functools.partial(call_translated, self._bridge, self._pool)
             try:
                 if self._listener.active:
                     await run(self._listener.aclose, "closing the LISTEN connection")
+                if self._stream_listener.active:
+                    await run(self._stream_listener.aclose, "closing the LISTEN connection")
                 if self._writer is not None:
                     await run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:

@@ -120,6 +120,10 @@ _SCHEMA = Migrations(_MIGRATIONS, "open")
 SCHEMA_VERSION = _SCHEMA.version
 
 _SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
+_SELECT_PREFIXED = (
+    "SELECT key, value, created_at FROM jrt_journal"
+    " WHERE session_id = ? AND kind = ? AND substr(key, 1, ?) = ?"
+)
 
 
 def _open(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -174,6 +178,11 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
     for kind, key, value, created_at in conn.execute(_SELECT_SESSION, (session_id,)):
         (steps if kind == STEP else streams)[key] = Row(value, created_at)
     return SessionJournal(steps, streams)
+
+
+def _prefixed(conn: sqlite3.Connection, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+    rows = conn.execute(_SELECT_PREFIXED, (session_id, kind, len(prefix), prefix))
+    return {key: Row(value, created_at) for key, value, created_at in rows}
 
 
 def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
@@ -444,6 +453,9 @@ class SqliteJournalStore(JournalBackend):
         return await self._call(
             get_row, session_id, kind, key, session_id=session_id, step=describe_key(key)
         )
+
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        return await self._call(_prefixed, session_id, kind, prefix, session_id=session_id)
 
     async def close_resources(self) -> None:
         await self._worker.aclose()

@@ -10,6 +10,9 @@ kind can never equal a key of another:
 * ``o:<signal name>:<n>`` -- the n-th receive of that name, when it got no payload (a wait that
   timed out, a poll that found nothing);
 * ``t:<name>`` -- the wake-up time of a durable ``sleep``;
+* ``c:<stream key>:<offset>`` -- a batch of a stream step's chunks journaled while it runs
+  (``<stream key>`` is the stream step's own ``s:`` key, ``<offset>`` the index of the batch's
+  first chunk in the stream): the recorded prefix of a stream that has not completed;
 * ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
   alone: a step of that name whose own key is not journaled replays it.
 
@@ -22,6 +25,10 @@ from __future__ import annotations
 from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
+    "chunks_journal_key",
+    "chunks_prefix",
+    "is_chunks_key",
+    "split_chunks_key",
     "workflow_failure_key",
     "failure_index",
     "workflow_result_key",
@@ -52,6 +59,7 @@ OUTCOME = "o:"
 TIMER = "t:"
 LEGACY = "l:"
 WORKFLOW = "w:"
+CHUNKS = "c:"
 
 
 def step_journal_key(name: str, fp: str) -> str:
@@ -80,6 +88,32 @@ def legacy_journal_key(name: str) -> str:
 
 def timer_journal_key(name: str) -> str:
     return f"{TIMER}{name}"
+
+
+def chunks_journal_key(stream_key: str, offset: int) -> str:
+    """The key of the batch of chunks of stream step ``stream_key`` whose first chunk is chunk
+    number ``offset`` of the stream (from 0)."""
+    return f"{CHUNKS}{stream_key}:{offset}"
+
+
+def chunks_prefix(stream_key: str) -> str:
+    """What every chunk-batch key of stream step ``stream_key`` starts with."""
+    return f"{CHUNKS}{stream_key}:"
+
+
+def is_chunks_key(key: str) -> bool:
+    """A batch of a running stream step's chunks (``c:``)."""
+    return key.startswith(CHUNKS)
+
+
+def split_chunks_key(key: str) -> tuple[str, int] | None:
+    """``(stream key, offset)`` of a chunk-batch key, else ``None``."""
+    if not key.startswith(CHUNKS):
+        return None
+    stream_key, _, offset = key[2:].rpartition(":")
+    if not offset.isdigit():
+        return None
+    return stream_key, int(offset)
 
 
 def is_signal_receipt(key: str) -> bool:
@@ -175,6 +209,11 @@ def describe_key(key: str) -> str:
         return f"sleep {rest!r}"
     if prefix == LEGACY:
         return rest
+    if prefix == CHUNKS:
+        chunks = split_chunks_key(key)
+        if chunks is not None:
+            return f"{describe_key(chunks[0])} chunks from #{chunks[1]}"
+        return key
     if prefix == WORKFLOW:
         return f"workflow {rest}"
     return key

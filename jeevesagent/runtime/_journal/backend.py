@@ -243,6 +243,20 @@ class JournalBackend(abc.ABC):
         should cost no I/O; ended by ``aclose()``."""
         return False
 
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        """The session's journal rows of ``kind`` whose key starts with ``prefix`` (what
+        ``read_stream`` polls). The default loads the whole session; a backend with an index on
+        ``(session_id, kind, key)`` overrides it with a query of those rows alone."""
+        journal = await self.read_session(session_id)
+        rows = journal.steps if kind == STEP else journal.streams
+        return {key: row for key, row in rows.items() if key.startswith(prefix)}
+
+    async def watch_streams(self, wake: Callable[[str], None]) -> bool:
+        """Like :meth:`watch`, for batches of stream chunks journaled (and sessions released):
+        have ``wake(session_id)`` called when one is committed, by anyone. ``False`` (the
+        default) when the backend cannot push such notices: ``read_stream`` polls."""
+        return False
+
     # -- the sessions table: claims and leases ---------------------------------------------------
     @abc.abstractmethod
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from .._core.base import BaseRuntime, BaseSession, SessionState
-from .._core.keys import is_signal_key, is_signal_receipt, split_step_key
+from .._core.keys import is_chunks_key, is_signal_key, is_signal_receipt, split_step_key
 from .._errors import JournalMismatchError, StoreError
 from .._journal.rows import STEP, Record, Row
 
@@ -72,7 +72,8 @@ class JournaledState(SessionState):
         if not self.loaded:
             return None
         receipts = sum(1 for key in self.steps if is_signal_receipt(key))
-        return len(self.steps) - receipts, len(self.streams), receipts
+        streams = sum(1 for key in self.streams if not is_chunks_key(key))  # not chunk batches
+        return len(self.steps) - receipts, streams, receipts
 
     # -- strict replay --------------------------------------------------------------------------
     def note_recorded(self, keys: Iterable[str]) -> None:
