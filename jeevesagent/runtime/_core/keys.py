@@ -10,6 +10,8 @@ kind can never equal a key of another:
 * ``o:<signal name>:<n>`` -- the n-th receive of that name, when it got no payload (a wait that
   timed out, a poll that found nothing);
 * ``t:<name>`` -- the wake-up time of a durable ``sleep``;
+* ``d:<signal name>:<n>`` -- the deadline (epoch seconds) of the wait with a timeout that makes
+  receive n of that name, so the timeout holds across suspension and restarts;
 * ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
   alone: a step of that name whose own key is not journaled replays it.
 
@@ -39,6 +41,7 @@ __all__ = [
     "legacy_journal_key",
     "receipt_signal_name",
     "signal_journal_key",
+    "signal_deadline_key",
     "signal_outcome_key",
     "split_step_key",
     "step_journal_key",
@@ -50,6 +53,7 @@ IDEMPOTENCY = "k:"
 SIGNAL = "g:"
 OUTCOME = "o:"
 TIMER = "t:"
+DEADLINE = "d:"
 LEGACY = "l:"
 WORKFLOW = "w:"
 
@@ -71,6 +75,11 @@ def signal_outcome_key(name: str, index: int) -> str:
     wait that timed out, or a poll that found nothing. Never the key of a payload (``g:``), so
     no payload can pose as an outcome."""
     return f"{OUTCOME}{name}:{index}"
+
+
+def signal_deadline_key(name: str, index: int) -> str:
+    """The key of the deadline of the wait (with a timeout) for receive ``index`` of ``name``."""
+    return f"{DEADLINE}{name}:{index}"
 
 
 def legacy_journal_key(name: str) -> str:
@@ -173,6 +182,9 @@ def describe_key(key: str) -> str:
         return f"signal {name!r} #{idx} (no payload)"
     if prefix == TIMER:
         return f"sleep {rest!r}"
+    if prefix == DEADLINE:
+        name, _, idx = rest.rpartition(":")
+        return f"signal {name!r} #{idx} (deadline)"
     if prefix == LEGACY:
         return rest
     if prefix == WORKFLOW:
