@@ -30,6 +30,7 @@ OTHER = {"asyncio": "trio", "trio": "asyncio"}
 WITHIN = 60.0
 SUSPEND = 0.3
 CLI = [sys.executable, "-m", "jeevesagent.runtime"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -101,6 +102,16 @@ async def test_a_suspended_session_is_signalled_by_the_cli_and_finished_by_a_wor
         await rt.start(approval, "a1", 21)
         info = await until_waiting(rt, "a1")
         assert (info.owner, info.waiting_for) == (None, "approve")
+        listed = await anyio.run_process(
+            [*CLI, "sessions", "--db", store_target, "--json"], cwd=ROOT, env=ENV
+        )
+        [row] = [r for r in json.loads(listed.stdout) if r["session_id"] == "a1"]
+        assert row["status"] == "waiting"
+        assert row["waiting_for"] == {"kind": "signal", "name": "approve", "until": None}
+        shown = await anyio.run_process(
+            [*CLI, "show", "--db", store_target, "a1"], cwd=ROOT, env=ENV
+        )
+        assert "waiting for: signal 'approve'" in shown.stdout.decode()
         cli = await anyio.run_process(
             [*CLI, "signal", "--db", store_target, "a1", "approve", '"yes"'],
             cwd=ROOT,

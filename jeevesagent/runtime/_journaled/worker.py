@@ -117,4 +117,7 @@ class Worker:
             log.debug("session %r suspended: %s", sid, exc)
         finally:
             self.running.discard(sid)
+            # Drop the session's wake-up event (its waiters, if any, wake and look again): a
+            # worker that suspends thousands of sessions keeps nothing of them.
+            self.inbox.wake(sid)
             self._changed.set()
