@@ -353,6 +353,33 @@ class PostgresJournalStore(JournalBackend):
             shield=True,
         )
 
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        return await self._run(
+            lambda: pgsessions.suspend(self._pool, session_id, owner, waiting_for, wake_at, steps),
+            "suspending the session",
+            session_id,
+            shield=True,
+        )
+
+    async def resumable(
+        self, workflows: Sequence[str], limit: int | None = None
+    ) -> list[SessionInfo]:
+        return await self._run(
+            lambda: pgsessions.resumable(self._pool, workflows, limit), "listing sessions"
+        )
+
+    async def wake_in(self, workflows: Sequence[str]) -> float | None:
+        return await self._run(
+            lambda: pgsessions.wake_in(self._pool, workflows), "listing sessions"
+        )
+
     async def list_sessions(
         self,
         status: str | None = None,

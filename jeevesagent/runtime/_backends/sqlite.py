@@ -12,7 +12,8 @@ Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on op
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
 file (``journal_steps`` / ``journal_streams``) under legacy (``l:``) keys and leaves the old
 tables in place; drop them yourself once you have checked the import. Version 4 gives sessions
-rows their workflow and cancel request, and indexes the workers' poll.
+rows their workflow and cancel request, and indexes the workers' poll; version 5 what a suspended
+session waits for (``waiting_for``, ``wake_at``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,13 @@ _MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "ALTER TABLE jrt_sessions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS jrt_sessions_work"
         " ON jrt_sessions (status, workflow, created_at, session_id)",
+    ],
+    # version 5: suspension. A waiting session records the signal it waits for and when it
+    # must run again; workers find the due ones through the index.
+    [
+        "ALTER TABLE jrt_sessions ADD COLUMN waiting_for TEXT",
+        "ALTER TABLE jrt_sessions ADD COLUMN wake_at REAL",
+        "CREATE INDEX IF NOT EXISTS jrt_sessions_wake ON jrt_sessions (status, wake_at)",
     ],
 ]
 _SCHEMA = Migrations(_MIGRATIONS, "open")
@@ -395,6 +403,32 @@ class SqliteJournalStore(JournalBackend):
         await self._call(
             sqlitesessions.release, session_id, owner, status, steps, session_id=session_id
         )
+
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        return await self._call(
+            sqlitesessions.suspend,
+            session_id,
+            owner,
+            waiting_for,
+            wake_at,
+            steps,
+            session_id=session_id,
+        )
+
+    async def resumable(
+        self, workflows: Sequence[str], limit: int | None = None
+    ) -> list[SessionInfo]:
+        return await self._call(sqlitesessions.resumable, list(workflows), limit)
+
+    async def wake_in(self, workflows: Sequence[str]) -> float | None:
+        return await self._call(sqlitesessions.wake_in, list(workflows))
 
     async def list_sessions(
         self,

@@ -13,6 +13,8 @@ kind can never equal a key of another:
 * ``c:<stream key>:<offset>`` -- a batch of a stream step's chunks journaled while it runs
   (``<stream key>`` is the stream step's own ``s:`` key, ``<offset>`` the index of the batch's
   first chunk in the stream): the recorded prefix of a stream that has not completed;
+* ``d:<signal name>:<n>`` -- the deadline (epoch seconds) of the wait with a timeout that makes
+  receive n of that name, so the timeout holds across suspension and restarts;
 * ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
   alone: a step of that name whose own key is not journaled replays it.
 
@@ -46,6 +48,7 @@ __all__ = [
     "legacy_journal_key",
     "receipt_signal_name",
     "signal_journal_key",
+    "signal_deadline_key",
     "signal_outcome_key",
     "split_step_key",
     "step_journal_key",
@@ -57,6 +60,7 @@ IDEMPOTENCY = "k:"
 SIGNAL = "g:"
 OUTCOME = "o:"
 TIMER = "t:"
+DEADLINE = "d:"
 LEGACY = "l:"
 WORKFLOW = "w:"
 CHUNKS = "c:"
@@ -79,6 +83,11 @@ def signal_outcome_key(name: str, index: int) -> str:
     wait that timed out, or a poll that found nothing. Never the key of a payload (``g:``), so
     no payload can pose as an outcome."""
     return f"{OUTCOME}{name}:{index}"
+
+
+def signal_deadline_key(name: str, index: int) -> str:
+    """The key of the deadline of the wait (with a timeout) for receive ``index`` of ``name``."""
+    return f"{DEADLINE}{name}:{index}"
 
 
 def legacy_journal_key(name: str) -> str:
@@ -207,6 +216,9 @@ def describe_key(key: str) -> str:
         return f"signal {name!r} #{idx} (no payload)"
     if prefix == TIMER:
         return f"sleep {rest!r}"
+    if prefix == DEADLINE:
+        name, _, idx = rest.rpartition(":")
+        return f"signal {name!r} #{idx} (deadline)"
     if prefix == LEGACY:
         return rest
     if prefix == CHUNKS:

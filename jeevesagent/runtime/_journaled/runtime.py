@@ -40,7 +40,7 @@ from .._journal.owner import new_owner_id
 from .._policy import (
     StepPolicy,
 )
-from .claims import ClaimHolder, orphaned, session_status
+from .claims import ClaimHolder, orphaned, session_status, suspension_of
 from .recorder import Recorder
 from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
@@ -208,10 +208,15 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
         if not state.claimed:
             return
+        rows = len(state.steps) + len(state.streams)
+        suspended = suspension_of(exc) if state.end_status is None else None
+        if suspended is not None and state.write_error is None:
+            await self._claims.suspend(state.id, suspended.waiting_for, suspended.wake_at, rows)
+            return
         status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
-        await self._claims.release(state.id, status, len(state.steps) + len(state.streams))
+        await self._claims.release(state.id, status, rows)
 
     async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
@@ -343,7 +348,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         if the signal has arrived since (it is left for the next wait).
         """
         check_signal_target(session_id, name)
-        return await self._signals.wait(session_id, name, timeout)
+        return await self._signals.wait(session_id, name, timeout, self._current.get())
 
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
@@ -485,6 +490,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         self,
         *workflows: Callable[..., Any] | str,
         concurrency: int = 8,
+        suspend_after: float | None = 60.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run as a worker until cancelled, in your task group (``await tg.start(rt.serve, wf)``
@@ -492,11 +498,25 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         ``workflows``, and resume their interrupted and orphaned ones, continuously, at most
         ``concurrency`` at once. Workers in many processes share one store; a session runs in
         one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted`` for the
-        next worker."""
+        next worker.
+
+        ``suspend_after``: seconds; a session whose body waits that long in
+        ``wait_for_signal`` or ``sleep`` (doing nothing else) is suspended -- unwound, its task
+        and claim released, recorded ``waiting`` with what it waits for -- and a worker runs it
+        again from the top when the signal comes or the time is up (recorded steps replay, the
+        wait returns). ``None``: never suspend."""
         self._check_open()
+        if suspend_after is not None and not suspend_after >= 0:
+            raise ValueError(f"suspend_after must be seconds >= 0 or None, not {suspend_after!r}")
         served = {workflow_name(wf): registered_workflow(wf) for wf in workflows}
         worker = Worker(
-            self._engine, self._backend, self._signals, served, concurrency, self.poll_interval
+            self._engine,
+            self._backend,
+            self._signals,
+            served,
+            concurrency,
+            self.poll_interval,
+            suspend_after,
         )
         await worker.serve(task_status)
 

@@ -176,7 +176,22 @@ class Steps:
             wake_at = await self.recorder.record(state, STEP, key, wake_at, data)
         else:
             wake_at = self.recorder.decode(state, key, row)
-        await anyio.sleep(max(0.0, wake_at - time.time()))
+        left = wake_at - time.time()
+        after = state.suspend_after
+        if after is None or left <= after:
+            await anyio.sleep(max(0.0, left))
+            return
+        # Under serve: a sleep longer than suspend_after suspends the session once that long
+        # has passed (a worker runs it again at wake_at), unless the body does more meanwhile.
+        state.waits += 1
+        try:
+            await anyio.sleep(after)
+            left = wake_at - time.time()
+            if left > 0 and state.may_suspend():
+                raise state.suspend(None, wake_at)
+            await anyio.sleep(max(0.0, left))
+        finally:
+            state.waits -= 1
 
     def stream_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
