@@ -109,7 +109,7 @@ def test_start_by_name_a_worker_runs_it_result_cancel_fork(journal: str, worker:
     postgres = db.startswith("postgres")
     assert "created the journal tables" in ok(cli("init-schema", "--db", db))
     again = json.loads(ok(cli("init-schema", "--json", "--db", db)))
-    assert again == {"target": again["target"], "created": False, "schema_version": 4}
+    assert again == {"target": again["target"], "created": False, "schema_version": 5}
 
     greet = ("start", "greet", "g1", "--args", '["ada"]', "--kwargs", '{"punctuation": "?"}')
     out = ok(cli(*greet, "--db", db))

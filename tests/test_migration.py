@@ -93,7 +93,7 @@ OLD_STREAMS = "SELECT session_id, step_name, chunks, created_at FROM journal_str
 JOURNAL = "SELECT session_id, kind, key, value, created_at FROM jrt_journal ORDER BY 1, 2, 3"
 VERSIONS = "SELECT version FROM jrt_schema_version ORDER BY version"
 # Every version a new or migrated journal records (4: workflows, see test_migration_workflows).
-ALL_VERSIONS = [(1,), (2,), (3,), (4,)]
+ALL_VERSIONS = [(1,), (2,), (3,), (4,), (5,)]
 
 
 def _legacy_params() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -414,7 +414,7 @@ async def test_postgres_version_2_database_is_migrated_and_keeps_its_sessions(
     finally:
         await store.aclose()
     assert pg_rows(legacy_pg, JOURNAL) == EXPECTED_ROWS
-    assert pg_rows(legacy_pg, VERSIONS) == [(2,), (3,), (4,)]
+    assert pg_rows(legacy_pg, VERSIONS) == [(2,), (3,), (4,), (5,)]
 
 
 @pytest.mark.postgres

@@ -89,7 +89,7 @@ async def test_sqlite_version_3_journal_gets_the_workflow_columns(tmp_path: Path
         await store.aclose()
     assert sqlite_rows(path, VERSIONS) == ALL_VERSIONS
     columns = [r[1] for r in sqlite_rows(path, "PRAGMA table_info(jrt_sessions)")]
-    assert columns[-2:] == ["workflow", "cancel_requested"]
+    assert columns[-4:-2] == ["workflow", "cancel_requested"]
     indexes = {r[0] for r in sqlite_rows(path, "SELECT name FROM sqlite_master")}
     assert INDEX in indexes
     assert sqlite_rows(path, JOURNAL)[0] == V3_JOURNAL[0]
@@ -147,7 +147,7 @@ async def test_postgres_version_3_database_gets_the_workflow_columns(pg_schema_d
     finally:
         await store.aclose()
     assert pg_rows(pg_schema_dsn, VERSIONS) == ALL_VERSIONS
-    assert pg_columns(pg_schema_dsn)[-2:] == [
+    assert pg_columns(pg_schema_dsn)[-4:-2] == [
         ("workflow", "text", "YES"),
         ("cancel_requested", "boolean", "NO"),
     ]

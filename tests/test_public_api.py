@@ -99,6 +99,7 @@ ERROR_CLASSES: list[type[RuntimeJournalError]] = [
     rt_pkg.StepFailedError,
     rt_pkg.InvalidNameError,
     rt_pkg.SessionCancelledError,
+    rt_pkg.StreamFailedError,
 ]
 
 RUNTIME_CLASSES: list[type[Any]] = [InProcRuntime, JournaledRuntime, SqliteRuntime, PostgresRuntime]

@@ -15,6 +15,7 @@ from ._core.inproc import InProcRuntime as InProcRuntime
 from ._core.inproc import InProcSession as InProcSession
 from ._core.registry import current_runtime as current_runtime
 from ._core.registry import workflow as workflow
+from ._core.streams import current_stream_prefix as current_stream_prefix
 from ._core.values import JsonCodec as JsonCodec
 from ._core.values import PickleCodec as PickleCodec
 from ._errors import InvalidNameError as InvalidNameError
@@ -26,6 +27,7 @@ from ._errors import SessionBusyError as SessionBusyError
 from ._errors import SessionCancelledError as SessionCancelledError
 from ._errors import StoreClosedError as StoreClosedError
 from ._errors import StoreError as StoreError
+from ._errors import StreamFailedError as StreamFailedError
 from ._errors import ValueEncodingError as ValueEncodingError
 from ._journal.backend import JournalBackend as JournalBackend
 from ._journal.backend import JournalEntry as JournalEntry
@@ -73,9 +75,11 @@ __all__ = (
     "StepTimeoutError",
     "StoreClosedError",
     "StoreError",
+    "StreamFailedError",
     "ValueEncodingError",
     "WorkflowHandle",
     "current_runtime",
+    "current_stream_prefix",
     "with_policy",
     "workflow",
 )

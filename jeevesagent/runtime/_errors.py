@@ -22,9 +22,30 @@ __all__ = [
     "SessionCancelledError",
     "StoreClosedError",
     "StoreError",
+    "StreamFailedError",
+    "Suspension",
     "ValueEncodingError",
     "driver_error",
 ]
+
+
+class Suspension(BaseException):
+    """Unwinds a workflow body that ``serve`` suspends (a long wait for a signal or a timer).
+
+    Internal: raised by the wait, caught by the runtime, which records the session ``waiting``.
+    A ``BaseException``, like a cancellation, so that the body's ``except Exception`` cannot
+    swallow it; its ``finally`` blocks and context managers run as the body unwinds.
+
+    :ivar waiting_for: the signal name waited for (``None``: a sleep)
+    :ivar wake_at: when the session must run again, epoch seconds (``None``: no deadline)
+    """
+
+    def __init__(self, session_id: str, waiting_for: str | None, wake_at: float | None) -> None:
+        what = f"signal {waiting_for!r}" if waiting_for is not None else "a timer"
+        super().__init__(f"session {session_id!r} suspended while it waits for {what}")
+        self.session_id = session_id
+        self.waiting_for = waiting_for
+        self.wake_at = wake_at
 
 
 class RuntimeJournalError(Exception):
@@ -89,6 +110,12 @@ class StoreError(RuntimeJournalError):
 
 class StoreClosedError(StoreError):
     """The store (or runtime) was used after ``aclose()``."""
+
+
+class StreamFailedError(RuntimeJournalError):
+    """``read_stream``: the session ended (completed, failed or cancelled) without completing
+    the stream step it was reading, or without ever running a stream step of that name. The
+    chunks read before it are all the stream will ever have."""
 
 
 class InvalidNameError(RuntimeJournalError, ValueError, TypeError):

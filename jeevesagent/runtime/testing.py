@@ -90,6 +90,7 @@ from ._journal.conformance import (
     wait_until_expired,
 )
 from ._journal.sessionchecks import WorkflowSessionChecks
+from ._journal.suspendchecks import SuspensionChecks
 from ._journaled.replaycheck import ReplayCheckError, check_replay
 
 __all__ = ["BackendOpener", "JournalBackendConformance", "ReplayCheckError", "check_replay"]
@@ -98,7 +99,7 @@ __all__ = ["BackendOpener", "JournalBackendConformance", "ReplayCheckError", "ch
 VALUES: list[Any] = [None, 0, -1.5, "text", "", True, [], {}, [1, "x", None], {"a": {"b": [2]}}]
 
 
-class JournalBackendConformance(WorkflowSessionChecks):
+class JournalBackendConformance(WorkflowSessionChecks, SuspensionChecks):
     """The checks every ``JournalBackend`` must pass. Subclass it as ``Test...`` and override
     the ``open_backend`` fixture (see the module docstring)."""
 

@@ -39,8 +39,9 @@ _WAITING = "SELECT DISTINCT session_id FROM jrt_mailbox"
 class Listener:
     """The LISTEN connection of one store over ``pool``, and who to wake on a notice."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, channel: str = CHANNEL) -> None:
         self._pool = pool
+        self._channel = channel
         self._conn: Any = None
         self._lock: asyncio.Lock | None = None
         self._wakes: dict[Callable[[str], None], LoopHandle] = {}
@@ -98,7 +99,7 @@ class Listener:
                 **pool._connect_kwargs,
             )
             try:
-                await conn.add_listener(CHANNEL, self._on_notify)
+                await conn.add_listener(self._channel, self._on_notify)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=_CLOSE_TIMEOUT)

@@ -78,6 +78,13 @@ _PG_MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS jrt_sessions_work"
         " ON jrt_sessions (status, workflow, created_at, session_id)",
     ],
+    # Version 5: suspension. A waiting session records the signal it waits for and when it must
+    # run again; workers find the due ones through the index.
+    [
+        "ALTER TABLE jrt_sessions ADD COLUMN IF NOT EXISTS waiting_for text",
+        "ALTER TABLE jrt_sessions ADD COLUMN IF NOT EXISTS wake_at double precision",
+        "CREATE INDEX IF NOT EXISTS jrt_sessions_wake ON jrt_sessions (status, wake_at)",
+    ],
 ]
 _SCHEMA = Migrations(_PG_MIGRATIONS, "use")
 SCHEMA_VERSION = _SCHEMA.version

@@ -29,12 +29,15 @@ __all__ = [
     "create_session",
     "list_sessions",
     "request_cancel",
+    "resumable",
+    "suspend",
+    "wake_in",
 ]
 
 #: Every column of a sessions row, in SessionInfo's order.
 SESSION_COLS = (
     "session_id, status, owner, lease_expires, created_at, updated_at, steps, workflow,"
-    " cancel_requested"
+    " cancel_requested, waiting_for, wake_at"
 )
 # A claim changes status, owner and lease only: workflow and cancel_requested stay.
 CLAIM = f"""
@@ -44,7 +47,8 @@ INSERT INTO jrt_sessions AS s
 SELECT $1, 'running', $2, t + $3, t, t FROM now
 ON CONFLICT (session_id) DO UPDATE SET
     status = 'running', owner = EXCLUDED.owner,
-    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at
+    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
+    waiting_for = NULL, wake_at = NULL
 WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
    OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
 RETURNING {SESSION_COLS}
@@ -74,7 +78,8 @@ _CREATE = f"""
 WITH now AS (SELECT {_NOW} AS t), s AS (
     INSERT INTO jrt_sessions ({SESSION_COLS})
     SELECT $1::text, CASE WHEN $3::text IS NULL THEN 'pending' ELSE 'running' END, $3::text,
-        CASE WHEN $3::text IS NULL THEN NULL ELSE t + $4::float8 END, t, t, 0, $2::text, false
+        CASE WHEN $3::text IS NULL THEN NULL ELSE t + $4::float8 END, t, t, 0, $2::text, false,
+        NULL, NULL
     FROM now
     ON CONFLICT (session_id) DO NOTHING
     RETURNING {SESSION_COLS}
@@ -103,6 +108,58 @@ WITH up AS (
 )
 SELECT *, pg_notify('{CHANNEL}', session_id) FROM up
 """
+
+
+# suspend: the rules of rules.suspended, in one statement on the row ``owner`` holds, with a
+# notice (a signal may have come meanwhile: a worker looks again). $1 id, $2 owner,
+# $3 waiting_for, $4 wake_at, $5 steps.
+_SUSPEND = f"""
+WITH up AS (
+    UPDATE jrt_sessions AS s SET
+        status = CASE WHEN s.cancel_requested THEN 'cancelled' ELSE 'waiting' END,
+        owner = NULL, lease_expires = NULL, updated_at = {_NOW}, steps = $5,
+        waiting_for = CASE WHEN s.cancel_requested THEN NULL ELSE $3::text END,
+        wake_at = CASE WHEN s.cancel_requested THEN NULL ELSE $4::float8 END
+    WHERE s.session_id = $1 AND s.owner = $2
+    RETURNING {SESSION_COLS}
+)
+SELECT *, pg_notify('{CHANNEL}', session_id) FROM up
+"""
+# Waiting sessions to run again: a signal they wait for is in the mailbox, or their time came
+# (server clock). $1 workflows, $2 limit or NULL.
+_RESUMABLE = f"""
+SELECT {SESSION_COLS} FROM jrt_sessions AS s
+WHERE s.status = 'waiting' AND s.workflow = ANY($1::text[])
+  AND (s.wake_at <= {_NOW} OR EXISTS (
+      SELECT 1 FROM jrt_mailbox AS m WHERE m.session_id = s.session_id AND m.name = s.waiting_for))
+ORDER BY s.created_at, s.session_id
+LIMIT $2
+"""
+_WAKE_IN = f"""
+SELECT min(wake_at) - {_NOW} FROM jrt_sessions
+WHERE status = 'waiting' AND wake_at IS NOT NULL AND workflow = ANY($1::text[])
+"""
+
+
+async def suspend(
+    pool: Any,
+    session_id: str,
+    owner: str,
+    waiting_for: str | None,
+    wake_at: float | None,
+    steps: int,
+) -> SessionInfo | None:
+    row = await pool.fetchrow(_SUSPEND, session_id, owner, waiting_for, wake_at, steps)
+    return None if row is None else SessionInfo(*row[:11])
+
+
+async def resumable(pool: Any, workflows: Sequence[str], limit: int | None) -> list[SessionInfo]:
+    return [SessionInfo(*r) for r in await pool.fetch(_RESUMABLE, list(workflows), limit)]
+
+
+async def wake_in(pool: Any, workflows: Sequence[str]) -> float | None:
+    value = await pool.fetchval(_WAKE_IN, list(workflows))
+    return None if value is None else float(value)
 
 
 async def list_sessions(
@@ -142,8 +199,8 @@ async def create_session(
         _CREATE, session_id, workflow, owner, float(lease), kind, key, data, created_at
     )
     if row is not None:
-        info = SessionInfo(*row[:9])
-        if row[9]:
+        info = SessionInfo(*row[:11])
+        if row[11]:
             return info, Row(data, created_at)
         # The arguments key was journaled before the session existed: the first value stays.
         return info, await get_row(pool, session_id, kind, key)
@@ -155,4 +212,4 @@ async def request_cancel(pool: Any, session_id: str) -> SessionInfo | None:
     row = await pool.fetchrow(_CANCEL, session_id)
     if row is None:  # no such session, or it ended: unchanged
         row = await pool.fetchrow(SESSION, session_id)
-    return None if row is None else SessionInfo(*row[:9])
+    return None if row is None else SessionInfo(*row[:11])

@@ -9,13 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._journal.backend import Fenced, Record, Row
+from .._journal.backend import STREAM, Fenced, Record, Row
 
-__all__ = ["Key", "get_row", "insert_rows"]
+__all__ = ["STREAM_CHANNEL", "Key", "get_prefixed", "get_row", "insert_rows"]
+
+#: The notice channel of streams: a batch of a running stream step's chunks, or a complete stream,
+#: was journaled.
+#: Apart from the signal channel, so that no signal waiter or idle worker wakes for a chunk.
+STREAM_CHANNEL = "jrt_stream"
 
 Key = tuple[str, int, str]
 
 _GET = "SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = $2 AND key = $3"
+_PREFIXED = (
+    "SELECT key, value, created_at FROM jrt_journal"
+    " WHERE session_id = $1 AND kind = $2 AND left(key, length($3)) = $3"
+)
+_NOTIFY = f"SELECT pg_notify('{STREAM_CHANNEL}', s) FROM unnest($1::text[]) AS s"
 _INSERT_ONE = (
     "INSERT INTO jrt_journal (session_id, kind, key, value, created_at)"
     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
@@ -74,8 +84,25 @@ async def get_row(pool: Any, session_id: str, kind: int, key: str) -> Row | None
     return None if found is None else Row(found[0], found[1])
 
 
+async def get_prefixed(pool: Any, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+    rows = await pool.fetch(_PREFIXED, session_id, kind, prefix)
+    return {r[0]: Row(r[1], r[2]) for r in rows}
+
+
 async def insert_rows(
     pool: Any, records: Sequence[Record], owners: Mapping[str, str] | None = None
+) -> dict[Key, Row]:
+    conflicts = await _insert_rows(pool, records, owners)
+    # Stream rows (batches of chunks, complete streams) and only they wake the readers of their
+    # sessions' streams, once committed: one more statement for those, none for step records.
+    chunked = {r.session_id for r in records if r.kind == STREAM}
+    if chunked:
+        await pool.execute(_NOTIFY, list(chunked))
+    return conflicts
+
+
+async def _insert_rows(
+    pool: Any, records: Sequence[Record], owners: Mapping[str, str] | None
 ) -> dict[Key, Row]:
     # `pool` is a pool or a connection: both have fetch() and execute().
     if owners:

@@ -47,7 +47,7 @@ from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
 from .pglisten import CHANNEL, Listener
 from .pgschema import _NOW, _migrate, _prune, schema_statements
-from .pgwrite import Key, get_row, insert_rows
+from .pgwrite import STREAM_CHANNEL, Key, get_prefixed, get_row, insert_rows
 from .thread import LoopHandle
 
 __all__ = ["PostgresJournalStore"]
@@ -161,6 +161,7 @@ class PostgresJournalStore(JournalBackend):
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
         self._listener = Listener(pool)  # signal notices: the LISTEN connection
+        self._stream_listener = Listener(pool, STREAM_CHANNEL)  # opened by the first reader
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -352,6 +353,33 @@ class PostgresJournalStore(JournalBackend):
             shield=True,
         )
 
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        return await self._run(
+            lambda: pgsessions.suspend(self._pool, session_id, owner, waiting_for, wake_at, steps),
+            "suspending the session",
+            session_id,
+            shield=True,
+        )
+
+    async def resumable(
+        self, workflows: Sequence[str], limit: int | None = None
+    ) -> list[SessionInfo]:
+        return await self._run(
+            lambda: pgsessions.resumable(self._pool, workflows, limit), "listing sessions"
+        )
+
+    async def wake_in(self, workflows: Sequence[str]) -> float | None:
+        return await self._run(
+            lambda: pgsessions.wake_in(self._pool, workflows), "listing sessions"
+        )
+
     async def list_sessions(
         self,
         status: str | None = None,
@@ -451,12 +479,29 @@ class PostgresJournalStore(JournalBackend):
         token = LoopHandle()
         return await self._run(lambda: listener.watch(wake, token), "listening for signals")
 
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        return await self._run(
+            lambda: get_prefixed(self._pool, session_id, kind, prefix), "reading", session_id
+        )
+
+    async def watch_streams(self, wake: Callable[[str], None]) -> bool:
+        """Have ``wake(session_id)`` called for every stream row journaled (``LISTEN
+        jrt_stream``, a connection of its own opened by the first stream reader)."""
+        self.check_open()
+        listener = self._stream_listener
+        if listener.registered(wake) and (listener.pushing or listener.reopening):
+            return listener.pushing
+        token = LoopHandle()
+        return await self._run(lambda: listener.watch(wake, token), "listening for streams")
+
     async def close_resources(self) -> None:
         with anyio.CancelScope(shield=True):
             run = functools.partial(call_translated, self._bridge, self._pool)
             try:
                 if self._listener.active:
                     await run(self._listener.aclose, "closing the LISTEN connection")
+                if self._stream_listener.active:
+                    await run(self._stream_listener.aclose, "closing the LISTEN connection")
                 if self._writer is not None:
                     await run(self._release_writer, "releasing the writer connection")
                 if self._owns_pool:

@@ -12,7 +12,8 @@ Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on op
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
 file (``journal_steps`` / ``journal_streams``) under legacy (``l:``) keys and leaves the old
 tables in place; drop them yourself once you have checked the import. Version 4 gives sessions
-rows their workflow and cancel request, and indexes the workers' poll.
+rows their workflow and cancel request, and indexes the workers' poll; version 5 what a suspended
+session waits for (``waiting_for``, ``wake_at``).
 """
 
 from __future__ import annotations
@@ -115,11 +116,22 @@ _MIGRATIONS: list[list[str | Callable[[sqlite3.Connection], None]]] = [
         "CREATE INDEX IF NOT EXISTS jrt_sessions_work"
         " ON jrt_sessions (status, workflow, created_at, session_id)",
     ],
+    # version 5: suspension. A waiting session records the signal it waits for and when it
+    # must run again; workers find the due ones through the index.
+    [
+        "ALTER TABLE jrt_sessions ADD COLUMN waiting_for TEXT",
+        "ALTER TABLE jrt_sessions ADD COLUMN wake_at REAL",
+        "CREATE INDEX IF NOT EXISTS jrt_sessions_wake ON jrt_sessions (status, wake_at)",
+    ],
 ]
 _SCHEMA = Migrations(_MIGRATIONS, "open")
 SCHEMA_VERSION = _SCHEMA.version
 
 _SELECT_SESSION = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = ?"
+_SELECT_PREFIXED = (
+    "SELECT key, value, created_at FROM jrt_journal"
+    " WHERE session_id = ? AND kind = ? AND substr(key, 1, ?) = ?"
+)
 
 
 def _open(path: str, busy_timeout: float) -> sqlite3.Connection:
@@ -174,6 +186,11 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
     for kind, key, value, created_at in conn.execute(_SELECT_SESSION, (session_id,)):
         (steps if kind == STEP else streams)[key] = Row(value, created_at)
     return SessionJournal(steps, streams)
+
+
+def _prefixed(conn: sqlite3.Connection, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+    rows = conn.execute(_SELECT_PREFIXED, (session_id, kind, len(prefix), prefix))
+    return {key: Row(value, created_at) for key, value, created_at in rows}
 
 
 def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
@@ -387,6 +404,32 @@ class SqliteJournalStore(JournalBackend):
             sqlitesessions.release, session_id, owner, status, steps, session_id=session_id
         )
 
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        return await self._call(
+            sqlitesessions.suspend,
+            session_id,
+            owner,
+            waiting_for,
+            wake_at,
+            steps,
+            session_id=session_id,
+        )
+
+    async def resumable(
+        self, workflows: Sequence[str], limit: int | None = None
+    ) -> list[SessionInfo]:
+        return await self._call(sqlitesessions.resumable, list(workflows), limit)
+
+    async def wake_in(self, workflows: Sequence[str]) -> float | None:
+        return await self._call(sqlitesessions.wake_in, list(workflows))
+
     async def list_sessions(
         self,
         status: str | None = None,
@@ -444,6 +487,9 @@ class SqliteJournalStore(JournalBackend):
         return await self._call(
             get_row, session_id, kind, key, session_id=session_id, step=describe_key(key)
         )
+
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        return await self._call(_prefixed, session_id, kind, prefix, session_id=session_id)
 
     async def close_resources(self) -> None:
         await self._worker.aclose()

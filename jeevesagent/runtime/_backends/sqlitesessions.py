@@ -18,6 +18,7 @@ from .._journal.rules import (
     claimed,
     created,
     select_prunable,
+    suspended,
 )
 from .sqlitetx import INSERT, get_row, one, write
 
@@ -30,20 +31,23 @@ __all__ = [
     "release",
     "renew",
     "request_cancel",
+    "resumable",
     "session_row",
+    "suspend",
+    "wake_in",
 ]
 
 # Every column of a sessions row, in SessionInfo's order.
 SESSION_COLUMNS = (
     "session_id, status, owner, lease_expires, created_at, updated_at, steps, workflow,"
-    " cancel_requested"
+    " cancel_requested, waiting_for, wake_at"
 )
-INSERT_SESSION = f"INSERT INTO jrt_sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * 9)})"
+INSERT_SESSION = f"INSERT INTO jrt_sessions ({SESSION_COLUMNS}) VALUES ({', '.join('?' * 11)})"
 
 
 def _info(row: Sequence[Any]) -> SessionInfo:
     """A sessions row as SessionInfo (SQLite keeps ``cancel_requested`` as 0 or 1)."""
-    return SessionInfo._make((*row[:8], bool(row[8])))
+    return SessionInfo._make((*row[:8], bool(row[8]), *row[9:]))
 
 
 def session_row(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None:
@@ -62,7 +66,7 @@ def claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -
         elif result != info:  # workflow and cancel_requested stay as they are
             conn.execute(
                 "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
-                "updated_at = ? WHERE session_id = ?",
+                "updated_at = ?, waiting_for = NULL, wake_at = NULL WHERE session_id = ?",
                 (result.status, owner, result.lease_expires, result.updated_at, session_id),
             )
     return result
@@ -84,6 +88,58 @@ def release(conn: sqlite3.Connection, session_id: str, owner: str, status: str, 
         "steps = ? WHERE session_id = ? AND owner = ?",
         (status, time.time(), steps, session_id, owner),
     )
+
+
+def suspend(
+    conn: sqlite3.Connection,
+    session_id: str,
+    owner: str,
+    waiting_for: str | None,
+    wake_at: float | None,
+    steps: int,
+) -> SessionInfo | None:
+    with write(conn):
+        info = session_row(conn, session_id)
+        after = suspended(info, owner, waiting_for, wake_at, steps, time.time())
+        sid = session_id
+        if after is not None:
+            conn.execute(
+                "UPDATE jrt_sessions SET status = ?, owner = NULL, lease_expires = NULL, "
+                "updated_at = ?, steps = ?, waiting_for = ?, wake_at = ? WHERE session_id = ?",
+                (after.status, after.updated_at, steps, after.waiting_for, after.wake_at, sid),
+            )
+        return after
+
+
+# Waiting sessions to run again: a signal they wait for is in the mailbox, or their time came.
+_RESUMABLE = f"""
+SELECT {SESSION_COLUMNS} FROM jrt_sessions AS s
+WHERE s.status = 'waiting' AND s.workflow IN ({{names}})
+  AND (s.wake_at <= ? OR EXISTS (
+      SELECT 1 FROM jrt_mailbox AS m WHERE m.session_id = s.session_id AND m.name = s.waiting_for))
+ORDER BY s.created_at, s.session_id
+"""
+
+
+def resumable(
+    conn: sqlite3.Connection, workflows: Sequence[str], limit: int | None
+) -> list[SessionInfo]:
+    sql = _RESUMABLE.format(names=", ".join("?" * len(workflows)))
+    params: list[Any] = [*workflows, time.time()]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_info(row) for row in conn.execute(sql, params)]
+
+
+def wake_in(conn: sqlite3.Connection, workflows: Sequence[str]) -> float | None:
+    names = ", ".join("?" * len(workflows))
+    sql = (
+        "SELECT min(wake_at) FROM jrt_sessions WHERE status = 'waiting' "
+        f"AND wake_at IS NOT NULL AND workflow IN ({names})"
+    )
+    row = one(conn, sql, tuple(workflows))
+    return None if row is None or row[0] is None else float(row[0]) - time.time()
 
 
 def list_sessions(

@@ -42,6 +42,7 @@ from .._journaled.signals import seal_signal
 from .demo import DEFAULT_PATH
 from .outcome import Waiting, describe_waiting, waiting_for
 from .shared import for_json, one_line, print_json, run_on_store, table, when
+from .streams import add_stream_commands
 from .target import DB_ENV, CliError
 from .workflows import add_workflow_commands, check_signing, run_init_schema
 
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(command_fn=cmd_export)
 
     add_workflow_commands(commands, db, key)
+    add_stream_commands(commands, db, key)
 
     demo = commands.add_parser(
         "demo", help="a durable agent session that crashes, then resumes (run it twice)"

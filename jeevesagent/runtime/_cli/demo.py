@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 
 from .._backends.runtimes import SqliteRuntime
-from .._core.keys import is_workflow_key
+from .._core.keys import is_chunks_key, is_workflow_key
 from .._core.registry import current_runtime, workflow
 
 SESSION = "trip-42"
@@ -160,7 +160,11 @@ async def _describe(rt: SqliteRuntime) -> str:
             "(serve(), in this process) runs it. This run will crash part way.\n"
         )
     journal = await rt.store.load_session(SESSION)  # type: ignore[attr-defined]
-    records = sum(1 for key in [*journal.steps, *journal.streams] if not is_workflow_key(key))
+    records = sum(
+        1
+        for key in [*journal.steps, *journal.streams]
+        if not is_workflow_key(key) and not is_chunks_key(key)  # chunks: part of a stream
+    )
     if info.status == "completed":
         return (
             f"The session completed in an earlier run ({records} steps recorded): the worker\n"

@@ -10,8 +10,10 @@ read) -- are also read from an *unsigned* pickle without ``--trust``, by an unpi
 up no global but ``JournaledFailure`` (Python's "restricting globals"): no function named by the
 row can be called, so no code from the database runs. A row whose signature fails is never read.
 
-What a session waits for is what its journal says: a sleep's wake-up time is journaled before it
-sleeps; a wait for a signal journals nothing until the signal is received, so it cannot be told.
+What a session waits for is what its journal says -- a sleep's wake-up time is journaled before
+it sleeps; a wait for a signal journals nothing until the signal is received -- or, for a session
+suspended by ``serve`` (status ``waiting``), what its sessions row records: the signal, the
+wake-up time.
 """
 
 from __future__ import annotations
@@ -106,11 +108,12 @@ def read_row(
 
 @dataclass(frozen=True)
 class Waiting:
-    """What an open session waits for: a worker to run it, or the end of a durable sleep."""
+    """What an open session waits for: a worker to run it, the end of a durable sleep, or (a
+    suspended session) a signal."""
 
-    kind: Literal["worker", "sleep"]
-    name: str | None = None  # the sleep's name
-    until: float | None = None  # the sleep's wake-up time (epoch seconds)
+    kind: Literal["worker", "sleep", "signal"]
+    name: str | None = None  # the sleep's name, or the signal's
+    until: float | None = None  # the sleep's wake-up time, a signal wait's deadline (epoch s)
 
     def as_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name, "until": self.until}
@@ -132,11 +135,16 @@ def waiting_for(
     trust: bool,
     now: float,
 ) -> Waiting | None:
-    """A sleep in progress (its wake-up time, journaled as the session's last row, still ahead);
-    else, for a workflow session that is ``pending`` or ``interrupted``, a worker; else
+    """A suspended (``waiting``) session: the signal or the wake-up time its sessions row
+    records. A sleep in progress (its wake-up time, journaled as the session's last row, still
+    ahead); else, for a workflow session that is ``pending`` or ``interrupted``, a worker; else
     ``None`` (nothing the journal can tell: running, waiting for a signal, or ended)."""
     if info is None or info.status in ENDED_STATUSES:
         return None
+    if info.status == "waiting":
+        if info.waiting_for is not None:
+            return Waiting("signal", info.waiting_for, info.wake_at)
+        return Waiting("sleep", None, info.wake_at)
     last = _last_row(journal)
     if info.status != "pending" and last is not None and is_timer_key(last[0]):
         key, row = last
@@ -151,6 +159,11 @@ def waiting_for(
 def describe_waiting(waiting: Waiting, when: Callable[[float | None], str]) -> str:
     if waiting.kind == "worker":
         return "a worker"
+    if waiting.kind == "signal":
+        until = f" (until {when(waiting.until)})" if waiting.until is not None else ""
+        return f"signal {waiting.name!r}{until}"
+    if waiting.name is None:
+        return f"a timer until {when(waiting.until)}"
     return f"{describe_key(f't:{waiting.name}')} until {when(waiting.until)}"
 
 

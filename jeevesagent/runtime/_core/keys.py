@@ -10,6 +10,11 @@ kind can never equal a key of another:
 * ``o:<signal name>:<n>`` -- the n-th receive of that name, when it got no payload (a wait that
   timed out, a poll that found nothing);
 * ``t:<name>`` -- the wake-up time of a durable ``sleep``;
+* ``c:<stream key>:<offset>`` -- a batch of a stream step's chunks journaled while it runs
+  (``<stream key>`` is the stream step's own ``s:`` key, ``<offset>`` the index of the batch's
+  first chunk in the stream): the recorded prefix of a stream that has not completed;
+* ``d:<signal name>:<n>`` -- the deadline (epoch seconds) of the wait with a timeout that makes
+  receive n of that name, so the timeout holds across suspension and restarts;
 * ``l:<name>`` -- a step imported from a jeevesagent 0.9.7 journal, which keyed steps by name
   alone: a step of that name whose own key is not journaled replays it.
 
@@ -22,6 +27,10 @@ from __future__ import annotations
 from .fingerprint import FINGERPRINT_CHARS, fingerprint
 
 __all__ = [
+    "chunks_journal_key",
+    "chunks_prefix",
+    "is_chunks_key",
+    "split_chunks_key",
     "workflow_failure_key",
     "failure_index",
     "workflow_result_key",
@@ -39,6 +48,7 @@ __all__ = [
     "legacy_journal_key",
     "receipt_signal_name",
     "signal_journal_key",
+    "signal_deadline_key",
     "signal_outcome_key",
     "split_step_key",
     "step_journal_key",
@@ -50,8 +60,10 @@ IDEMPOTENCY = "k:"
 SIGNAL = "g:"
 OUTCOME = "o:"
 TIMER = "t:"
+DEADLINE = "d:"
 LEGACY = "l:"
 WORKFLOW = "w:"
+CHUNKS = "c:"
 
 
 def step_journal_key(name: str, fp: str) -> str:
@@ -73,6 +85,11 @@ def signal_outcome_key(name: str, index: int) -> str:
     return f"{OUTCOME}{name}:{index}"
 
 
+def signal_deadline_key(name: str, index: int) -> str:
+    """The key of the deadline of the wait (with a timeout) for receive ``index`` of ``name``."""
+    return f"{DEADLINE}{name}:{index}"
+
+
 def legacy_journal_key(name: str) -> str:
     """The key of a step imported from a jeevesagent 0.9.7 journal (keyed by name alone)."""
     return f"{LEGACY}{name}"
@@ -80,6 +97,32 @@ def legacy_journal_key(name: str) -> str:
 
 def timer_journal_key(name: str) -> str:
     return f"{TIMER}{name}"
+
+
+def chunks_journal_key(stream_key: str, offset: int) -> str:
+    """The key of the batch of chunks of stream step ``stream_key`` whose first chunk is chunk
+    number ``offset`` of the stream (from 0)."""
+    return f"{CHUNKS}{stream_key}:{offset}"
+
+
+def chunks_prefix(stream_key: str) -> str:
+    """What every chunk-batch key of stream step ``stream_key`` starts with."""
+    return f"{CHUNKS}{stream_key}:"
+
+
+def is_chunks_key(key: str) -> bool:
+    """A batch of a running stream step's chunks (``c:``)."""
+    return key.startswith(CHUNKS)
+
+
+def split_chunks_key(key: str) -> tuple[str, int] | None:
+    """``(stream key, offset)`` of a chunk-batch key, else ``None``."""
+    if not key.startswith(CHUNKS):
+        return None
+    stream_key, _, offset = key[2:].rpartition(":")
+    if not offset.isdigit():
+        return None
+    return stream_key, int(offset)
 
 
 def is_signal_receipt(key: str) -> bool:
@@ -173,8 +216,16 @@ def describe_key(key: str) -> str:
         return f"signal {name!r} #{idx} (no payload)"
     if prefix == TIMER:
         return f"sleep {rest!r}"
+    if prefix == DEADLINE:
+        name, _, idx = rest.rpartition(":")
+        return f"signal {name!r} #{idx} (deadline)"
     if prefix == LEGACY:
         return rest
+    if prefix == CHUNKS:
+        chunks = split_chunks_key(key)
+        if chunks is not None:
+            return f"{describe_key(chunks[0])} chunks from #{chunks[1]}"
+        return key
     if prefix == WORKFLOW:
         return f"workflow {rest}"
     return key

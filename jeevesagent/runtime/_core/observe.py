@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._errors import SessionBusyError
+from .._errors import SessionBusyError, Suspension
 from .._policy import JournaledFailure, StepPolicy
 from .streams import StreamStep
 
@@ -110,6 +110,8 @@ def _is_cancel(exc: BaseException) -> bool:
 def _status(exc: BaseException | None) -> str:
     if exc is None:
         return "completed"
+    if isinstance(exc, Suspension):
+        return "waiting"
     return "cancelled" if _is_cancel(exc) else "failed"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._policy import StepPolicy, StepTimeoutError, attempts
@@ -17,9 +18,64 @@ from .._policy import StepPolicy, StepTimeoutError, attempts
 if TYPE_CHECKING:
     from .hooks import StreamHook
 
-__all__ = ["StreamStep", "call_step_fn", "close_producer", "open_producer"]
+__all__ = [
+    "StreamPrefix",
+    "StreamStep",
+    "call_step_fn",
+    "close_producer",
+    "current_stream_prefix",
+    "open_producer",
+]
 
 T_co = TypeVar("T_co", covariant=True)
+
+
+class StreamPrefix:
+    """The chunks a stream step recorded before its session crashed, while its producer runs
+    again: what :func:`current_stream_prefix` returns, and whether the producer asked."""
+
+    __slots__ = ("asked", "chunks")
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self.chunks = chunks
+        self.asked = False
+
+
+#: Set while a resumed stream step's producer is opened and pulled (never otherwise).
+_PREFIX: ContextVar[StreamPrefix | None] = ContextVar("jeevesagent_stream_prefix", default=None)
+
+
+def current_stream_prefix() -> list[Any]:
+    """The chunks that the running stream step delivered and journaled before its session was
+    interrupted (a crash, a lost worker), when it runs again; ``[]`` on a first run, outside a
+    stream step's producer, and outside any session.
+
+    Call it from the producer (the ``fn`` of ``stream_step``), before its first chunk, to go on
+    from where the interrupted run stopped -- for an LLM reply, ask the model to continue the
+    text recorded so far. The consumer has already received these chunks: everything the
+    producer yields after asking comes after them. A producer that does not ask is taken to start
+    over and produce the same chunks again: its first ``len(prefix)`` chunks are dropped (a
+    warning is logged if they differ from the recorded ones), so the consumer sees the prefix once
+    and then the rest.
+    """
+    prefix = _PREFIX.get()
+    if prefix is None:
+        return []
+    prefix.asked = True
+    return list(prefix.chunks)
+
+
+@contextlib.contextmanager
+def producing(prefix: StreamPrefix | None) -> Iterator[None]:
+    """Make ``prefix`` what :func:`current_stream_prefix` returns inside this block."""
+    if prefix is None:
+        yield
+        return
+    token = _PREFIX.set(prefix)
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
 
 
 async def call_step_fn(

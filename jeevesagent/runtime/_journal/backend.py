@@ -88,6 +88,10 @@ class SessionInfo(NamedTuple):
     steps: int  # journal rows of the session when it was last released
     workflow: str | None = None  # the registered workflow it runs; None: a plain session
     cancel_requested: bool = False  # rt.cancel() asked for it: it must never run again
+    # A suspended ("waiting") session: the signal its body waits for (None: a sleep), and when
+    # it must run again (a sleep's wake-up time, a wait's deadline; None: no deadline).
+    waiting_for: str | None = None
+    wake_at: float | None = None
 
 
 # "pending": a workflow session made by ``start`` (or ``fork``), waiting for a worker.
@@ -243,6 +247,20 @@ class JournalBackend(abc.ABC):
         should cost no I/O; ended by ``aclose()``."""
         return False
 
+    async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
+        """The session's journal rows of ``kind`` whose key starts with ``prefix`` (what
+        ``read_stream`` polls). The default loads the whole session; a backend with an index on
+        ``(session_id, kind, key)`` overrides it with a query of those rows alone."""
+        journal = await self.read_session(session_id)
+        rows = journal.steps if kind == STEP else journal.streams
+        return {key: row for key, row in rows.items() if key.startswith(prefix)}
+
+    async def watch_streams(self, wake: Callable[[str], None]) -> bool:
+        """Like :meth:`watch`, for batches of stream chunks journaled (and sessions released):
+        have ``wake(session_id)`` called when one is committed, by anyone. ``False`` (the
+        default) when the backend cannot push such notices: ``read_stream`` polls."""
+        return False
+
     # -- the sessions table: claims and leases ---------------------------------------------------
     @abc.abstractmethod
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
@@ -305,6 +323,53 @@ class JournalBackend(abc.ABC):
         keeps its status and owner: its owner stops it and releases it as ``cancelled``. An
         ended session (``completed``, ``failed``, ``cancelled``) is left unchanged. Wakes the
         store's watchers of the session (its owner may be watching)."""
+
+    # -- suspension ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        """Suspend a workflow session that ``owner`` holds, in one transaction (see
+        :func:`~jeevesagent.runtime._journal.rules.suspended`): status ``waiting``, the claim
+        dropped, ``waiting_for`` (a signal name, ``None`` for a sleep) and ``wake_at`` (epoch
+        seconds, ``None``: no deadline) recorded, ``steps`` journal rows; ``cancelled`` instead
+        if a cancel was requested meanwhile. Returns the row afterwards; ``None`` (nothing
+        changed) if ``owner`` does not hold the session. Wakes the store's watchers of it."""
+
+    async def resumable(
+        self, workflows: Sequence[str], limit: int | None = None
+    ) -> list[SessionInfo]:
+        """``waiting`` sessions of ``workflows`` to run again now, oldest first: a signal named
+        ``waiting_for`` waits in the mailbox, or ``wake_at`` has passed on the store's clock.
+        The default reads :meth:`list_sessions` and the mailbox; SQL stores do it in a query."""
+        now = await self.now()
+        found: list[SessionInfo] = []
+        for info in await self.list_sessions("waiting", workflows=workflows):
+            if (info.wake_at is not None and info.wake_at <= now) or (
+                info.waiting_for is not None
+                and info.waiting_for in await self.pending_names(info.session_id)
+            ):
+                found.append(info)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    async def wake_in(self, workflows: Sequence[str]) -> float | None:
+        """Seconds until the earliest ``wake_at`` of the ``waiting`` sessions of ``workflows``,
+        on the store's clock (``<= 0``: due now); ``None`` if none has one. A worker sleeps no
+        longer than that."""
+        now = await self.now()
+        times = [
+            i.wake_at
+            for i in await self.list_sessions("waiting", workflows=workflows)
+            if i.wake_at is not None
+        ]
+        return min(times) - now if times else None
 
     async def now(self) -> float:
         """The backend's clock, in epoch seconds: the one its leases are measured on (a database

@@ -13,7 +13,7 @@ import anyio
 from .._core.values import Codec
 from .backend import JournalBackend, SessionInfo
 from .rows import STEP, Record, Row
-from .rules import cancel_requested, check_fence, claimed, created, holds
+from .rules import cancel_requested, check_fence, claimed, created, holds, suspended
 
 __all__ = ["LocalBackend", "LocalMailbox", "LocalSessions"]
 
@@ -51,6 +51,20 @@ class LocalSessions:
             self.rows[session_id] = info._replace(
                 status=status, owner=None, lease_expires=None, updated_at=time.time(), steps=steps
             )
+
+    def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        """See :meth:`JournalBackend.suspend`."""
+        info = suspended(self.rows.get(session_id), owner, waiting_for, wake_at, steps, time.time())
+        if info is not None:
+            self.rows[session_id] = info
+        return info
 
     def list(
         self,
@@ -172,6 +186,19 @@ class LocalBackend(JournalBackend):
         self.check_open(session_id)
         self._sessions.release(session_id, owner, status, steps)
         self._wake(session_id)
+
+    async def suspend(
+        self,
+        session_id: str,
+        owner: str,
+        waiting_for: str | None,
+        wake_at: float | None,
+        steps: int,
+    ) -> SessionInfo | None:
+        self.check_open(session_id)
+        info = self._sessions.suspend(session_id, owner, waiting_for, wake_at, steps)
+        self._wake(session_id)
+        return info
 
     async def list_sessions(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+from .._core.keys import is_chunks_key
 from .._core.values import Codec
 from .backend import PruneResult, SessionJournal
 from .local import LocalBackend
@@ -38,8 +39,14 @@ class InMemoryJournalStore(LocalBackend):
         return [(sid, key) for sid, j in self._rows.items() for key in j.steps]
 
     def stream_keys(self) -> list[tuple[str, str]]:
-        """Every recorded ``(session_id, journal key)`` of stream steps."""
-        return [(sid, key) for sid, j in self._rows.items() for key in j.streams]
+        """Every recorded ``(session_id, journal key)`` of completed stream steps (not the
+        batches of chunks journaled while a stream step runs)."""
+        return [
+            (sid, key)
+            for sid, j in self._rows.items()
+            for key in j.streams
+            if not is_chunks_key(key)
+        ]
 
     async def read_session(self, session_id: str) -> SessionJournal:
         j = self._rows.get(session_id)

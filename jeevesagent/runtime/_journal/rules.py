@@ -24,6 +24,7 @@ __all__ = [
     "holds",
     "live_claim",
     "select_prunable",
+    "suspended",
 ]
 
 
@@ -75,9 +76,41 @@ def claimed(
         return SessionInfo(session_id, "running", owner, now + lease, now, now, 0)
     if claimable(info, owner, now):
         return info._replace(
-            status="running", owner=owner, lease_expires=now + lease, updated_at=now
+            status="running",
+            owner=owner,
+            lease_expires=now + lease,
+            updated_at=now,
+            waiting_for=None,
+            wake_at=None,
         )
     return info
+
+
+def suspended(
+    info: SessionInfo | None,
+    owner: str,
+    waiting_for: str | None,
+    wake_at: float | None,
+    steps: int,
+    now: float,
+) -> SessionInfo | None:
+    """The sessions row after ``owner`` suspends the session at ``now``: ``waiting`` for
+    ``waiting_for`` (a signal; ``None``: a sleep) until ``wake_at``, its claim dropped --
+    ``cancelled`` if a cancel was requested meanwhile; ``None`` (unchanged) unless ``owner``
+    holds it."""
+    if not holds(info, owner):
+        return None
+    assert info is not None
+    status = "cancelled" if info.cancel_requested else "waiting"
+    return info._replace(
+        status=status,
+        owner=None,
+        lease_expires=None,
+        updated_at=now,
+        steps=steps,
+        waiting_for=waiting_for if status == "waiting" else None,
+        wake_at=wake_at if status == "waiting" else None,
+    )
 
 
 def created(

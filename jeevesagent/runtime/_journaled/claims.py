@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from .._core import observe as _observe
-from .._errors import SessionBusyError, StoreClosedError, StoreError
+from .._errors import SessionBusyError, StoreClosedError, StoreError, Suspension
 from .._journal.backend import JournalBackend, SessionInfo
 from .._journal.owner import owner_is_dead
 
-__all__ = ["ClaimHolder", "orphaned", "session_status"]
+__all__ = ["ClaimHolder", "orphaned", "session_status", "suspension_of"]
 
 
 async def orphaned(
@@ -43,6 +43,22 @@ async def orphaned(
     interrupted = await backend.list_sessions("interrupted", workflows=workflows, limit=limit)
     found = sorted(running + interrupted, key=lambda i: (i.created_at, i.session_id))
     return found if limit is None else found[:limit]
+
+
+def suspension_of(exc: BaseException | None) -> Suspension | None:
+    """The :class:`Suspension` that ``exc`` is, or that a group of nothing else (cancellations
+    of its siblings aside) holds: the body was suspended. ``None`` otherwise."""
+    if isinstance(exc, Suspension):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found, rest = exc.split(Suspension)
+        others = None if rest is None else rest.split(anyio.get_cancelled_exc_class())[1]
+        if found is not None and others is None:
+            first = found.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first if isinstance(first, Suspension) else None
+    return None
 
 
 def session_status(exc: BaseException | None) -> str:
@@ -112,6 +128,19 @@ class ClaimHolder:
             return
         try:
             await self.native.release(session_id, self.owner_id, status, rows)
+        except StoreError as error:
+            _observe.release_failed(session_id, error)
+
+    async def suspend(
+        self, session_id: str, waiting_for: str | None, wake_at: float | None, rows: int
+    ) -> None:
+        """End the claim of a suspended session, recording it ``waiting`` (see
+        :meth:`JournalBackend.suspend`). A store error is logged, not raised, as in
+        :meth:`release`: the claim then expires and a worker resumes the session."""
+        if self.native.closed:
+            return
+        try:
+            await self.native.suspend(session_id, self.owner_id, waiting_for, wake_at, rows)
         except StoreError as error:
             _observe.release_failed(session_id, error)
 

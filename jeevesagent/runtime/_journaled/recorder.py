@@ -102,6 +102,18 @@ class Recorder:
             return self.decode(state, key, row, kind)
         return value
 
+    async def record_chunks(self, state: JournaledState, key: str, data: bytes) -> None:
+        """Journal a batch of a running stream step's chunks (a ``c:`` key, kind STREAM): in
+        commit mode committed now, with any records buffered before it (so the journal stays a
+        prefix); in buffered mode with the session's next batch. Kept in ``state.streams`` too:
+        the same stream step called again in this run (after its producer failed) starts from
+        this prefix, as a resumed run would."""
+        record = Record(state.id, STREAM, key, data, time.time())
+        state.buffer.append(record)
+        if not self.buffered or len(state.buffer) >= MAX_BUFFERED:
+            await self.flush(state)
+        state.streams.setdefault(key, Row(data, record.created_at))
+
     def buffer(self, state: JournaledState, key: str, value: Any) -> None:
         """Journal a step row without awaiting (for synchronous callers): it commits with the
         session's next record, or when the session exits."""

@@ -23,7 +23,7 @@ from .._core.base import BaseRuntime
 from .._core.keys import (
     is_legacy_key,
 )
-from .._core.names import check_session_id, check_signal_target
+from .._core.names import check_name, check_session_id, check_signal_target
 from .._core.registry import registered_workflow, workflow_name
 from .._core.streams import StreamStep
 from .._errors import SessionBusyError, SessionCancelledError, StoreError
@@ -40,11 +40,12 @@ from .._journal.owner import new_owner_id
 from .._policy import (
     StepPolicy,
 )
-from .claims import ClaimHolder, orphaned, session_status
+from .claims import ClaimHolder, orphaned, session_status, suspension_of
 from .recorder import Recorder
 from .signals import SignalInbox
 from .state import JournaledSession, JournaledState
 from .steps import Steps
+from .streamread import StreamReader, StreamWatch
 from .worker import Worker
 from .workflows import Engine, WorkflowHandle
 
@@ -78,7 +79,15 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     :param strict: strict replay: a step name found in the journal with other arguments raises
         :class:`JournalMismatchError` instead of running as a new step.
     :param poll_interval: how often a signal wait checks the store when nothing wakes it (SQLite
-        and memory; Postgres is woken by LISTEN/NOTIFY and polls only as a fallback).
+        and memory; Postgres is woken by LISTEN/NOTIFY and polls only as a fallback); also how
+        often ``read_stream`` looks for new chunks on such stores.
+    :param stream_flush_interval: a running stream step journals the chunks it delivered in
+        batches, so that ``read_stream`` can follow it from another process and a resumed
+        session gets them back after a crash: a batch is written with the first chunk that
+        comes at least this many seconds after the last batch, or when ``stream_flush_chunks``
+        chunks are waiting -- never one write per chunk. ``None`` turns this off (a stream
+        step is journaled only when it completes, as before 0.11).
+    :param stream_flush_chunks: the most chunks a stream step keeps unjournaled.
 
     Step identity: a step is found in the journal by its name plus a fingerprint of its arguments,
     or by ``idempotency_key`` alone. A loop that calls the same step with the same arguments
@@ -98,6 +107,8 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         poll_interval: float = 0.1,
         policy: StepPolicy | None = None,
         strict: bool = False,
+        stream_flush_interval: float | None = 0.1,
+        stream_flush_chunks: int = 256,
     ) -> None:
         super().__init__()
         self.policy = policy if policy is not None else StepPolicy()
@@ -109,6 +120,14 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             raise ValueError(f"durability must be 'commit' or 'buffered', not {durability!r}")
         self.durability = durability
         self.flush_interval = flush_interval
+        if stream_flush_interval is not None and not stream_flush_interval >= 0:
+            raise ValueError(
+                f"stream_flush_interval must be seconds >= 0 or None, not {stream_flush_interval!r}"
+            )
+        if stream_flush_chunks < 1:
+            raise ValueError(f"stream_flush_chunks must be >= 1, not {stream_flush_chunks!r}")
+        self.stream_flush_interval = stream_flush_interval
+        self.stream_flush_chunks = stream_flush_chunks
         self._owns_store = store is None
         self.store: JournalStore = store if store is not None else InMemoryJournalStore()
         backend = self.store if isinstance(self.store, JournalBackend) else None
@@ -131,6 +150,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         self._steps = Steps(
             self, self._recorder, self._current, self._check_open, self._require_open
         )
+        self._stream_watch = StreamWatch(self._backend)
         self._engine = Engine(
             self,
             self._backend,
@@ -188,10 +208,15 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
         if not state.claimed:
             return
+        rows = len(state.steps) + len(state.streams)
+        suspended = suspension_of(exc) if state.end_status is None else None
+        if suspended is not None and state.write_error is None:
+            await self._claims.suspend(state.id, suspended.waiting_for, suspended.wake_at, rows)
+            return
         status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
-        await self._claims.release(state.id, status, len(state.steps) + len(state.streams))
+        await self._claims.release(state.id, status, rows)
 
     async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
@@ -323,7 +348,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         if the signal has arrived since (it is left for the next wait).
         """
         check_signal_target(session_id, name)
-        return await self._signals.wait(session_id, name, timeout)
+        return await self._signals.wait(session_id, name, timeout, self._current.get())
 
     def poll_signal(self, session_id: str, name: str) -> Any:
         """Take the next signal ``name`` without waiting; ``None`` if none is at hand.
@@ -370,6 +395,33 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         return self._steps.stream_step(name, fn, args, kwargs)
 
     # -- workflows -------------------------------------------------------------------------------
+    def read_stream(self, session_id: str, name: str, *, offset: int = 0) -> StreamReader:
+        """The chunks of session ``session_id``'s stream step ``name`` (its latest one of that
+        name), from chunk number ``offset`` (from 0), read from the store: from any process,
+        while the session runs elsewhere or after it ended. Use it as ``async for chunk in
+        rt.read_stream(sid, "reply"):``.
+
+        Live: chunks come as the producer's batches are journaled (see
+        ``stream_flush_interval``) -- Postgres wakes the reader with a notice, other stores are
+        polled every ``poll_interval`` seconds. The iterator ends when the stream step has
+        completed, after its last chunk. A reader that stops (a dropped connection) reconnects
+        with the number of chunks it got as ``offset`` and gets exactly the rest (``.offset``
+        tells it). A session that ends -- completed, failed, cancelled -- without completing
+        the stream step (its producer raised, or its body went on without it) makes the reader
+        raise :class:`StreamFailedError` after the chunks that were journaled; a session that
+        crashed or was interrupted may resume, and the reader waits for it (bound the wait with
+        ``anyio.fail_after`` if you must). No session or step is opened: reading never claims
+        the session.
+        """
+        check_session_id(session_id)
+        check_name("stream step name", name, session_id)
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be an int >= 0, not {offset!r}")
+        self._check_open(session_id, name)
+        return StreamReader(
+            self._backend, self._stream_watch, session_id, name, offset, self.poll_interval
+        )
+
     async def run(
         self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any
     ) -> Any:
@@ -438,6 +490,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         self,
         *workflows: Callable[..., Any] | str,
         concurrency: int = 8,
+        suspend_after: float | None = 60.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run as a worker until cancelled, in your task group (``await tg.start(rt.serve, wf)``
@@ -445,11 +498,25 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         ``workflows``, and resume their interrupted and orphaned ones, continuously, at most
         ``concurrency`` at once. Workers in many processes share one store; a session runs in
         one place at a time. A cancelled ``serve`` leaves its sessions ``interrupted`` for the
-        next worker."""
+        next worker.
+
+        ``suspend_after``: seconds; a session whose body waits that long in
+        ``wait_for_signal`` or ``sleep`` (doing nothing else) is suspended -- unwound, its task
+        and claim released, recorded ``waiting`` with what it waits for -- and a worker runs it
+        again from the top when the signal comes or the time is up (recorded steps replay, the
+        wait returns). ``None``: never suspend."""
         self._check_open()
+        if suspend_after is not None and not suspend_after >= 0:
+            raise ValueError(f"suspend_after must be seconds >= 0 or None, not {suspend_after!r}")
         served = {workflow_name(wf): registered_workflow(wf) for wf in workflows}
         worker = Worker(
-            self._engine, self._backend, self._signals, served, concurrency, self.poll_interval
+            self._engine,
+            self._backend,
+            self._signals,
+            served,
+            concurrency,
+            self.poll_interval,
+            suspend_after,
         )
         await worker.serve(task_status)
 

@@ -20,6 +20,7 @@ import anyio
 
 from .._core import observe as _observe
 from .._core.keys import (
+    signal_deadline_key,
     signal_journal_key,
     signal_outcome_key,
 )
@@ -239,11 +240,42 @@ class SignalInbox:
         with anyio.move_on_after(wait if limit is None else min(wait, limit)):
             await event.wait()
 
-    async def wait(self, session_id: str, name: str, timeout: float | None) -> Any:
-        """See :meth:`JournaledRuntime.wait_for_signal`."""
+    async def wait(
+        self,
+        session_id: str,
+        name: str,
+        timeout: float | None,
+        current: JournaledState | None = None,
+    ) -> Any:
+        """See :meth:`JournaledRuntime.wait_for_signal`. ``current``: the session the caller
+        runs in; a wait of its own body under ``serve`` may suspend it."""
         self._check_open(session_id, name)
         state = self.states.get(session_id)
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        journaled = state is not None and state.claimed
+        # The deadline is epoch seconds: in a session open here it is journaled (d:name:n) the
+        # first time the wait blocks, so it holds across suspension and restarts.
+        deadline = None if timeout is None or journaled else time.time() + timeout
+        suspending = state is not None and current is state and state.suspend_after is not None
+        if suspending:
+            assert state is not None
+            state.waits += 1
+        try:
+            return await self._wait(state, session_id, name, timeout, deadline, suspending)
+        finally:
+            if suspending:
+                assert state is not None
+                state.waits -= 1
+
+    async def _wait(
+        self,
+        state: JournaledState | None,
+        session_id: str,
+        name: str,
+        timeout: float | None,
+        deadline: float | None,
+        suspending: bool,
+    ) -> Any:
+        started = anyio.current_time()
         while True:
             event = self.wakeups.setdefault(session_id, anyio.Event())
             if state is not None and state.claimed:
@@ -252,13 +284,15 @@ class SignalInbox:
                     return value
                 if await self.fetch(state, name):
                     continue
+                if timeout is not None and deadline is None:
+                    deadline = await self._deadline(state, name, timeout)
             else:
                 row = await self.backend.take_signal(session_id, name, None, None)
                 if row is not None:
                     return self._decode_signal(session_id, name, row.data)
             # The timeout ends only a wait, never a store call: whether a signal was taken is
             # always known, and a timeout is journaled only when none was.
-            left = None if deadline is None else deadline - anyio.current_time()
+            left = None if deadline is None else deadline - time.time()
             if left is not None and left <= 0:
                 if state is not None and state.claimed:
                     key = self._outcome_key(state, name)
@@ -267,8 +301,29 @@ class SignalInbox:
                 raise TimeoutError(
                     f"session {session_id!r}: no signal {name!r} arrived within {timeout} s"
                 )
+            if suspending:
+                assert state is not None
+                assert state.suspend_after is not None
+                until_suspend = started + state.suspend_after - anyio.current_time()
+                if until_suspend <= 0 and state.may_suspend():
+                    # Under serve: the body has waited long enough; it is suspended (a signal
+                    # sent from now on stays in the mailbox, and a worker runs it again).
+                    raise state.suspend(name, deadline)
+                if until_suspend > 0:
+                    left = until_suspend if left is None else min(left, until_suspend)
             await self._idle(event, left)
             self._check_open(session_id, name)
+
+    async def _deadline(self, state: JournaledState, name: str, timeout: float) -> float:
+        """The deadline of the wait for the next receive of ``name``: journaled (``d:``) the
+        first time, read back after a suspension or a restart."""
+        key = signal_deadline_key(name, state.signals_received.get(name, 0))
+        row = await self.recorder.lookup_step(state, key)
+        if row is not None:
+            return float(self.recorder.decode(state, key, row))
+        deadline = time.time() + timeout
+        data = self.recorder.encode(state, key, deadline)
+        return float(await self.recorder.record(state, STEP, key, deadline, data))
 
     def _decode_signal(self, session_id: str, name: str, data: bytes) -> Any:
         _observe.signal_received(session_id, name)  # a receipt outside a session open here

@@ -12,8 +12,8 @@ from typing import Any
 import anyio
 
 from .._core.base import BaseRuntime, BaseSession, SessionState
-from .._core.keys import is_signal_key, is_signal_receipt, split_step_key
-from .._errors import JournalMismatchError, StoreError
+from .._core.keys import is_chunks_key, is_signal_key, is_signal_receipt, split_step_key
+from .._errors import JournalMismatchError, StoreError, Suspension
 from .._journal.rows import STEP, Record, Row
 
 __all__ = ["JournaledSession", "JournaledState"]
@@ -59,6 +59,11 @@ class JournaledState(SessionState):
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
         self.workflow: str | None = None  # the workflow the session runs (from its claim)
         self.end_status: str | None = None  # how it ends, when not told by its exception
+        # Suspension (under serve): a body waiting longer than this is suspended (None: never);
+        # the waits and sleeps in progress in it; why it was suspended, once it was.
+        self.suspend_after: float | None = None
+        self.waits = 0
+        self.suspended: Suspension | None = None
         # Strict replay: argument fingerprints per step name, as journaled when the session
         # opened, and as called in this run.
         self.recorded_fps: dict[str, set[str]] = {}
@@ -72,7 +77,19 @@ class JournaledState(SessionState):
         if not self.loaded:
             return None
         receipts = sum(1 for key in self.steps if is_signal_receipt(key))
-        return len(self.steps) - receipts, len(self.streams), receipts
+        streams = sum(1 for key in self.streams if not is_chunks_key(key))  # not chunk batches
+        return len(self.steps) - receipts, streams, receipts
+
+    # -- suspension ------------------------------------------------------------------------------
+    def may_suspend(self) -> bool:
+        """A served session's body may be suspended now: it does nothing but this one wait (no
+        other wait or sleep, no step running)."""
+        return self.suspend_after is not None and self.waits == 1 and not self.inflight
+
+    def suspend(self, waiting_for: str | None, wake_at: float | None) -> Suspension:
+        """The exception that unwinds the body, remembered to record the session ``waiting``."""
+        self.suspended = Suspension(self.id, waiting_for, wake_at)
+        return self.suspended
 
     # -- strict replay --------------------------------------------------------------------------
     def note_recorded(self, keys: Iterable[str]) -> None:

@@ -22,9 +22,16 @@ from .._core.keys import (
     timer_journal_key,
 )
 from .._core.names import check_name
-from .._core.streams import StreamStep, call_step_fn, open_producer
+from .._core.streams import (
+    StreamPrefix,
+    StreamStep,
+    call_step_fn,
+    open_producer,
+    producing,
+)
 from .._journal.backend import STEP, STREAM
 from .._policy import JournaledFailure, StepPolicy, StepTimeoutError, policy_of, run_with_policy
+from .livestream import LiveProducer, recorded_prefix
 from .recorder import Recorder
 from .state import JournaledState
 
@@ -169,7 +176,22 @@ class Steps:
             wake_at = await self.recorder.record(state, STEP, key, wake_at, data)
         else:
             wake_at = self.recorder.decode(state, key, row)
-        await anyio.sleep(max(0.0, wake_at - time.time()))
+        left = wake_at - time.time()
+        after = state.suspend_after
+        if after is None or left <= after:
+            await anyio.sleep(max(0.0, left))
+            return
+        # Under serve: a sleep longer than suspend_after suspends the session once that long
+        # has passed (a worker runs it again at wake_at), unless the body does more meanwhile.
+        state.waits += 1
+        try:
+            await anyio.sleep(after)
+            left = wake_at - time.time()
+            if left > 0 and state.may_suspend():
+                raise state.suspend(None, wake_at)
+            await anyio.sleep(max(0.0, left))
+        finally:
+            state.waits -= 1
 
     def stream_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -197,6 +219,19 @@ class Steps:
             if key not in state.streams:
                 state.check_strict(name, fp)
 
+        interval = self.runtime.stream_flush_interval
+        live = interval is not None
+
+        async def open_live(prefix: list[Any]) -> AsyncIterator[Any]:
+            if not live:
+                return await open_producer(fn, args, kwargs)
+            assert interval is not None
+            asked = StreamPrefix(prefix) if prefix else None
+            with producing(asked):
+                producer = await open_producer(fn, args, kwargs)
+            chunks = self.runtime.stream_flush_chunks
+            return LiveProducer(producer, self.recorder, state, key, asked, interval, chunks)
+
         async def start() -> tuple[list[Any] | None, AsyncIterator[Any] | None]:
             self.require_open(state, name)
             recorded = await self.recorder.lookup_stream(state, key)
@@ -204,12 +239,16 @@ class Steps:
                 recorded = await self.recorder.lookup_stream(state, legacy_journal_key(name))
             if recorded is not None:
                 return recorded, None
-            return None, await open_producer(fn, args, kwargs)
+            prefix = recorded_prefix(self.recorder, state, key) if live and state.loaded else []
+            return None, await open_live(prefix)
+
+        async def reopen_live() -> AsyncIterator[Any]:  # a retry before any chunk was delivered
+            return await open_live([])
 
         async def complete(chunks: list[Any]) -> None:
             data = self.recorder.encode(state, key, chunks, STREAM, "stream chunks")
             await self.recorder.record(state, STREAM, key, chunks, data)
 
         return _observe.stream_step(
-            self.runtime, state, name, start, complete, policy, reopen, (state.id, name)
+            self.runtime, state, name, start, complete, policy, reopen_live, (state.id, name)
         )

@@ -159,11 +159,14 @@ class Engine:
         args: tuple[Any, ...] | None,
         kwargs: dict[str, Any] | None,
         wait: float | None,
+        suspend_after: float | None = None,
     ) -> Any:
         """Open the session (claim it), and unless it ended already run the workflow body with
-        its outcome journaled. ``args=None``: the recorded arguments."""
+        its outcome journaled. ``args=None``: the recorded arguments. ``suspend_after``: see
+        ``serve`` (the body may then raise :class:`Suspension`)."""
         async with self.open_session(session_id, wait=wait):  # type: ignore[call-arg]
             state = self.states[session_id]
+            state.suspend_after = suspend_after
             done = state.steps.get(workflow_result_key())
             if done is None and not state.loaded:
                 done = await self.recorder.lookup_step(state, workflow_result_key())

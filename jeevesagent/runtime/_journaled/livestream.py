@@ -1,0 +1,207 @@
+"""Journaling a stream step's chunks as they come: :class:`LiveProducer` wraps the producer of a
+stream step that is not recorded as complete. It delivers the prefix an interrupted run
+journaled, then the producer's chunks, and journals them in batches (``c:`` keys) -- when
+``flush_interval`` seconds have passed since the last batch, or ``flush_chunks`` chunks are
+waiting -- never one write per chunk. A chunk is journaled by the pull of a later chunk, or, if
+the producer stalls, by a background task of the session (one per stream, only while chunks
+wait), so a reader never waits much longer than ``flush_interval`` for a delivered chunk.
+
+The complete stream is still recorded by ``stream_step`` as one row under the step's own key
+when the producer is exhausted; the batches are only ever read as the prefix of a stream that
+did not complete, and by ``read_stream``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from .._core.keys import chunks_journal_key, chunks_prefix, split_chunks_key
+from .._core.streams import StreamPrefix, close_producer, producing
+from .._journal.backend import STREAM
+from .recorder import Recorder
+from .state import JournaledState
+
+__all__ = ["LiveProducer", "recorded_prefix"]
+
+_log = logging.getLogger("jeevesagent.runtime")
+
+
+def recorded_prefix(recorder: Recorder, state: JournaledState, stream_key: str) -> list[Any]:
+    """The chunks journaled in batches for ``stream_key`` by earlier runs, in order: the
+    batches that follow each other from chunk 0 (a gap ends the prefix)."""
+    start = chunks_prefix(stream_key)
+    batches: dict[int, str] = {}
+    for key in state.streams:
+        if key.startswith(start):
+            split = split_chunks_key(key)
+            if split is not None and split[0] == stream_key:
+                batches[split[1]] = key
+    chunks: list[Any] = []
+    while len(chunks) in batches:
+        key = batches[len(chunks)]
+        batch = recorder.decode(state, key, state.streams[key], STREAM)
+        if not batch:
+            break
+        chunks.extend(batch)
+    return chunks
+
+
+class LiveProducer:
+    """The producer of a stream step, as ``StreamStep`` pulls it: the recorded prefix first,
+    then the producer's own chunks (its first ``len(prefix)`` dropped unless it asked for the
+    prefix with ``current_stream_prefix()``), each new one journaled in batches."""
+
+    __slots__ = (
+        "__weakref__",
+        "_batch_from",
+        "_closed",
+        "_dropped",
+        "_error",
+        "_flush_chunks",
+        "_flush_interval",
+        "_key",
+        "_last_flush",
+        "_pending",
+        "_prefix",
+        "_producer",
+        "_pulling",
+        "_recorder",
+        "_replayed",
+        "_state",
+        "_timer",
+        "_warned",
+    )
+
+    def __init__(
+        self,
+        producer: AsyncIterator[Any],
+        recorder: Recorder,
+        state: JournaledState,
+        stream_key: str,
+        prefix: StreamPrefix | None,
+        flush_interval: float,
+        flush_chunks: int,
+    ) -> None:
+        self._producer = producer
+        self._recorder = recorder
+        self._state = state
+        self._key = stream_key
+        self._prefix = prefix
+        self._replayed = 0  # prefix chunks delivered
+        self._dropped = 0  # producer chunks dropped (it did not ask for the prefix)
+        self._warned = False
+        self._flush_interval = flush_interval
+        self._flush_chunks = flush_chunks
+        self._pending: list[Any] = []  # new chunks not journaled yet
+        self._batch_from = 0 if prefix is None else len(prefix.chunks)  # offset of _pending[0]
+        self._last_flush = time.monotonic()
+        self._timer = False  # the background flush of a stalled stream is running
+        self._error: Exception | None = None  # a background flush failed: raised at next pull
+        self._closed = False
+        self._pulling = False  # waiting for the producer's next chunk
+
+    def __aiter__(self) -> LiveProducer:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        prefix = self._prefix
+        if prefix is not None:
+            if self._replayed < len(prefix.chunks):
+                self._replayed += 1
+                return prefix.chunks[self._replayed - 1]
+            while True:
+                with producing(prefix):
+                    chunk = await self._pull()
+                if prefix.asked or self._dropped >= len(prefix.chunks):
+                    break
+                self._check_dropped(chunk)
+        else:
+            chunk = await self._pull()
+        self._pending.append(chunk)
+        if (
+            len(self._pending) >= self._flush_chunks
+            or time.monotonic() - self._last_flush >= self._flush_interval
+        ):
+            await self._flush()
+        return chunk
+
+    async def _pull(self) -> Any:
+        """The producer's next chunk; while it comes, chunks waiting are journaled once the
+        flush interval has passed (see :meth:`_flush_stalled`)."""
+        self._pulling = True
+        if self._pending and not self._timer:
+            self._timer = True
+            flush = functools.partial(_flush_stalled, weakref.ref(self))
+            self._state.keep_running(f"stream flush {id(self)}", flush)
+        try:
+            return await self._producer.__anext__()
+        finally:
+            self._pulling = False
+
+    def _check_dropped(self, chunk: Any) -> None:
+        assert self._prefix is not None
+        recorded = self._prefix.chunks[self._dropped]
+        self._dropped += 1
+        if not self._warned and chunk != recorded:
+            self._warned = True
+            _log.warning(
+                "session %r, stream step %r: resumed after an interruption, the producer did not "
+                "ask for the %d recorded chunks (current_stream_prefix()) and its chunk %d "
+                "differs from the recorded one; the consumer got the recorded prefix, then the "
+                "producer's chunks after it.",
+                self._state.id,
+                self._key,
+                len(self._prefix.chunks),
+                self._dropped - 1,
+            )
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        key = chunks_journal_key(self._key, self._batch_from)
+        self._batch_from += len(batch)
+        # Counted from when the batch is taken: a pull during its write must not write another.
+        self._last_flush = time.monotonic()
+        data = self._recorder.encode(self._state, key, batch, STREAM, "stream chunks")
+        await self._recorder.record_chunks(self._state, key, data)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with producing(self._prefix):
+            await close_producer(self._producer)
+
+
+async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:
+    """A session service while the consumer waits for the producer's next chunk and chunks
+    wait to be journaled: journal them once the flush interval has passed since the last batch
+    (a stalled producer). Ends when the pull does: a consumer busy with a chunk, or one that
+    stopped early, has nothing journaled behind its back. Holds the stream only weakly, so a
+    stream its consumer dropped is still collected (and its producer closed) at once."""
+    live = ref()
+    try:
+        while live is not None and live._pending and live._pulling and not live._closed:
+            delay = max(0.0, live._last_flush + live._flush_interval - time.monotonic())
+            live = None  # not held across the sleep
+            await anyio.sleep(delay)
+            live = ref()
+            if live is None:
+                return
+            due = time.monotonic() - live._last_flush >= live._flush_interval
+            if live._pending and live._pulling and due:
+                try:
+                    await live._flush()
+                except Exception as exc:  # not lost: the next pull raises it
+                    live._error = exc
+                    return
+    finally:
+        live = ref()
+        if live is not None:
+            live._timer = False
