@@ -165,3 +165,35 @@ async def test_options_are_checked_and_live_journaling_can_be_turned_off(
             assert [c async for c in rt.stream_step("reply", ticks, 50)] == list(range(50))
             assert rt._backend.commits - before == 1  # only the complete stream, as before
         assert await chunk_keys(rt, "off") == []
+
+
+async def test_a_reader_dropped_while_its_listen_connection_opens_leaks_nothing(
+    pg_schema_dsn: str,
+) -> None:
+    """A reader cancelled at once, before the store's LISTEN connection for streams is up: the
+    connection is still the store's, and closing the store closes it. (asyncpg before 0.31 left
+    the socket of a cancelled connect() open: the store must not cancel its connect.)"""
+    import gc
+    import warnings
+
+    from jeevesagent.runtime import PostgresJournalStore
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for attempt in range(12):
+            store = await PostgresJournalStore.connect(pg_schema_dsn)
+            await store.init_schema()
+            rt = JournaledRuntime(store)
+            async with anyio.create_task_group() as tg:
+
+                async def read(rt: JournaledRuntime) -> None:
+                    async for _ in rt.read_stream("nobody", "tokens"):
+                        pass
+
+                tg.start_soon(read, rt)
+                await anyio.sleep(0.001 * (attempt % 4))  # at once, or during the connect
+                tg.cancel_scope.cancel()
+            await store.aclose()
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaked == []

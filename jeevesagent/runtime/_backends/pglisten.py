@@ -43,7 +43,7 @@ class Listener:
         self._pool = pool
         self._channel = channel
         self._conn: Any = None
-        self._lock: asyncio.Lock | None = None
+        self._opening: asyncio.Task[None] | None = None  # the connection being opened
         self._wakes: dict[Callable[[str], None], LoopHandle] = {}
         self._reopen: asyncio.Task[None] | None = None
         self._closed = False
@@ -64,7 +64,12 @@ class Listener:
     @property
     def active(self) -> bool:
         """Whether there is anything for :meth:`aclose` to end."""
-        return self._conn is not None or self._reopen is not None or bool(self._wakes)
+        return (
+            self._conn is not None
+            or self._reopen is not None
+            or self._opening is not None
+            or bool(self._wakes)
+        )
 
     async def watch(self, wake: Callable[[str], None], token: LoopHandle) -> bool:
         """Register ``wake`` (called in ``token``'s loop) and make sure the connection is up.
@@ -84,28 +89,43 @@ class Listener:
         return True
 
     async def _open(self) -> None:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._conn is not None and not self._conn.is_closed():
-                return
-            self._conn = None
-            pool = self._pool
-            conn = await pool._connect(
-                *pool._connect_args,
-                loop=pool._loop,
-                connection_class=pool._connection_class,
-                record_class=pool._record_class,
-                **pool._connect_kwargs,
-            )
-            try:
-                await conn.add_listener(self._channel, self._on_notify)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.close(timeout=_CLOSE_TIMEOUT)
-                raise
-            conn.add_termination_listener(self._on_lost)
-            self._conn = conn
+        # The connection is opened by a task of the listener's own, which a caller's cancellation
+        # does not interrupt: asyncpg before 0.31 leaks the socket of a connect() cancelled part
+        # way (seen with a stream reader dropped at once). A caller that is cancelled leaves at
+        # once; the connection, when it is up, is the listener's, and aclose() closes it.
+        if self._opening is None:
+            self._opening = asyncio.get_running_loop().create_task(self._connect())
+            self._opening.add_done_callback(self._opened)
+        await asyncio.shield(self._opening)
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        if self._opening is task:
+            self._opening = None
+        if not task.cancelled():
+            task.exception()  # retrieved here too: a caller that left does not see it
+
+    async def _connect(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        self._conn = None
+        pool = self._pool
+        conn = await pool._connect(
+            *pool._connect_args,
+            loop=pool._loop,
+            connection_class=pool._connection_class,
+            record_class=pool._record_class,
+            **pool._connect_kwargs,
+        )
+        try:
+            if self._closed:
+                raise _Closed  # aclose() ran while it connected
+            await conn.add_listener(self._channel, self._on_notify)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=_CLOSE_TIMEOUT)
+            raise
+        conn.add_termination_listener(self._on_lost)
+        self._conn = conn
 
     def _on_notify(self, conn: Any, pid: int, channel: str, session_id: str) -> None:
         self._wake([session_id])
@@ -153,6 +173,10 @@ class Listener:
         if task is not None:
             task.cancel()
             await asyncio.wait([task])  # neither raises its outcome nor hides our cancellation
+        opening = self._opening
+        if opening is not None:
+            # Not cancelled (see _open): it closes what it opened once it sees _closed.
+            await asyncio.wait([opening])
         conn, self._conn = self._conn, None
         self._wakes.clear()
         if conn is not None:
@@ -166,6 +190,15 @@ def _failures() -> tuple[type[Exception], ...]:
     import asyncpg
 
     return (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class _Closed(RuntimeError):
+    """The listener was closed while its connection was being opened."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the store was closed while its LISTEN connection was being opened; open a new store"
+        )
 
 
 def _report_failure(task: asyncio.Task[None]) -> None:
