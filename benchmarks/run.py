@@ -86,7 +86,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--rounds", type=int, help="measured rounds per workload (default 7)")
     p.add_argument("--warmup", type=int, help="discarded rounds before them (default 1)")
     p.add_argument("--steps", type=int, help="N, steps per record/replay session (default 500)")
-    p.add_argument("--scale-rows", type=int, help="rows already in the journal (default 1e6)")
+    p.add_argument("--scale-rows", type=int, help="rows already in the journal (default 1e7)")
     p.add_argument("--serve-sessions", type=int, help="sessions per serve variant (default 1000)")
     p.add_argument("--serve-rounds", type=int, help="measured serve rounds (default 2, no warm-up)")
     p.add_argument("--stores", default="sqlite,postgres", help="comma-separated subset")
@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> Options:
     results = a.results
     if results is None and not a.quick:
         results = HERE / ("RESULTS.md" if a.backend == "asyncio" else f"RESULTS-{a.backend}.md")
-    cfg = Config(steps=pick(a.steps, 100, 500), scale_rows=pick(a.scale_rows, 10_000, 1_000_000))
+    cfg = Config(steps=pick(a.steps, 100, 500), scale_rows=pick(a.scale_rows, 10_000, 10_000_000))
     serve = ServeConfig(sessions=pick(a.serve_sessions, 100, 1000), floor_rows=cfg.steps)
     return Options(
         backend=a.backend,

@@ -55,10 +55,26 @@ def floor_rows(session_id: str, n: int) -> list[JournalRow]:
 
 
 def populate_rows(n: int, steps_per_session: int = 20) -> Iterator[JournalRow]:
-    """``n`` rows of other sessions, in primary-key order (cheap to insert)."""
+    """``n`` rows of other sessions, in primary-key order (cheap to insert): the rows that
+    :data:`_SQLITE_POPULATE` and :data:`_PG_POPULATE` make in the database itself."""
     for i in range(n):
         session, step = divmod(i, steps_per_session)
         yield (f"pop{session:08d}", 0, _key(f"s{step:02d}", i), VALUE, 1.7e9)
+
+
+# The same rows as populate_rows(n), made by one statement in the database (no row crosses the
+# driver): 10 million in tens of seconds instead of minutes.
+_SQLITE_POPULATE = """
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < :n)
+INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+SELECT printf('pop%08d', i / 20), 0, printf('s:s%02d:%024x', i % 20, i), :value, 1.7e9 FROM n
+"""
+_PG_POPULATE = """
+INSERT INTO {schema}.jrt_journal (session_id, kind, key, value, created_at)
+SELECT 'pop' || lpad((i / 20)::text, 8, '0'), 0,
+       's:s' || lpad((i % 20)::text, 2, '0') || ':' || lpad(to_hex(i), 24, '0'), $1, 1.7e9
+FROM generate_series(0, $2::bigint - 1) AS i
+"""
 
 
 class BenchStore(Protocol):
@@ -118,11 +134,19 @@ def _sqlite_read_one(conn: sqlite3.Connection, session_id: str, key: str) -> byt
 
 
 def _sqlite_populate(path: str, n: int) -> None:
-    conn = _sqlite_connect(path)
+    # A bulk load into a new file: no rollback journal or fsync while it runs (a crash would
+    # only lose the benchmark's own data), then the store's WAL mode and a durable file.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("PRAGMA cache_size = -262144")  # 256 MiB
+        conn.execute(_SQLITE_DDL)
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(_SQLITE_INSERT, populate_rows(n))
+        conn.execute(_SQLITE_POPULATE, {"n": n, "value": VALUE})
         conn.execute("COMMIT")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # start the measurement from a clean WAL
     finally:
         conn.close()
@@ -304,9 +328,8 @@ class PostgresBench:
             conn = await asyncpg.connect(self._dsn_for(journal))
             try:
                 start = time.perf_counter()
-                await conn.copy_records_to_table(
-                    "jrt_journal", records=populate_rows(n), schema_name=journal
-                )
+                await conn.execute("SET synchronous_commit = off")  # the bulk load only
+                await conn.execute(_PG_POPULATE.format(schema=journal), VALUE, n)
                 await conn.execute(f"ANALYZE {journal}.jrt_journal")
                 elapsed = time.perf_counter() - start
                 # Flush the bulk load's WAL now rather than during the measurement (needs the

@@ -37,7 +37,7 @@ class Config:
     steps: int = 500
     sessions: int = 50
     steps_per_session: int = 20
-    scale_rows: int = 1_000_000
+    scale_rows: int = 10_000_000
 
 
 class Calls:

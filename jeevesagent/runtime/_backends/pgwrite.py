@@ -36,22 +36,26 @@ SELECT * FROM unnest($1::text[], $2::int2[], $3::text[], $4::bytea[], $5::float8
 ON CONFLICT DO NOTHING
 RETURNING session_id, kind, key
 """
-# The fenced insert: one statement, hence one transaction. The `lock` CTE locks the sessions rows
-# FOR SHARE (a concurrent claim waits for our commit; a claim that committed first is seen, since
-# a locking read in READ COMMITTED returns the newest row version). Rows of `bad` name the
-# sessions whose owner differs (or that have no row): then nothing is inserted.
+# The fenced insert of one row: one statement, hence one transaction. The sub-select locks the
+# session's row FOR SHARE (a concurrent claim waits for our commit; a claim that committed first
+# is seen, since a locking read in READ COMMITTED rechecks `owner` on the newest row version) and
+# the row is inserted only if we own the session. A plain INSERT with a semi-join: about as cheap
+# for the server as an unfenced insert, where the former CTE that returned the verdict cost ~2x
+# (raw asyncpg, synchronous_commit=off: ~430 vs ~820 us on a loaded 2-core machine). Nothing
+# inserted (rare) is told apart by _FENCE_OR_KEPT.
 _INSERT_ONE_FENCED = """
-WITH lock AS MATERIALIZED (
-    SELECT owner FROM jrt_sessions WHERE session_id = $1 FOR SHARE
-), ok AS MATERIALIZED (
-    SELECT EXISTS (SELECT 1 FROM lock WHERE owner = $6) AS ok
-), ins AS (
-    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-    SELECT $1, $2, $3, $4, $5 WHERE (SELECT ok FROM ok)
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-)
-SELECT (SELECT ok FROM ok), EXISTS (SELECT 1 FROM ins)
+INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+SELECT $1, $2, $3, $4, $5
+WHERE EXISTS (SELECT FROM jrt_sessions WHERE session_id = $1 AND owner = $6 FOR SHARE)
+ON CONFLICT DO NOTHING
+"""
+# After a fenced insert that inserted nothing: whether we own the session (if not, we were fenced:
+# we cannot have lost and regained the claim in between), and the row kept for the key.
+_FENCE_OR_KEPT = """
+SELECT EXISTS (SELECT FROM jrt_sessions WHERE session_id = $1 AND owner = $4),
+       j.value, j.created_at
+FROM (SELECT) AS one
+LEFT JOIN jrt_journal AS j ON j.session_id = $1 AND j.kind = $2 AND j.key = $3
 """
 _INSERT_FENCED = """
 WITH lock AS MATERIALIZED (
@@ -134,10 +138,16 @@ async def _insert_fenced(
     if len(records) == 1 and len(owners) == 1 and records[0].session_id in owners:
         # A sequential session's step: the same fence with scalar parameters (no arrays).
         r = records[0]
-        ok, inserted = await pool.fetchrow(_INSERT_ONE_FENCED, *r, owners[r.session_id])
-        if not ok:
+        owner = owners[r.session_id]
+        status = await pool.execute(_INSERT_ONE_FENCED, *r, owner)
+        if status.endswith(" 1"):
+            return {}
+        ours, value, created_at = await pool.fetchrow(
+            _FENCE_OR_KEPT, r.session_id, r.kind, r.key, owner
+        )
+        if not ours:
             raise Fenced({r.session_id})
-        return {} if inserted else await _kept_row(pool, r)
+        return {} if value is None else {(r.session_id, r.kind, r.key): Row(value, created_at)}
     result = await pool.fetch(
         _INSERT_FENCED, *_columns(records), list(owners), list(owners.values())
     )

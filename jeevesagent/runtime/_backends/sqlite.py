@@ -6,7 +6,10 @@ one connection (so ``":memory:"`` works and the page cache stays warm), and ends
 
 Durability: WAL mode with ``synchronous=FULL``, so a committed step survives power loss; writes take
 the write lock up front (``BEGIN IMMEDIATE``) so two stores on one file queue on the busy timeout
-instead of failing half-way through a transaction.
+instead of failing half-way through a transaction. Writes queued on the store's thread together
+(claims, releases, the group committer's batch of journal rows, signals) share one transaction
+and one fsync, each in a savepoint of its own (``sqlitetx.write_batch``); each caller returns only
+after that commit.
 
 Schema: ordered migrations, recorded in ``jrt_schema_version`` and applied on open in one
 ``BEGIN IMMEDIATE`` transaction. Version 3 imports a jeevesagent 0.9.7 journal found in the same
@@ -43,7 +46,7 @@ from .._journal.backend import (
 from .._journal.rules import check_fence
 from . import sqlitesessions
 from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
-from .sqlitetx import INSERT, SELECT_ONE, get_row, one, write
+from .sqlitetx import INSERT, SELECT_ONE, get_row, one, write, write_batch
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -322,6 +325,7 @@ class SqliteJournalStore(JournalBackend):
             f"jeevesagent-sqlite:{self.path.name}",
             lambda: _open(target, busy_timeout),
             lambda conn: conn.close(),
+            write_batch,
         )
 
     def __repr__(self) -> str:
@@ -334,11 +338,14 @@ class SqliteJournalStore(JournalBackend):
         *args: Any,
         session_id: str | None = None,
         step: str | None = None,
+        batched: bool = False,
     ) -> T:
+        """Run ``fn(conn, *args)`` on the store's thread. ``batched``: a write that may share one
+        transaction (one fsync) with the other writes queued with it (see ``write_batch``)."""
         self.check_open(session_id, step)
         with self._translate(session_id, step):
             try:
-                return await self._worker.run(fn, *args)
+                return await self._worker.run(fn, *args, batched=batched)
             except anyio.ClosedResourceError:  # closed by aclose() since the check above
                 self.check_open(session_id, step)
                 raise
@@ -371,10 +378,13 @@ class SqliteJournalStore(JournalBackend):
             owners,
             session_id=first.session_id if first else None,
             step=describe_key(first.key) if first else None,
+            batched=True,
         )
 
     async def send_signal(self, session_id: str, name: str, data: bytes, created_at: float) -> None:
-        await self._call(_send_signal, session_id, name, data, created_at, session_id=session_id)
+        await self._call(
+            _send_signal, session_id, name, data, created_at, session_id=session_id, batched=True
+        )
 
     async def take_signal(
         self, session_id: str, name: str, key: str | None, owner: str | None
@@ -387,21 +397,28 @@ class SqliteJournalStore(JournalBackend):
             owner,
             session_id=session_id,
             step=describe_key(key) if key else None,
+            batched=True,
         )
 
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._call(
-            sqlitesessions.claim, session_id, owner, lease, session_id=session_id
+            sqlitesessions.claim, session_id, owner, lease, session_id=session_id, batched=True
         )
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         return await self._call(
-            sqlitesessions.renew, session_id, owner, lease, session_id=session_id
+            sqlitesessions.renew, session_id, owner, lease, session_id=session_id, batched=True
         )
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
         await self._call(
-            sqlitesessions.release, session_id, owner, status, steps, session_id=session_id
+            sqlitesessions.release,
+            session_id,
+            owner,
+            status,
+            steps,
+            session_id=session_id,
+            batched=True,
         )
 
     async def suspend(
@@ -420,6 +437,7 @@ class SqliteJournalStore(JournalBackend):
             wake_at,
             steps,
             session_id=session_id,
+            batched=True,
         )
 
     async def resumable(
@@ -457,10 +475,13 @@ class SqliteJournalStore(JournalBackend):
             lease,
             session_id=session_id,
             step=describe_key(arguments.key),
+            batched=True,
         )
 
     async def request_cancel(self, session_id: str) -> SessionInfo | None:
-        return await self._call(sqlitesessions.request_cancel, session_id, session_id=session_id)
+        return await self._call(
+            sqlitesessions.request_cancel, session_id, session_id=session_id, batched=True
+        )
 
     async def pending_names(self, session_id: str) -> list[str]:
         return await self._call(_pending_names, session_id, session_id=session_id)

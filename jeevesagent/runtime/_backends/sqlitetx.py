@@ -1,6 +1,7 @@
 """The SQLite store's statement helpers, shared by its modules: a one-row read that finalizes its
-statement, a write transaction that takes the write lock up front, and the journal row's insert
-(first writer wins) and read.
+statement, a write transaction that takes the write lock up front (or, inside a batch of writes
+sharing one transaction, a savepoint of it), the batch runner itself, and the journal row's
+insert (first writer wins) and read.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._journal.rows import Row
+from .thread import BatchJob
 
-__all__ = ["INSERT", "SELECT_ONE", "get_row", "one", "write"]
+__all__ = ["INSERT", "SELECT_ONE", "get_row", "one", "write", "write_batch"]
 
 INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
 SELECT_ONE = (
@@ -33,7 +35,19 @@ def one(conn: sqlite3.Connection, sql: str, params: Sequence[Any] | Mapping[str,
 
 @contextlib.contextmanager
 def write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction, taking the write lock up front."""
+    """One write transaction, taking the write lock up front. Inside a transaction already open
+    (a batch, see :func:`write_batch`) a savepoint of it: a failure undoes this write alone."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT jrt_write")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:  # else SQLite rolled the whole transaction back itself
+                conn.execute("ROLLBACK TO jrt_write")
+                conn.execute("RELEASE jrt_write")
+            raise
+        conn.execute("RELEASE jrt_write")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -47,3 +61,39 @@ def write(conn: sqlite3.Connection) -> Iterator[None]:
 def get_row(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
     row = one(conn, SELECT_ONE, (session_id, kind, key))
     return None if row is None else Row(row[0], row[1])
+
+
+def write_batch(conn: sqlite3.Connection, jobs: list[BatchJob]) -> None:
+    """Run write jobs queued together (claims, releases, group commits of journal rows, ...) in
+    one transaction: one commit, one fsync, for all of them. Each job's :func:`write` is a
+    savepoint, so a job that fails undoes only its own changes. If the transaction is lost (its
+    ``BEGIN`` or ``COMMIT`` fails, or SQLite rolls it back after an I/O error), every job whose
+    work it carried fails with that error: no caller hears "done" for a change not committed.
+    """
+    done: list[BatchJob] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for job in jobs:
+            if job.call(conn):
+                done.append(job)
+            if not conn.in_transaction:
+                lost = job.error or sqlite3.OperationalError("the transaction was rolled back")
+                _fail(done, lost)
+                done = []
+                conn.execute("BEGIN IMMEDIATE")  # the jobs after it get a transaction of their own
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        _fail([j for j in jobs if j.error is None or j in done], exc)
+
+
+def _fail(jobs: list[BatchJob], exc: BaseException) -> None:
+    # Each caller gets an exception object of its own (one raised in several threads of control
+    # would share and corrupt its traceback).
+    for job in jobs:
+        try:
+            copy = type(exc)(*exc.args)
+        except Exception:
+            copy = sqlite3.OperationalError(str(exc))
+        job.fail(copy)

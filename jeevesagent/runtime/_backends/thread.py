@@ -13,6 +13,11 @@ direct use of the two event loops' APIs, apart from the asyncpg driver's loop (`
 Waiting for a job is shielded from cancellation: the job runs to completion in the thread either
 way, and a caller must not walk away not knowing whether its commit happened. Jobs are short (a
 statement or a transaction, bounded by SQLite's busy timeout).
+
+Batched jobs (``run(..., batched=True)``, given a ``batch`` runner): the thread takes every
+batched job already queued behind the first one (in queue order, up to :data:`MAX_JOBS`) and hands
+them to the runner together -- the SQLite store runs them in one transaction, one fsync for all --
+and wakes their callers once the runner has returned, with one wake-up per event loop.
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-__all__ = ["LoopHandle", "WorkerThread", "call_soon_in_loop"]
+__all__ = ["MAX_JOBS", "BatchJob", "LoopHandle", "WorkerThread", "call_soon_in_loop"]
 
 T = TypeVar("T")
 C = TypeVar("C")
+
+#: At most this many batched jobs are handed to the batch runner at once.
+MAX_JOBS = 256
 
 
 class LoopHandle:
@@ -59,6 +67,11 @@ class LoopHandle:
         self.asyncio_loop = loop
         self._schedule = loop.call_soon_threadsafe
 
+    @property
+    def key(self) -> object:
+        """Equal for handles of the same loop (to wake it once for several jobs)."""
+        return self._schedule
+
     def call_soon(self, fn: Callable[[], object]) -> None:
         """Schedule ``fn()`` on the loop without waiting. A loop that has already finished is
         ignored: there is nobody left to wake (asyncio raises ``RuntimeError`` for a closed
@@ -72,16 +85,53 @@ def call_soon_in_loop(loop: LoopHandle, fn: Callable[[], object]) -> None:
     loop.call_soon(fn)
 
 
-class _Job:
-    __slots__ = ("args", "error", "event", "fn", "result", "token")
+class BatchJob:
+    """One job of a batch, as the batch runner sees it: :meth:`call` runs it, :meth:`fail`
+    replaces its outcome by an error (its work was rolled back with the batch)."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], token: LoopHandle) -> None:
+    __slots__ = ("args", "batched", "error", "event", "fn", "result", "token")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], token: LoopHandle, batched: bool
+    ) -> None:
         self.fn = fn
         self.args = args
         self.token = token
+        self.batched = batched
         self.event = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def call(self, resource: Any) -> bool:
+        """Run the job; ``True`` if it returned (its result is kept), ``False`` if it raised."""
+        try:
+            self.result = self.fn(resource, *self.args)
+        except BaseException as exc:  # handed to the caller, in its own thread
+            self.error = exc
+            return False
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        self.result = None
+        self.error = error
+
+
+_NOTHING: Any = object()  # no job held back
+
+
+def _wake(jobs: list[BatchJob]) -> None:
+    """Wake the callers of ``jobs``: one call into each event loop for all its jobs."""
+    by_loop: dict[object, list[BatchJob]] = {}
+    for job in jobs:
+        by_loop.setdefault(job.token.key, []).append(job)
+    for same in by_loop.values():
+        events = [job.event for job in same]
+
+        def set_all(events: list[anyio.Event] = events) -> None:
+            for event in events:
+                event.set()
+
+        same[0].token.call_soon(set_all)
 
 
 class WorkerThread(Generic[C]):
@@ -89,13 +139,22 @@ class WorkerThread(Generic[C]):
 
     ``await run(fn, *args)`` calls ``fn(resource, *args)`` in the thread and returns its result or
     raises its exception. ``closer(resource)`` runs in the thread when the worker stops.
+    ``batch(resource, jobs)``, if given, runs the batched jobs queued together (it calls each
+    job's :meth:`BatchJob.call`, in order, and may :meth:`BatchJob.fail` the ones it undoes).
     """
 
-    def __init__(self, name: str, opener: Callable[[], C], closer: Callable[[C], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        opener: Callable[[], C],
+        closer: Callable[[C], None],
+        batch: Callable[[C, list[BatchJob]], None] | None = None,
+    ) -> None:
         self._name = name
         self._opener = opener
         self._closer = closer
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._batch = batch
+        self._queue: queue.SimpleQueue[BatchJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._stopped = False
@@ -119,17 +178,34 @@ class WorkerThread(Generic[C]):
             resource = self._opener()
         except BaseException as exc:  # reported to every job until closed
             open_error = exc
+        held: Any = _NOTHING
         while True:
-            job = self._queue.get()
+            job = self._queue.get() if held is _NOTHING else held
+            held = _NOTHING
             if job is None:
                 break
             if open_error is not None:
                 job.error = open_error
-            else:
+            elif job.batched and self._batch is not None:
+                jobs = [job]
+                while len(jobs) < MAX_JOBS:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None or not more.batched:
+                        held = more  # next, after this batch
+                        break
+                    jobs.append(more)
                 try:
-                    job.result = job.fn(resource, *job.args)
-                except BaseException as exc:
-                    job.error = exc
+                    self._batch(resource, jobs)  # type: ignore[arg-type]
+                except BaseException as exc:  # a broken runner: no job may pass as done
+                    for j in jobs:
+                        j.fail(exc if j is job else RuntimeError(f"batch failed: {exc!r}"))
+                _wake(jobs)
+                continue
+            else:
+                job.call(resource)
             job.token.call_soon(job.event.set)
         if resource is not None:
             with contextlib.suppress(Exception):  # closing an already broken connection
@@ -137,11 +213,13 @@ class WorkerThread(Generic[C]):
         if self._on_exit is not None:
             self._on_exit()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any, batched: bool = False) -> T:
+        """``batched``: the job may run in one batch with the other batched jobs queued with it
+        (see the ``batch`` runner); it returns once the whole batch is done."""
         if self._stopped:
             raise anyio.ClosedResourceError(f"{self._name}: the worker thread has stopped")
         self._start()
-        job = _Job(fn, args, LoopHandle())
+        job = BatchJob(fn, args, LoopHandle(), batched)
         self._queue.put(job)
         with anyio.CancelScope(shield=True):
             await job.event.wait()

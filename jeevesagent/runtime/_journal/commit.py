@@ -1,10 +1,11 @@
 """Group commit: concurrent writers share one transaction, with no background task.
 
-Every ``append`` joins a FIFO queue. If nobody is writing, the caller becomes the *leader*: it
-takes everything queued (its own records and whatever other sessions queued meanwhile), commits it
-in one transaction, and wakes the waiters of that batch. If records arrived while it was
-committing, it hands leadership to the first of them and returns -- a leader never commits other
-callers' later batches on its own time. Followers simply wait for their batch. If a batch fails,
+Every ``append`` joins a FIFO queue of batches. If nobody is writing, the caller becomes the
+*leader* of a batch of its own and commits it at once. Otherwise it joins the last batch waiting
+for its turn (up to :data:`MAX_BATCH` records), or opens a new one that it will lead. When a
+leader's transaction is done it wakes its batch (one event for all of it) and hands the turn to
+the next batch's leader -- a leader never commits other callers' later batches on its own time.
+Callers that arrive before that leader starts still join its batch. If a batch fails,
 each caller's records are committed again on their own, so one caller's bad record fails only
 that caller (and the later records of its session), never other sessions.
 
@@ -46,15 +47,28 @@ MAX_BATCH = 1000
 
 
 class _Ticket:
-    __slots__ = ("conflicts", "done", "error", "lead", "owners", "records")
+    __slots__ = ("conflicts", "error", "lead", "owners", "records")
 
     def __init__(self, records: Sequence[Record], owners: Mapping[str, str] | None) -> None:
         self.records = records
         self.owners = owners
-        self.done = anyio.Event()
         self.lead = False
         self.conflicts: dict[Key, Row] = {}
         self.error: BaseException | None = None
+
+
+class _Batch:
+    """The callers that share one transaction. Its first caller leads it (commits it) when its
+    ``turn`` comes; the others wait for ``done``. Two events per batch, none per caller."""
+
+    __slots__ = ("count", "done", "tickets", "turn")
+
+    def __init__(self, first: _Ticket) -> None:
+        first.lead = True
+        self.tickets = [first]
+        self.count = len(first.records)
+        self.done: anyio.Event | None = None  # made by the first follower
+        self.turn: anyio.Event | None = None  # made when the batch has to queue
 
 
 class GroupCommitter:
@@ -65,7 +79,7 @@ class GroupCommitter:
         insert: Callable[[list[Record], Mapping[str, str] | None], Awaitable[dict[Key, Row]]],
     ) -> None:
         self._insert = insert
-        self._queue: deque[_Ticket] = deque()
+        self._queue: deque[_Batch] = deque()  # batches waiting for their turn, in order
         self._writing = False
         self.commits = 0  # transactions issued (for tests and benchmarks)
 
@@ -81,39 +95,42 @@ class GroupCommitter:
         whose claim another runtime holds are refused with :class:`SessionBusyError`.
         """
         ticket = _Ticket(records, owners)
-        self._queue.append(ticket)
         with anyio.CancelScope(shield=True):
-            if self._writing:
-                await ticket.done.wait()
+            if not self._writing:
+                self._writing = True  # nobody is writing: lead a batch of our own, now
+                await self._lead(_Batch(ticket))
             else:
-                ticket.lead = True
-            if ticket.lead:
-                await self._lead()
+                last = self._queue[-1] if self._queue else None
+                if last is not None and last.count + len(records) <= MAX_BATCH:
+                    last.tickets.append(ticket)  # join the batch waiting for its turn
+                    last.count += len(records)
+                    if last.done is None:
+                        last.done = anyio.Event()
+                    await last.done.wait()
+                else:
+                    batch = _Batch(ticket)
+                    batch.turn = anyio.Event()
+                    self._queue.append(batch)
+                    await batch.turn.wait()
+                    await self._lead(batch)
         if ticket.error is not None:
             raise ticket.error
         return ticket.conflicts
 
-    async def _lead(self) -> None:
-        self._writing = True
-        batch: list[_Ticket] = []
-        count = 0
-        while self._queue and (not batch or count + len(self._queue[0].records) <= MAX_BATCH):
-            ticket = self._queue.popleft()
-            batch.append(ticket)
-            count += len(ticket.records)
+    async def _lead(self, batch: _Batch) -> None:
+        if self._queue and self._queue[0] is batch:
+            self._queue.popleft()  # from now on nobody joins it
         try:
-            await self._commit_batch(batch)
+            await self._commit_batch(batch.tickets)
         except BaseException as exc:
-            self._fail(batch, exc)
+            self._fail(batch.tickets, exc)
         finally:
-            for t in batch:
-                if t.lead:
-                    continue
-                t.done.set()
+            if batch.done is not None:
+                batch.done.set()
             if self._queue:
                 successor = self._queue[0]
-                successor.lead = True
-                successor.done.set()
+                assert successor.turn is not None
+                successor.turn.set()  # it pops itself when it starts: late callers still join
             else:
                 self._writing = False
 

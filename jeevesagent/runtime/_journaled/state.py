@@ -47,7 +47,7 @@ class JournaledState(SessionState):
         self.steps: dict[str, Row] = {}
         self.streams: dict[str, Row] = {}
         self.loaded = False  # the whole journal is in steps/streams (see above)
-        self.inflight: dict[str, anyio.Event] = {}
+        self.inflight: dict[str, anyio.Event | None] = {}  # running steps (see Steps.step)
         self.signals_received: dict[str, int] = {}
         self.signal_tags: set[bytes] = set()  # signatures of the signed signals received
         self.buffer: list[Record] = []  # recorded here, not yet handed to the store

@@ -106,16 +106,18 @@ class Steps:
                 if isinstance(value, JournaledFailure):
                     raise value.rebuild(state.id, name)
                 return value
-            running = state.inflight.get(key)
-            if running is None:
+            if key not in state.inflight:
                 break
             # Same key already running in this session: wait for it, then take its result (or,
-            # if it failed, run it ourselves).
+            # if it failed, run it ourselves). Its event is made by the first such waiter.
+            running = state.inflight[key]
+            if running is None:
+                running = state.inflight[key] = anyio.Event()
             await running.wait()
         if self.runtime.strict and fp:
             state.check_strict(name, fp)
         run = _observe.StepRun(self.runtime, state, name)  # its span is current until run.end()
-        done = state.inflight[key] = anyio.Event()
+        state.inflight[key] = None  # running; an event only if someone waits for it
         try:
             try:
                 result = await self.attempts(fn, args, kwargs, policy, state.id, name)
@@ -135,8 +137,9 @@ class Steps:
             run.fail(exc)
             raise
         finally:
-            del state.inflight[key]
-            done.set()
+            done = state.inflight.pop(key)
+            if done is not None:
+                done.set()
             run.end()
 
     def policy_for(self, fn: Callable[..., Any]) -> StepPolicy:
