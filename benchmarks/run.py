@@ -379,6 +379,24 @@ per row in sessions/s, 1e6 / (5 x µs per raw commit). "met?" is computed from t
 A benchmark, not a test: nothing asserts timing."""
 
 
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_section(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` between the file's ``bench`` markers, keeping what the other benchmark
+    scripts wrote around them (the peers' table, live streams, suspension); a file without
+    the markers gets them at its top."""
+    block = f"{BEGIN}\n{text}{END}\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
+    else:
+        new = block + ("\n" + old if old else "")
+    path.write_text(new, encoding="utf-8")
+
+
 def main(argv: list[str]) -> None:
     opts = parse_args(argv)
     with (
@@ -393,7 +411,7 @@ def main(argv: list[str]) -> None:
     text = render(opts, reports, argv, time.monotonic() - STARTED)
     print(text)
     if opts.results is not None:
-        opts.results.write_text(text, encoding="utf-8")
+        write_section(opts.results, text)
         log(f"wrote {opts.results}")
     log("done")
 
