@@ -1,5 +1,6 @@
 """Workflow sessions of a journaled runtime: creating them with their workflow's name and
-arguments (``run`` inline, ``start`` for a worker), running a body with its outcome journaled,
+arguments (``run`` inline, ``start`` for a worker), running a body with its outcome journaled
+(or, for ``run`` of a session completed already, reading its recorded result: no claim),
 stopping a body that ``cancel`` asked to stop, reading an ended session's outcome (``result``),
 and copying a journal's prefix into a new session (``fork``).
 
@@ -152,6 +153,29 @@ class Engine:
         return str(fp), tuple(args), dict(kwargs)
 
     # -- running ---------------------------------------------------------------------------------
+    async def run(
+        self,
+        name: str,
+        session_id: str,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """``run``: create the session (or find it, with these arguments) and run its body. A
+        session completed already returns its recorded result with one more point read (the
+        ``w:result`` row): no claim, no bulk load, nothing written -- a completed session is
+        final. Any other status (new, failed, interrupted, cancelled...) goes through
+        :meth:`run_body` as before. A session completing concurrently is fine either way: both
+        paths return the same recorded result (first writer wins)."""
+        info = await self.create(name, session_id, args, kwargs, self.owner_id)
+        if info.status == "completed":
+            row = await self.backend.load_row(session_id, STEP, workflow_result_key())
+            if row is not None:
+                return decode_value(
+                    self.backend.codec, row.data, session_id=session_id, step=workflow_result_key()
+                )
+        return await self.run_body(session_id, fn, args, kwargs, wait=None)
+
     async def run_body(
         self,
         session_id: str,
