@@ -161,20 +161,36 @@ class Engine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        """``run``: create the session (or find it, with these arguments) and run its body. A
-        session completed already returns its recorded result with one more point read (the
-        ``w:result`` row): no claim, no bulk load, nothing written -- a completed session is
-        final. Any other status (new, failed, interrupted, cancelled...) goes through
-        :meth:`run_body` as before. A session completing concurrently is fine either way: both
-        paths return the same recorded result (first writer wins)."""
-        info = await self.create(name, session_id, args, kwargs, self.owner_id)
-        if info.status == "completed":
-            row = await self.backend.load_row(session_id, STEP, workflow_result_key())
-            if row is not None:
-                return decode_value(
-                    self.backend.codec, row.data, session_id=session_id, step=workflow_result_key()
-                )
+        """``run``: create the session (or find it, with these arguments) and run its body.
+
+        A session of this workflow completed already, with these arguments, returns its
+        recorded result after three point reads (its sessions row, ``w:args``, ``w:result``):
+        no claim, no bulk load, nothing written -- a completed session is final. Anything else
+        (a new session, another status, other arguments, another workflow) goes through
+        :meth:`create` and :meth:`run_body` as before, which raise the same errors as before. A
+        session completing concurrently is fine either way: both paths return the recorded
+        result (first writer wins)."""
+        done = await self._completed_result(name, session_id, args, kwargs)
+        if done is not None:
+            return decode_value(
+                self.backend.codec, done.data, session_id=session_id, step=workflow_result_key()
+            )
+        await self.create(name, session_id, args, kwargs, self.owner_id)
         return await self.run_body(session_id, fn, args, kwargs, wait=None)
+
+    async def _completed_result(
+        self, name: str, session_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Row | None:
+        """The ``w:result`` row of ``session_id`` if it is a completed session of workflow
+        ``name`` made with these arguments; otherwise ``None`` (read only, nothing written)."""
+        info = await self.backend.session_info(session_id)
+        if info is None or info.status != "completed" or info.workflow != name:
+            return None
+        row = await self.backend.load_row(session_id, STEP, workflow_args_key())
+        fp = fingerprint(args, kwargs, session_id=session_id, step="workflow arguments")
+        if row is None or self.arguments(session_id, row)[0] != fp:
+            return None  # create() raises the mismatch
+        return await self.backend.load_row(session_id, STEP, workflow_result_key())
 
     async def run_body(
         self,
