@@ -6,9 +6,16 @@ its published names: ``SqliteRuntime`` / ``PostgresRuntime`` (made by benchmarks
 session of its own, untimed, so a timed call does not include opening its first connection
 (DBOS's ``launch()`` and a checkpointer's ``setup()`` connect before their timed calls too).
 
-"Replay" here is the same session again in a new runtime on the recorded journal: the session
-opens (claim and bulk load), the body runs again and every ``rt.step`` returns its recorded
-result without calling the function (the call count is checked), then the session closes.
+Two replays of a finished run, in a new runtime on the recorded journal:
+
+- "replay, body re-run" (``replay``): the same session again: the session opens (claim and bulk
+  load), the body runs again and every ``rt.step`` returns its recorded result without calling
+  the function (the call count is checked), then the session closes. The peers have no such
+  mode for a finished run.
+- "result lookup" (``lookup``): a registered ``@workflow`` of the same steps, run again with
+  ``rt.run(wf, id, n)`` after it completed: the arguments are checked against the recorded ones
+  and the recorded result is returned; the body does not run (checked). This is what DBOS and
+  LangGraph do when a finished run is invoked again (their workers' ``lookup``).
 
 The floors are benchmarks/stores.py's raw-driver ones: one ``INSERT`` + commit per row (record;
 concurrent is 1e6 / that), one point ``SELECT`` per row (replay), and for a stream, collecting
@@ -43,7 +50,7 @@ from common import (
 )
 from stores import BenchStore, PostgresBench, SqliteBench
 
-from jeevesagent.runtime import JournaledRuntime
+from jeevesagent.runtime import JournaledRuntime, current_runtime, workflow
 
 
 async def small_step(arg: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +72,23 @@ async def runtime(store: BenchStore, journal: str) -> AsyncIterator[JournaledRun
         yield rt
     finally:
         await rt.aclose()
+
+
+class Bodies:
+    """How many times the workflow body of ``lookup`` ran in this process."""
+
+    runs = 0
+
+
+@workflow(name="bench.steps")
+async def steps_workflow(n: int) -> dict[str, Any]:
+    """The same steps as ``run_steps``, as a registered workflow (for ``rt.run``)."""
+    Bodies.runs += 1
+    rt = current_runtime()
+    last: dict[str, Any] = {}
+    for i in range(n):
+        last = await rt.step(f"s{i}", small_step, {"i": i, "text": "hello"})
+    return last
 
 
 async def run_steps(rt: JournaledRuntime, session_id: str, n: int) -> None:
@@ -98,6 +122,23 @@ async def replay(req: dict[str, Any]) -> dict[str, Any]:
             per_step = elapsed_us(start, n)
             expect("replay: steps run", Calls.step - before, 0)
     return {"replay": per_step}
+
+
+async def lookup(req: dict[str, Any]) -> dict[str, Any]:
+    store, n = bench_store(req), req["steps"]
+    async with store.journal() as journal:
+        async with runtime(store, journal) as rt:
+            expect("lookup: first run", (await rt.run(steps_workflow, "bench", n))["i"], n - 1)
+        async with runtime(store, journal) as rt:  # a new runtime on the recorded journal
+            before, bodies = Calls.step, Bodies.runs
+            settle()
+            start = now_ns()
+            result = await rt.run(steps_workflow, "bench", n)
+            per_call = elapsed_us(start, 1)
+            expect("lookup: result", result["i"], n - 1)
+            expect("lookup: steps run", Calls.step - before, 0)
+            expect("lookup: bodies run", Bodies.runs - bodies, 0)
+    return {"lookup": per_call}
 
 
 async def concurrent(req: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +220,7 @@ if __name__ == "__main__":
         {
             "record": record,
             "replay": replay,
+            "lookup": lookup,
             "concurrent": concurrent,
             "stream": stream,
             "floors": floors,
