@@ -1,5 +1,6 @@
 """Developer tasks: ``nox -s tests`` (the README's test command), ``tests-lowest``,
-``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``."""
+``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``,
+``bench-peers``."""
 
 from __future__ import annotations
 
@@ -105,6 +106,50 @@ def bench(session: nox.Session) -> None:
     """The benchmarks of DESIGN.md §5 (``nox -s bench -- --quick`` for a smoke run)."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+# The peers of ``bench-peers``, pinned; each set gets a virtualenv of its own.
+PEERS = {
+    "dbos": ["dbos==3.4.0"],
+    "langgraph": [
+        "langgraph==1.2.24",
+        "langgraph-checkpoint-sqlite==3.1.2",
+        "langgraph-checkpoint-postgres==3.2.0",
+        "psycopg[binary]==3.3.9",
+        "psycopg-pool==3.3.3",
+    ],
+}
+
+
+@nox.session(name="bench-peers")
+def bench_peers(session: nox.Session) -> None:
+    """DBOS Transact and LangGraph beside us and the floors (``-- --quick`` for a smoke run).
+
+    Each peer gets its own virtualenv (kept under .nox/ and reused while its pins are the same);
+    benchmarks/peers/compare.py runs each contestant as a worker process in its environment and
+    writes the table to benchmarks/RESULTS.md and README.md."""
+    session.install("-e", ".[test]")
+    pythons = {name: peer_venv(session, name, pins) for name, pins in PEERS.items()}
+    session.run(
+        "python",
+        "benchmarks/peers/compare.py",
+        f"--dbos-python={pythons['dbos']}",
+        f"--langgraph-python={pythons['langgraph']}",
+        *session.posargs,
+    )
+
+
+def peer_venv(session: nox.Session, name: str, pins: list[str]) -> str:
+    """The python of a virtualenv with ``pins`` installed, made (again) if its pins changed."""
+    home = ROOT / ".nox" / f"bench-peers-{name}"
+    python = home / "bin" / "python"
+    stamp = home / "pins.txt"
+    wanted = "\n".join(pins) + "\n"
+    if not python.exists() or not stamp.exists() or stamp.read_text() != wanted:
+        session.run("python", "-m", "venv", "--clear", str(home))
+        session.run(str(python), "-m", "pip", "install", "-q", *pins, external=True)
+        stamp.write_text(wanted)
+    return str(python)
 
 
 @nox.session

@@ -12,6 +12,7 @@ import pytest
 from jeevesagent.runtime import (
     JournaledRuntime,
     JournalMismatchError,
+    SessionBusyError,
     SessionCancelledError,
     current_runtime,
     workflow,
@@ -66,6 +67,13 @@ async def fails(message: str) -> None:
 @workflow(name="test.other")
 async def other() -> str:
     return "other"
+
+
+@workflow(name="test.counted")
+async def counted(city: str) -> dict[str, Any]:
+    rt = current_runtime()
+    RAN[(rt.current_session_id(), "body")] += 1
+    return {"city": city, "n": await rt.step("n", effect, "n", len(city))}
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +139,91 @@ async def test_a_failed_run_raises_unchanged_and_resumes_when_run_again(
         assert await rt.handle("f-1").status() == "completed"
         assert await rt.result("f-1") is None
     assert RAN[("f-1", "first")] == 1, "the step recorded in the failed run replays"
+
+
+async def snapshot(store: Any) -> tuple[Any, ...]:
+    """Everything the store holds about its sessions: their sessions rows and journal rows."""
+    infos = await store.list_sessions()
+    journals = [await store.load_session(i.session_id) for i in infos]
+    return infos, [(j.steps, j.streams) for j in journals]
+
+
+async def test_run_of_a_completed_session_reads_its_result_and_writes_nothing(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with runtime(await store_factory.new()) as rt:
+        first = await rt.run(counted, "done-1", "Lisbon")
+        await rt.run(counted, "done-2", "Porto")
+    assert first == {"city": "Lisbon", "n": 6}
+    store = await store_factory.new()
+    before = await snapshot(store)
+    assert [(i.status, i.owner) for i in before[0]] == [("completed", None)] * 2
+    # What the second run calls on the store: no claim, no bulk load, no write of any kind.
+    called: Counter[str] = Counter()
+    for name in ("claim", "release", "load_session", "append", "create_session"):
+        real = getattr(store, name)
+
+        async def spy(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            called[_name] += 1
+            return await _real(*args)
+
+        monkeypatch.setattr(store, name, spy)
+    commits = store.commits
+    async with runtime(store) as rt:
+        assert await rt.run(counted, "done-1", "Lisbon") == first
+        assert await rt.run("test.counted", "done-1", "Lisbon") == first
+        assert not called, called
+        with pytest.raises(JournalMismatchError, match="other arguments") as info:
+            await rt.run(counted, "done-1", "Porto")
+        assert info.value.session_id == "done-1"
+        with pytest.raises(JournalMismatchError, match=r"runs workflow 'test\.counted'"):
+            await rt.run(plan, "done-1", "Lisbon")
+    assert set(called) <= {"create_session"}, called  # the mismatches: refused as before
+    assert store.commits == commits
+    monkeypatch.undo()
+    assert await snapshot(store) == before
+    assert RAN == {
+        ("done-1", "body"): 1,
+        ("done-1", "n"): 1,
+        ("done-2", "body"): 1,
+        ("done-2", "n"): 1,
+    }
+
+
+async def test_run_again_while_the_session_completes_returns_the_same_result(
+    store_factory: StoreFactory,
+) -> None:
+    """A second runtime runs the session while the first one is finishing it: it is refused
+    (busy) while the body runs, and once the session completes -- whichever path sees it
+    completed, the claim-and-load one or the result lookup -- returns the same result."""
+    async with (
+        runtime(await store_factory.new()) as first,
+        runtime(await store_factory.new()) as second,
+        anyio.create_task_group() as tg,
+    ):
+        results: list[str] = []
+        gate = GATES["go"] = anyio.Event()
+
+        async def run_first() -> None:
+            results.append(await first.run(gated, "race-1", "go"))
+
+        tg.start_soon(run_first)
+        with anyio.fail_after(10):
+            while not RAN[("race-1", "before")]:  # noqa: ASYNC110 -- a counter
+                await anyio.sleep(POLL)
+        gate.set()
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    results.append(await second.run(gated, "race-1", "go"))
+                    break
+                except SessionBusyError:
+                    await anyio.sleep(0.001)
+    assert results == ["passed go", "passed go"]
+    assert RAN == {("race-1", "before"): 1, ("race-1", "after"): 1}
+    async with runtime(await store_factory.new()) as rt:
+        assert await rt.handle("race-1").status() == "completed"
+        assert await rt.run(gated, "race-1", "go") == "passed go"
 
 
 # -- start and serve --------------------------------------------------------------------------

@@ -437,8 +437,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         check_session_id(session_id)
         self._check_open(session_id)
         fn = registered_workflow(wf)
-        await self._engine.create(workflow_name(wf), session_id, args, kwargs, self.owner_id)
-        return await self._engine.run_body(session_id, fn, args, kwargs, wait=None)
+        return await self._engine.run(workflow_name(wf), session_id, fn, args, kwargs)
 
     async def start(
         self, wf: Callable[..., Any] | str, session_id: str, /, *args: Any, **kwargs: Any

@@ -1,5 +1,6 @@
 """Workflow sessions of a journaled runtime: creating them with their workflow's name and
-arguments (``run`` inline, ``start`` for a worker), running a body with its outcome journaled,
+arguments (``run`` inline, ``start`` for a worker), running a body with its outcome journaled
+(or, for ``run`` of a session completed already, reading its recorded result: no claim),
 stopping a body that ``cancel`` asked to stop, reading an ended session's outcome (``result``),
 and copying a journal's prefix into a new session (``fork``).
 
@@ -152,6 +153,45 @@ class Engine:
         return str(fp), tuple(args), dict(kwargs)
 
     # -- running ---------------------------------------------------------------------------------
+    async def run(
+        self,
+        name: str,
+        session_id: str,
+        fn: Callable[..., Coroutine[Any, Any, Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """``run``: create the session (or find it, with these arguments) and run its body.
+
+        A session of this workflow completed already, with these arguments, returns its
+        recorded result after three point reads (its sessions row, ``w:args``, ``w:result``):
+        no claim, no bulk load, nothing written -- a completed session is final. Anything else
+        (a new session, another status, other arguments, another workflow) goes through
+        :meth:`create` and :meth:`run_body` as before, which raise the same errors as before. A
+        session completing concurrently is fine either way: both paths return the recorded
+        result (first writer wins)."""
+        done = await self._completed_result(name, session_id, args, kwargs)
+        if done is not None:
+            return decode_value(
+                self.backend.codec, done.data, session_id=session_id, step=workflow_result_key()
+            )
+        await self.create(name, session_id, args, kwargs, self.owner_id)
+        return await self.run_body(session_id, fn, args, kwargs, wait=None)
+
+    async def _completed_result(
+        self, name: str, session_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Row | None:
+        """The ``w:result`` row of ``session_id`` if it is a completed session of workflow
+        ``name`` made with these arguments; otherwise ``None`` (read only, nothing written)."""
+        info = await self.backend.session_info(session_id)
+        if info is None or info.status != "completed" or info.workflow != name:
+            return None
+        row = await self.backend.load_row(session_id, STEP, workflow_args_key())
+        fp = fingerprint(args, kwargs, session_id=session_id, step="workflow arguments")
+        if row is None or self.arguments(session_id, row)[0] != fp:
+            return None  # create() raises the mismatch
+        return await self.backend.load_row(session_id, STEP, workflow_result_key())
+
     async def run_body(
         self,
         session_id: str,
