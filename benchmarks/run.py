@@ -165,6 +165,11 @@ async def bench_replay(store: BenchStore, opts: Options, report: StoreReport) ->
             Target("ratio", ">=", 20, "≥ 20x faster"),
         ),
         Line(f"replay: session open (bulk load of {cfg.steps} rows)", Stat(s["open"], "ms")),
+        Line(
+            "replay, whole call (open + steps + close)",
+            Stat(s["whole"], "µs/step"),
+            target=_at_most(8, "µs/step"),
+        ),
     ]
 
 

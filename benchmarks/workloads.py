@@ -103,8 +103,9 @@ async def record_steps(
 
 async def replay_steps(
     rt: JournaledRuntime, session_id: str, n: int, profiler: cProfile.Profile | None = None
-) -> tuple[float, float]:
-    """(ms to open the session, µs per replayed step)."""
+) -> tuple[float, float, float]:
+    """(ms to open the session, µs per replayed step, µs per step of the whole call: opening,
+    the steps and closing the session)."""
     before = Calls.step
     settle()
     start = now_ns()
@@ -114,8 +115,9 @@ async def replay_steps(
             for i in range(n):
                 await rt.step(f"s{i}", step_fn, {"i": i, "text": "hello"})
             elapsed = now_ns() - opened
+    whole = now_ns() - start
     _expect("replay: step function calls", Calls.step - before, 0)
-    return (opened - start) / 1e6, elapsed / n / 1000
+    return (opened - start) / 1e6, elapsed / n / 1000, whole / n / 1000
 
 
 async def direct_calls(n: int) -> float:
@@ -150,8 +152,14 @@ async def replay_rounds(
             read = await store.floor_read(journal, "bench")
             direct = await direct_calls(cfg.steps)
             async with _runtime(store, journal) as rt:  # a NEW runtime on the same journal
-                open_ms, replay = await replay_steps(rt, "bench", cfg.steps)
-            return {"direct": direct, "read": read, "replay": replay, "open": open_ms}
+                open_ms, replay, whole = await replay_steps(rt, "bench", cfg.steps)
+            return {
+                "direct": direct,
+                "read": read,
+                "replay": replay,
+                "open": open_ms,
+                "whole": whole,
+            }
 
         return await run_rounds(rounds, warmup, one_round)
 

@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, SessionBusyError, StoreError
+from jeevesagent.runtime.journal import OpenedSession
 
 from .conftest import StoreFactory
 
@@ -141,25 +142,39 @@ async def test_an_open_that_fails_after_claiming_leaves_no_claim(
     store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = await store_factory.new()
-    pending_names = store.pending_names
+    # The store grants the claim (committed), then the open fails: slow and cancelled, or an
+    # error (the connection lost after the commit, say).
+    open_session_of_store = store.open_session
 
-    async def slow_pending_names(session_id: str) -> list[str]:
+    async def slow_open(session_id: str, owner: str, lease: float) -> OpenedSession:
+        opened = await open_session_of_store(session_id, owner, lease)
         await anyio.sleep(1)  # a slow database
-        return await pending_names(session_id)
+        return opened
 
-    async def failing_pending_names(session_id: str) -> list[str]:
+    async def failing_open(session_id: str, owner: str, lease: float) -> OpenedSession:
+        await open_session_of_store(session_id, owner, lease)
         raise StoreError("the database went away", session_id=session_id)
 
     async with runtime(store) as b, runtime(await store_factory.new()) as a:
-        monkeypatch.setattr(store, "pending_names", slow_pending_names)
+        monkeypatch.setattr(store, "open_session", slow_open)
         with anyio.move_on_after(0.05):
             await open_session(b, "cancelled")
-        monkeypatch.setattr(store, "pending_names", failing_pending_names)
+        monkeypatch.setattr(store, "open_session", failing_open)
         with pytest.raises(StoreError):
             await open_session(b, "failed")
         monkeypatch.undo()
+
+        async def failing_take(*args: object) -> None:
+            raise StoreError("the database went away", session_id="drained")
+
+        # Opened, then moving a waiting signal into the journal fails.
+        await a.signal("drained", "go", 1)
+        monkeypatch.setattr(store, "take_signal", failing_take)
+        with pytest.raises(StoreError):
+            await open_session(b, "drained")
+        monkeypatch.undo()
         assert await a.list_sessions("running") == []
-        for sid in ("cancelled", "failed"):
+        for sid in ("cancelled", "failed", "drained"):
             async with a.session(sid):
                 pass
 

@@ -238,7 +238,8 @@ async def reference_summary(backend: str) -> dict[str, Any]:
 #                 taken it into its journal -- either way it must arrive exactly once
 #   waiting-late: killed on `waiting` (blocked in the wait); the signal is sent only while the
 #                 second child waits (it must wake across processes)
-#   s7:           signal sent on `waiting`; killed after `returned s7` (s8 in flight): the
+#   s7:           signal sent on `waiting`; killed after `returned s7` (s8 in flight, or done:
+#                 the child stops after it): the
 #                 second child replays the receipt from the journal
 KILL_POINTS = ["s2", "waiting", "waiting-late", "s7"]
 
@@ -269,7 +270,10 @@ async def test_sigkill_then_resume_runs_no_recorded_step_twice_and_loses_no_sign
         signal_sent = False
 
         # -- first run: killed -------------------------------------------------------------------
-        pause = "s1" if kill_point == "s2" else "-"
+        # s7: the child stops after s8 (never reached before the kill, or reached: s8 was in
+        # flight), so that it cannot finish and release the session before SIGKILL lands -- a
+        # close costs no fsync now, and s8, s9 and the close could beat the parent's kill.
+        pause = {"s2": "s1", "s7": "s8"}.get(kill_point, "-")
         async with child_process(kind, target, backend, log, pause, tmp_path / "1.err") as first:
             with anyio.fail_after(CHILD_TIMEOUT):
                 await first.expect("opened")

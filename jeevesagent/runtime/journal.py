@@ -6,8 +6,9 @@ everything the runtime offers (bulk load, group commit, claims and leases, the d
 the sessions table, prune); the bundled stores derive from it, and
 ``jeevesagent.runtime.testing`` checks a backend against it. ``Record`` and ``Row`` are the
 journal rows a backend writes and returns (values already encoded), ``SessionJournal`` a
-session's rows as loaded in one round trip, ``Fenced`` what a write for a session another owner
-holds raises, and ``STEP`` / ``STREAM`` the two row kinds.
+session's rows as loaded in one round trip, ``OpenedSession`` what ``open_session`` returns
+(the claim, the journal and the mailbox names, in one round trip), ``Fenced`` what a write for
+a session another owner holds raises, and ``STEP`` / ``STREAM`` the two row kinds.
 """
 
 from ._backends.postgres import PostgresJournalStore as PostgresJournalStore
@@ -19,6 +20,7 @@ from ._journal.backend import Fenced as Fenced
 from ._journal.backend import JournalBackend as JournalBackend
 from ._journal.backend import JournalEntry as JournalEntry
 from ._journal.backend import JournalStore as JournalStore
+from ._journal.backend import OpenedSession as OpenedSession
 from ._journal.backend import PruneResult as PruneResult
 from ._journal.backend import Record as Record
 from ._journal.backend import Row as Row
@@ -35,6 +37,7 @@ __all__ = [
     "JournalBackend",
     "JournalEntry",
     "JournalStore",
+    "OpenedSession",
     "PostgresJournalStore",
     "PruneResult",
     "Record",

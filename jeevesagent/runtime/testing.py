@@ -10,8 +10,9 @@ path, or runs a recorded step's function again::
         assert await check_replay(trip, "Lisbon") == "booked"
 
 The conformance suite checks that your ``JournalBackend`` keeps the contract
-``JournaledRuntime`` relies on (journal rows written once, fencing, claims and leases, the
-mailbox, workflow sessions made, cancelled and listed, wake-ups, prune, close).
+``JournaledRuntime`` relies on (journal rows written once, fencing, claims and leases, opening a
+session in one call and releasing it lazily, the mailbox, workflow sessions made, cancelled and
+listed, wake-ups, prune, close).
 
 Subclass :class:`JournalBackendConformance` in one of your test modules (the class name must
 start with ``Test``) and override the ``open_backend`` fixture: it returns a function that opens
@@ -89,6 +90,7 @@ from ._journal.conformance import (
     step_value,
     wait_until_expired,
 )
+from ._journal.openchecks import OpenSessionChecks
 from ._journal.sessionchecks import WorkflowSessionChecks
 from ._journal.suspendchecks import SuspensionChecks
 from ._journaled.replaycheck import ReplayCheckError, check_replay
@@ -99,7 +101,7 @@ __all__ = ["BackendOpener", "JournalBackendConformance", "ReplayCheckError", "ch
 VALUES: list[Any] = [None, 0, -1.5, "text", "", True, [], {}, [1, "x", None], {"a": {"b": [2]}}]
 
 
-class JournalBackendConformance(WorkflowSessionChecks, SuspensionChecks):
+class JournalBackendConformance(WorkflowSessionChecks, SuspensionChecks, OpenSessionChecks):
     """The checks every ``JournalBackend`` must pass. Subclass it as ``Test...`` and override
     the ``open_backend`` fixture (see the module docstring)."""
 

@@ -1,7 +1,14 @@
-"""The Postgres store's sessions table: the statements that claim, renew and release sessions,
-create workflow sessions, request cancellation and list sessions, and the coroutines (run on the
-pool's loop) that need more than one statement. Kept apart from :mod:`.postgres`, which calls
-them.
+"""The Postgres store's sessions table: the statements that open (claim, load and look in the
+mailbox: one statement), renew and release sessions, create workflow sessions, request
+cancellation and list sessions, and the coroutines (run on the pool's loop) that need more than
+one statement. Kept apart from :mod:`.postgres`, which calls them.
+
+Claims and most releases are committed asynchronously (``synchronous_commit`` off for their
+transaction alone, set in the statement itself): visible to every session at once, durable when
+the WAL writer or any later synchronous commit -- every journal write is one -- flushes the WAL,
+so the caller does not wait for a flush. A claim lost in a server crash was never used (records
+written under it commit synchronously, flushing it first); for releases see
+:func:`~jeevesagent.runtime._journaled.claims.durable_release`.
 
 Every time is the server's clock. A statement that changes what a waiter may be waiting for
 (a release, a new session, a cancel request) sends ``pg_notify('jrt_signal', session_id)`` in
@@ -13,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._journal.backend import SessionInfo
-from .._journal.rows import Record, Row
+from .._journal.backend import OpenedSession, SessionInfo, SessionJournal
+from .._journal.rows import STEP, Record, Row
 from .pglisten import CHANNEL
 from .pgschema import _NOW
 from .pgwrite import get_row
@@ -22,12 +29,14 @@ from .pgwrite import get_row
 __all__ = [
     "CLAIM",
     "RELEASE",
+    "RELEASE_LAZY",
     "RENEW",
     "SESSION",
     "SESSION_COLS",
     "claim",
     "create_session",
     "list_sessions",
+    "open_session",
     "request_cancel",
     "resumable",
     "suspend",
@@ -53,6 +62,30 @@ WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
    OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
 RETURNING {SESSION_COLS}
 """
+# The claim committed asynchronously (see above: `lazy` is referenced, so it is evaluated) and,
+# when granted, the session's journal and mailbox names in the same statement, as arrays (the
+# aggregates of one query level read their rows in one order). No row: not granted.
+_OPEN = f"""
+WITH now AS (SELECT {_NOW} AS t, set_config('synchronous_commit', 'off', true) AS lazy),
+c AS (
+    INSERT INTO jrt_sessions AS s
+        (session_id, status, owner, lease_expires, created_at, updated_at)
+    SELECT $1, 'running', $2, t + $3, t, t FROM now WHERE lazy = 'off'
+    ON CONFLICT (session_id) DO UPDATE SET
+        status = 'running', owner = EXCLUDED.owner,
+        lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
+        waiting_for = NULL, wake_at = NULL
+    WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
+       OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
+    RETURNING {SESSION_COLS}
+)
+SELECT c.*, j.kinds, j.keys, j.vals, j.times, m.names FROM c,
+    LATERAL (SELECT array_agg(kind) AS kinds, array_agg(key) AS keys, array_agg(value) AS vals,
+                    array_agg(created_at) AS times
+             FROM jrt_journal WHERE session_id = $1) AS j,
+    LATERAL (SELECT array_agg(DISTINCT name ORDER BY name) AS names
+             FROM jrt_mailbox WHERE session_id = $1) AS m
+"""
 SESSION = f"SELECT {SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
 RENEW = f"""
 UPDATE jrt_sessions SET lease_expires = n.t + $3, updated_at = n.t
@@ -65,6 +98,17 @@ WITH up AS (
     UPDATE jrt_sessions
     SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
     WHERE session_id = $1 AND owner = $2
+    RETURNING session_id
+)
+SELECT pg_notify('{CHANNEL}', session_id) FROM up
+"""
+# The same, committed asynchronously (see above), for a release whose loss is safe.
+RELEASE_LAZY = f"""
+WITH up AS (
+    UPDATE jrt_sessions
+    SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = n.t
+    FROM (SELECT {_NOW} AS t, set_config('synchronous_commit', 'off', true) AS lazy) AS n
+    WHERE session_id = $1 AND owner = $2 AND n.lazy = 'off'
     RETURNING session_id
 )
 SELECT pg_notify('{CHANNEL}', session_id) FROM up
@@ -189,6 +233,19 @@ async def claim(pool: Any, session_id: str, owner: str, lease: float) -> Session
     if row is None:  # held by someone else: a separate statement sees the row that won
         row = await pool.fetchrow(SESSION, session_id)
     return SessionInfo(*row)
+
+
+async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> OpenedSession:
+    row = await pool.fetchrow(_OPEN, session_id, owner, float(lease))
+    if row is None:  # held by someone else: a separate statement sees the row that won
+        return OpenedSession(SessionInfo(*await pool.fetchrow(SESSION, session_id)), None, [])
+    journal = SessionJournal({}, {})
+    kinds, keys, values, times, names = row[11:]
+    if kinds is not None:
+        steps, streams = journal.steps, journal.streams
+        for kind, key, value, created_at in zip(kinds, keys, values, times, strict=True):
+            (steps if kind == STEP else streams)[key] = Row(value, created_at)
+    return OpenedSession(SessionInfo(*row[:11]), journal, names or [])
 
 
 async def create_session(

@@ -36,6 +36,7 @@ from .._journal.backend import (
     STEP,
     Fenced,
     JournalBackend,
+    OpenedSession,
     PruneResult,
     Record,
     Row,
@@ -334,6 +335,14 @@ class PostgresJournalStore(JournalBackend):
             shield=True,
         )
 
+    async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
+        return await self._run(
+            lambda: pgsessions.open_session(self._pool, session_id, owner, lease),
+            "opening the session",
+            session_id,
+            shield=True,
+        )
+
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:
         status: str = await self._run(
             lambda: self._pool.execute(pgsessions.RENEW, session_id, owner, float(lease)),
@@ -348,6 +357,16 @@ class PostgresJournalStore(JournalBackend):
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
             lambda: self._pool.execute(pgsessions.RELEASE, session_id, owner, status, steps),
+            "releasing the session",
+            session_id,
+            shield=True,
+        )
+
+    async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        if status not in SESSION_STATUSES:
+            raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
+        await self._run(
+            lambda: self._pool.execute(pgsessions.RELEASE_LAZY, session_id, owner, status, steps),
             "releasing the session",
             session_id,
             shield=True,

@@ -37,6 +37,7 @@ from .._errors import ErrorMatch, driver_error
 from .._journal.backend import (
     STEP,
     JournalBackend,
+    OpenedSession,
     PruneResult,
     Record,
     Row,
@@ -189,6 +190,18 @@ def _load(conn: sqlite3.Connection, session_id: str) -> SessionJournal:
     for kind, key, value, created_at in conn.execute(_SELECT_SESSION, (session_id,)):
         (steps if kind == STEP else streams)[key] = Row(value, created_at)
     return SessionJournal(steps, streams)
+
+
+def _open_session(
+    conn: sqlite3.Connection, session_id: str, owner: str, lease: float
+) -> OpenedSession:
+    """The claim, and if granted the journal and the names of the signals waiting: one
+    transaction, committed without waiting for an fsync (see :func:`sqlitesessions.lazily`)."""
+    with sqlitesessions.lazily(conn), write(conn):
+        info = sqlitesessions.claim_in(conn, session_id, owner, lease)
+        if info.owner != owner:
+            return OpenedSession(info, None, [])
+        return OpenedSession(info, _load(conn, session_id), _pending_names(conn, session_id))
 
 
 def _prefixed(conn: sqlite3.Connection, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
@@ -403,6 +416,14 @@ class SqliteJournalStore(JournalBackend):
     async def claim(self, session_id: str, owner: str, lease: float) -> SessionInfo:
         return await self._call(
             sqlitesessions.claim, session_id, owner, lease, session_id=session_id, batched=True
+        )
+
+    async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
+        return await self._call(_open_session, session_id, owner, lease, session_id=session_id)
+
+    async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        await self._call(
+            sqlitesessions.release_lazy, session_id, owner, status, steps, session_id=session_id
         )
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:

@@ -1,13 +1,15 @@
 """The SQLite store's sessions table: claims, leases and releases (decided in Python by the
 shared rules, inside a write transaction), workflow sessions made and cancelled, the listing, and
-prune. Each function runs on the store's thread with its connection.
+prune; and :func:`lazily`, the commits that need not wait for an fsync (claims and most
+releases). Each function runs on the store's thread with its connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .._journal.backend import PruneResult, SessionInfo
@@ -25,10 +27,13 @@ from .sqlitetx import INSERT, get_row, one, write
 __all__ = [
     "SESSION_COLUMNS",
     "claim",
+    "claim_in",
     "create_session",
+    "lazily",
     "list_sessions",
     "prune",
     "release",
+    "release_lazy",
     "renew",
     "request_cancel",
     "resumable",
@@ -57,19 +62,40 @@ def session_row(conn: sqlite3.Connection, session_id: str) -> SessionInfo | None
     return None if row is None else _info(row)
 
 
+@contextlib.contextmanager
+def lazily(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commits made inside do not wait for an fsync (``synchronous=NORMAL`` in WAL mode): they
+    are visible to every connection at once and survive a crash of this process; a crash of the
+    host (power loss) may undo them, unless a later commit -- any ``synchronous=FULL`` one, by
+    anyone, syncs the whole write-ahead log -- or a checkpoint made them durable first. Only for
+    changes whose loss is safe: claims (a lost claim was never used -- every record written under
+    it is a FULL commit, which makes it durable first) and releases (see
+    :func:`~jeevesagent.runtime._journaled.claims.durable_release`)."""
+    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous = FULL")
+
+
+def claim_in(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
+    """Inside a write transaction: the claim (see :meth:`JournalBackend.claim`)."""
+    info = session_row(conn, session_id)
+    result = claimed(info, session_id, owner, lease, time.time())
+    if info is None:
+        conn.execute(INSERT_SESSION, result)
+    elif result != info:  # workflow and cancel_requested stay as they are
+        conn.execute(
+            "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
+            "updated_at = ?, waiting_for = NULL, wake_at = NULL WHERE session_id = ?",
+            (result.status, owner, result.lease_expires, result.updated_at, session_id),
+        )
+    return result
+
+
 def claim(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> SessionInfo:
     with write(conn):
-        info = session_row(conn, session_id)
-        result = claimed(info, session_id, owner, lease, time.time())
-        if info is None:
-            conn.execute(INSERT_SESSION, result)
-        elif result != info:  # workflow and cancel_requested stay as they are
-            conn.execute(
-                "UPDATE jrt_sessions SET status = ?, owner = ?, lease_expires = ?, "
-                "updated_at = ?, waiting_for = NULL, wake_at = NULL WHERE session_id = ?",
-                (result.status, owner, result.lease_expires, result.updated_at, session_id),
-            )
-    return result
+        return claim_in(conn, session_id, owner, lease)
 
 
 def renew(conn: sqlite3.Connection, session_id: str, owner: str, lease: float) -> bool:
@@ -88,6 +114,13 @@ def release(conn: sqlite3.Connection, session_id: str, owner: str, status: str, 
         "steps = ? WHERE session_id = ? AND owner = ?",
         (status, time.time(), steps, session_id, owner),
     )
+
+
+def release_lazy(
+    conn: sqlite3.Connection, session_id: str, owner: str, status: str, steps: int
+) -> None:
+    with lazily(conn):
+        release(conn, session_id, owner, status, steps)
 
 
 def suspend(

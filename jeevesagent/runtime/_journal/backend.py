@@ -27,6 +27,7 @@ __all__ = [
     "JournalEntry",
     "JournalStore",
     "JournalBackend",
+    "OpenedSession",
     "PruneResult",
     "Record",
     "Row",
@@ -132,6 +133,16 @@ class SessionJournal:
     #: ``False`` when the backend cannot list a session's rows (a five-method store): the
     #: runtime then asks :meth:`JournalBackend.read_row` for each key it does not find here.
     complete: bool = True
+
+
+class OpenedSession(NamedTuple):
+    """What :meth:`JournalBackend.open_session` found: the sessions row after the claim and, only
+    if the claim was granted, the session's journal and the names of the signals waiting in its
+    mailbox (sorted); ``None`` and ``[]`` when another owner holds the session."""
+
+    info: SessionInfo
+    journal: SessionJournal | None
+    pending: list[str]
 
 
 class JournalBackend(abc.ABC):
@@ -278,6 +289,27 @@ class JournalBackend(abc.ABC):
         """Record how the session ended (``status``, ``steps`` journal rows) and drop the claim,
         only if ``owner`` holds it. Wakes the store's watchers of the session (someone may be
         waiting for its result)."""
+
+    async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
+        """Open a session: :meth:`claim` it and, if granted, load its journal
+        (:meth:`load_session`) and list the signal names waiting in its mailbox
+        (:meth:`pending_names`). The default composes those three calls; a backend overrides it
+        to do all of it in one round trip and one transaction (the bundled stores do), with the
+        same results. If it raises, the claim may have been granted: the caller releases it."""
+        self.check_open(session_id)
+        info = await self.claim(session_id, owner, lease)
+        if info.owner != owner:
+            return OpenedSession(info, None, [])
+        journal = await self.load_session(session_id)
+        return OpenedSession(info, journal, await self.pending_names(session_id))
+
+    async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
+        """:meth:`release`, for a caller that need not wait until the change is durable: it is
+        visible to every reader when this returns, but a crash of the store's host (not of this
+        process) may undo it until the store's next durable commit -- the session then reads as
+        still claimed by ``owner``, so a dead owner's takeover or its lease recovers it. The
+        default is :meth:`release`; the bundled stores commit without waiting for an fsync."""
+        await self.release(session_id, owner, status, steps)
 
     @abc.abstractmethod
     async def list_sessions(

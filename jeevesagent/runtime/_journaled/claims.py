@@ -1,6 +1,8 @@
 """The claim lifecycle of a journaled runtime's sessions (bundled stores): taking a session's
-claim -- waiting for it, or ending the claim of an owner whose process is gone -- renewing its
-lease while the session is open, and releasing it with the status the session ended with.
+claim together with its journal and mailbox (one round trip: ``open_session``) -- waiting for it,
+or ending the claim of an owner whose process is gone -- renewing its lease while the session is
+open, and releasing it with the status the session ended with (lazily, where nothing relies on
+the status surviving a crash of the store's host: see :func:`durable_release`).
 
 A :class:`ClaimHolder` belongs to one runtime (one owner token); the runtime composes it and
 calls it, holding the per-session bookkeeping itself.
@@ -15,10 +17,10 @@ import anyio
 
 from .._core import observe as _observe
 from .._errors import SessionBusyError, StoreClosedError, StoreError, Suspension
-from .._journal.backend import JournalBackend, SessionInfo
+from .._journal.backend import JournalBackend, OpenedSession, SessionInfo
 from .._journal.owner import owner_is_dead
 
-__all__ = ["ClaimHolder", "orphaned", "session_status", "suspension_of"]
+__all__ = ["ClaimHolder", "durable_release", "orphaned", "session_status", "suspension_of"]
 
 
 async def orphaned(
@@ -76,6 +78,24 @@ def session_status(exc: BaseException | None) -> str:
     return "interrupted" if isinstance(exc, stopped) else "failed"
 
 
+def durable_release(workflow: str | None, status: str) -> bool:
+    """Whether ending a session as ``status`` must be durable before the caller goes on.
+
+    A release is written lazily (visible to every process at once, durable with the store's next
+    durable commit: no fsync of its own) unless others rely on it surviving a crash of the
+    store's host: a workflow session that ended ``completed`` or ``failed`` -- ``result()`` from
+    any process returns its outcome, and no worker may run it again. Were such a release lost,
+    the session would read ``running`` under a dead owner, and a worker would resume it (a
+    failed body would run again). Every other release may be lost safely: a session left
+    ``running`` by a dead owner is recovered at once on the same host (:func:`owner_is_dead`)
+    and when its lease expires elsewhere -- ``interrupted`` and plain sessions are resumed as
+    they would have been, and a cancelled one is ended ``cancelled`` again by its next claim
+    (the cancel request itself is durable). A process crash (SIGKILL) loses no release: it was
+    handed to the store before the session's context returned.
+    """
+    return workflow is not None and status in ("completed", "failed")
+
+
 class ClaimHolder:
     """Takes, renews and releases session claims in ``native`` as owner ``owner_id``."""
 
@@ -87,23 +107,25 @@ class ClaimHolder:
         self.lease = lease
         self.poll_interval = poll_interval
 
-    async def take(self, session_id: str, wait: float | None) -> tuple[float, SessionInfo]:
+    async def take(self, session_id: str, wait: float | None) -> tuple[float, OpenedSession]:
         """Take the session's claim, or raise SessionBusyError (after ``wait`` seconds).
         Returns the time (``anyio.current_time()``) just before the claim that was granted, and
-        the sessions row as the claim left it."""
+        what the store's ``open_session`` found: the sessions row as the claim left it, the
+        session's journal and the names of the signals waiting for it -- one round trip."""
         native = self.native
         deadline = None if wait is None else anyio.current_time() + wait
         while True:
             sent = anyio.current_time()
-            info = await native.claim(session_id, self.owner_id, self.lease)
+            opened = await native.open_session(session_id, self.owner_id, self.lease)
+            info = opened.info
             if info.owner == self.owner_id:
-                return sent, info
+                return sent, opened
             if info.owner is not None and owner_is_dead(info.owner):
                 # Its process is gone (same host): end its claim now instead of waiting. As
                 # "interrupted", never "failed": until our claim below lands, others read this
                 # status -- result() must not see an ended session, and a worker must still
-                # resume it if we do not get there.
-                await native.release(session_id, info.owner, "interrupted", info.steps)
+                # resume it if we do not get there. Lazily: lost, it is the dead owner's again.
+                await native.release_lazy(session_id, info.owner, "interrupted", info.steps)
                 _observe.claim_taken_over(session_id, info.owner)
                 continue
             now = anyio.current_time()
@@ -121,13 +143,20 @@ class ClaimHolder:
                 )
             await anyio.sleep(min(self.poll_interval, deadline - now))
 
-    async def release(self, session_id: str, status: str, rows: int) -> None:
-        """End the claim, recording ``status``. A store error is logged, not raised: the claim
+    async def release(
+        self, session_id: str, status: str, rows: int, workflow: str | None = None
+    ) -> None:
+        """End the claim, recording ``status`` -- durably for a workflow's outcome, lazily
+        otherwise (see :func:`durable_release`). A store error is logged, not raised: the claim
         then expires on its own when its lease runs out."""
-        if self.native.closed:
+        native = self.native
+        if native.closed:
             return
         try:
-            await self.native.release(session_id, self.owner_id, status, rows)
+            if durable_release(workflow, status):
+                await native.release(session_id, self.owner_id, status, rows)
+            else:
+                await native.release_lazy(session_id, self.owner_id, status, rows)
         except StoreError as error:
             _observe.release_failed(session_id, error)
 

@@ -176,19 +176,34 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     async def _load_state(self, state: JournaledState, wait: float | None) -> None:
         backend = self._backend
         backend.check_open(state.id)
-        state.claimed_at, info = await self._claims.take(state.id, wait)
+        # One round trip (the store's open_session): the claim, the journal and the names of
+        # the signals waiting in the mailbox.
+        try:
+            state.claimed_at, opened = await self._claims.take(state.id, wait)
+        except SessionBusyError:
+            raise
+        except BaseException as exc:
+            # The store may have granted the claim before failing (a store whose open_session
+            # is composed of separate calls): end it -- "interrupted" if the application
+            # stopped us, so that it is resumed. Fenced: a claim not ours is left alone.
+            status = session_status(exc)
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await backend.release_lazy(state.id, self.owner_id, status, 0)
+            raise
+        info, journal = opened.info, opened.journal
         state.claimed = True
         state.workflow = info.workflow
         if info.cancel_requested:  # cancel() is final: the session never runs again
             with anyio.CancelScope(shield=True):
-                await backend.release(state.id, self.owner_id, "cancelled", info.steps)
+                # Lazily: lost, the next claim sees the (durable) cancel request again.
+                await backend.release_lazy(state.id, self.owner_id, "cancelled", info.steps)
             raise SessionCancelledError(
                 f"session {state.id!r} was cancelled (with cancel()): it does not run again. "
                 "Start a new session, or fork this one (fork()) to run it from a step.",
                 session_id=state.id,
             )
         try:
-            journal = await backend.load_session(state.id)
+            assert journal is not None, "a granted claim comes with the journal"
             state.steps.update(journal.steps)
             state.streams.update(journal.streams)
             state.loaded = journal.complete
@@ -199,10 +214,12 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
                 state.note_recorded((*journal.steps, *journal.streams))
             # Signals sent while the session was not running: move them into its journal now,
             # so poll_signal sees them too (the session's waits receive them, in order).
-            await self._signals.fetch_pending(state)
-        except BaseException:
+            if opened.pending:
+                await self._signals.fetch_pending(state, opened.pending)
+        except BaseException as exc:
+            status = session_status(exc)
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await backend.release(state.id, self.owner_id, "failed", 0)
+                await backend.release_lazy(state.id, self.owner_id, status, 0)
             raise
 
     async def _finish_state(self, state: JournaledState, exc: BaseException | None) -> None:
@@ -216,7 +233,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
-        await self._claims.release(state.id, status, rows)
+        await self._claims.release(state.id, status, rows, state.workflow)
 
     async def _interrupt(self, state: JournaledState) -> None:
         """The runtime closes with ``state`` open: flush it and release its claim."""
@@ -227,7 +244,8 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         except StoreError as error:
             _observe.release_failed(state.id, error)
         state.claimed = False  # released here; the session's own exit has nothing to end
-        await self._claims.release(state.id, "interrupted", len(state.steps) + len(state.streams))
+        rows = len(state.steps) + len(state.streams)
+        await self._claims.release(state.id, "interrupted", rows, state.workflow)
 
     async def _heartbeat(self, state: JournaledState, claims: ClaimHolder) -> None:
         try:

@@ -110,10 +110,10 @@ class SignalInbox:
             await self.fetch(state, name)
         self._wake(session_id)
 
-    async def fetch_pending(self, state: JournaledState) -> None:
-        """Move every signal waiting in the session's mailbox into its journal, in order (when
-        the session opens: signals sent while it was not running)."""
-        for name in await self.backend.pending_names(state.id):
+    async def fetch_pending(self, state: JournaledState, names: list[str]) -> None:
+        """Move every signal waiting in the session's mailbox under ``names`` (found when the
+        session opened: signals sent while it was not running) into its journal, in order."""
+        for name in names:
             while await self.fetch(state, name):
                 pass
 
