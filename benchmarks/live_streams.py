@@ -1,7 +1,7 @@
 """Live stream journaling (issue 13, part B): the record cost per chunk of a stream step against
-the stream floor (collect the chunks, one raw insert) and against one write per chunk, in one
-run, on SQLite and Postgres; and the read latency from the producer to a reader on another
-store connection.
+the stream floor (collect the chunks, one raw insert on a warm connection) and against one write
+per chunk, in one run, on SQLite and Postgres; and the read latency from the producer to a reader
+on another store connection.
 
     python benchmarks/live_streams.py [--rounds 7] [--no-postgres]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import pickle
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 import anyio
 from stores import BenchStore, PostgresBench, SqliteBench, postgres_dsn
-from workloads import CHUNKS
+from workloads import CHUNKS, collect_stream
 
 from jeevesagent.runtime import JournaledRuntime
 
@@ -78,16 +77,9 @@ async def record(store: BenchStore, options: dict[str, Any]) -> tuple[float, int
 
 
 async def floor(store: BenchStore) -> float:
+    """The stream floor of ``workloads.stream_round``: collect + one insert on a warm connection."""
     async with store.journal() as journal:
-        start = time.perf_counter_ns()
-        collected = [chunk async for chunk in producer()]
-        data = pickle.dumps(collected, protocol=pickle.HIGHEST_PROTOCOL)
-        collect = (time.perf_counter_ns() - start) / 1000
-        # A first insert makes the journal's files (SQLite's WAL): the runtimes measured have
-        # made theirs before the stream too.
-        await store.floor_insert(journal, [("warm", 0, "w", data, time.time())])
-        insert = await store.floor_insert(journal, [("stream", 1, "s", data, time.time())])
-    return (collect + insert) / len(CHUNKS)
+        return await store.floor_stream(journal, collect_stream) / len(CHUNKS)
 
 
 async def floor_per_chunk(store: BenchStore) -> float:

@@ -22,7 +22,7 @@ import sqlite3
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -92,6 +92,11 @@ class BenchStore(Protocol):
 
     async def floor_read(self, journal: str, session_id: str) -> float:
         """µs per row: one raw point read per recorded step of ``session_id``."""
+        ...
+
+    async def floor_stream(self, journal: str, collect: Callable[[], Awaitable[bytes]]) -> float:
+        """µs of the stream floor (DESIGN §5): ``collect()`` (the chunks, pickled as one value),
+        then one raw insert+commit of it, on a connection that has already written once."""
         ...
 
     async def populate(self, journal: str, n: int) -> float:
@@ -182,6 +187,21 @@ class SqliteBench:
         finally:
             await anyio.to_thread.run_sync(conn.close, limiter=limiter)
         return elapsed / len(rows) / 1000
+
+    async def floor_stream(self, journal: str, collect: Callable[[], Awaitable[bytes]]) -> float:
+        limiter = anyio.CapacityLimiter(1)
+        conn = await anyio.to_thread.run_sync(_sqlite_connect, journal, limiter=limiter)
+        try:
+            sid = f"floor-{next(self._ids)}"
+            warm = (sid, 1, "warm", b"", time.time())
+            await anyio.to_thread.run_sync(_sqlite_insert_one, conn, warm, limiter=limiter)
+            start = time.perf_counter_ns()
+            row = (sid, 1, "stream", await collect(), time.time())
+            await anyio.to_thread.run_sync(_sqlite_insert_one, conn, row, limiter=limiter)
+            elapsed = time.perf_counter_ns() - start
+        finally:
+            await anyio.to_thread.run_sync(conn.close, limiter=limiter)
+        return elapsed / 1000
 
     async def floor_read(self, journal: str, session_id: str) -> float:
         limiter = anyio.CapacityLimiter(1)
@@ -293,6 +313,23 @@ class PostgresBench:
                 for row in rows:
                     await conn.execute("INSERT INTO jrt_journal VALUES ($1, $2, $3, $4, $5)", *row)
                 return (time.perf_counter_ns() - start) / len(rows) / 1000
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)
+
+    async def floor_stream(self, journal: str, collect: Callable[[], Awaitable[bytes]]) -> float:
+        import asyncpg
+
+        async def go() -> float:
+            conn = await asyncpg.connect(self._dsn_for(journal))
+            try:
+                sql = "INSERT INTO jrt_journal VALUES ($1, $2, $3, $4, $5)"
+                sid = f"floor-{next(self._ids)}"
+                await conn.execute(sql, sid, 1, "warm", b"", time.time())  # prepares it
+                start = time.perf_counter_ns()
+                await conn.execute(sql, sid, 1, "stream", await collect(), time.time())
+                return (time.perf_counter_ns() - start) / 1000
             finally:
                 await conn.close()
 

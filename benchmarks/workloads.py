@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import itertools
+import pickle
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from jeevesagent.runtime import JournaledRuntime
 
 __all__ = [
     "Config",
+    "collect_stream",
     "concurrent_round",
     "record_round",
     "replay_rounds",
@@ -209,8 +211,33 @@ async def first_step(rt: JournaledRuntime) -> float:
         return (now_ns() - start) / 1e6
 
 
+async def collect_stream() -> bytes:
+    """The stream floor's work before its insert: the chunks collected and pickled as one value
+    (the runtime pickles the chunk list the same way)."""
+    return pickle.dumps([chunk async for chunk in producer()], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+async def _whole_call(rt: JournaledRuntime, session_id: str) -> float:
+    """µs per chunk of the whole call: open the session, drain its stream step, close it."""
+    settle()
+    count = 0
+    start = now_ns()
+    async with rt.session(session_id):
+        async for _ in rt.stream_step("s", producer):
+            count += 1
+    elapsed = now_ns() - start
+    _expect("stream: chunks", count, len(CHUNKS))
+    return elapsed / count / 1000
+
+
 async def stream_round(store: BenchStore) -> dict[str, float]:
+    """Inside the session (opened and closed outside the timing) and whole calls (open, stream,
+    close), each next to its floors: a plain async generator, and the DESIGN's stream floor --
+    collect the chunks, one raw insert+commit of them (``BenchStore.floor_stream``)."""
     plain = await _consume(producer())
+    async with store.journal() as journal:
+        settle()
+        floor = await store.floor_stream(journal, collect_stream) / len(CHUNKS)
     async with store.journal() as journal:
         before = Calls.stream
         async with _runtime(store, journal) as rt:
@@ -219,10 +246,22 @@ async def stream_round(store: BenchStore) -> dict[str, float]:
             first = await first_step(rt)
             async with rt.session("stream"):
                 record = await _consume(rt.stream_step("s", producer))  # with its one commit
-        async with _runtime(store, journal) as rt, rt.session("stream"):
-            replay = await _consume(rt.stream_step("s", producer))
-        _expect("stream: producer runs (record + replay)", Calls.stream - before, 1)
-    return {"plain": plain, "record": record, "replay": replay, "first": first}
+            whole_record = await _whole_call(rt, "whole")
+        async with _runtime(store, journal) as rt:
+            await first_step(rt)  # the same one-time costs, out of the replays' time
+            async with rt.session("stream"):
+                replay = await _consume(rt.stream_step("s", producer))
+            whole_replay = await _whole_call(rt, "whole")
+        _expect("stream: producer runs (record x2, no replay)", Calls.stream - before, 2)
+    return {
+        "plain": plain,
+        "floor": floor,
+        "record": record,
+        "replay": replay,
+        "whole record": whole_record,
+        "whole replay": whole_replay,
+        "first": first,
+    }
 
 
 # -- 5. scale ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .hooks import StreamHook
 
 __all__ = [
+    "ChunkJournal",
     "StreamPrefix",
     "StreamStep",
     "call_step_fn",
@@ -126,6 +127,44 @@ class _SyncIterator:
             close()
 
 
+class ChunkJournal:
+    """A producer wrapper that journals the chunks as they come (``LiveProducer`` of
+    ``_journaled/livestream.py``). It is an async iterator, but ``StreamStep`` with no policy to
+    apply to its pulls pulls the wrapped producer (:meth:`source`) itself, with synchronous calls
+    around each pull: a coroutine between the consumer and the producer would cost a third of a
+    chunk's pull."""
+
+    __slots__ = ()
+
+    def __aiter__(self) -> ChunkJournal:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise NotImplementedError
+
+    def source(self) -> AsyncIterator[Any] | None:
+        """The producer to pull directly, around :meth:`begin_pull` and :meth:`end_pull`, then
+        :meth:`add`; ``None``: pull this object as an async iterator."""
+        raise NotImplementedError
+
+    def begin_pull(self) -> None:
+        """A pull of the producer starts (raises the error of a background write)."""
+        raise NotImplementedError
+
+    def end_pull(self) -> None:
+        """The pull ended, with a chunk or an exception."""
+        raise NotImplementedError
+
+    def add(self, chunk: Any) -> bool:
+        """The pull returned ``chunk``: ``True`` when a batch is due (await :meth:`flush`
+        before the chunk is delivered)."""
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Journal the chunks that wait."""
+        raise NotImplementedError
+
+
 class StreamStep(Generic[T_co]):
     """The async iterator ``stream_step`` returns; ``StreamStep[T]`` yields the ``T`` chunks of
     its producer (only a type-checker parameter: nothing is checked at run time).
@@ -143,12 +182,15 @@ class StreamStep(Generic[T_co]):
         "_chunks",
         "_complete",
         "_delivered",
+        "_direct",
         "_done",
         "_hook",
+        "_live",
         "_policy",
         "_producer",
         "_reopen",
         "_replay",
+        "_source",
         "_start",
         "_where",
     )
@@ -165,12 +207,16 @@ class StreamStep(Generic[T_co]):
         self._start: Callable[[], Awaitable[Any]] | None = start
         self._complete = complete
         self._policy = policy
+        # No timeout, no retry: each pull is the producer's, inline (see _pull for the others).
+        self._direct = policy is None or (policy.timeout is None and policy.retry is None)
         self._reopen = reopen
         self._where = where  # (session id, step name) for error messages
         self._hook = hook
         self._delivered = 0
         self._replay: Iterator[T_co] | None = None
         self._producer: AsyncIterator[Any] | None = None
+        self._source: AsyncIterator[Any] | None = None  # what a direct pull pulls
+        self._live: ChunkJournal | None = None  # around a direct pull, when _source is its
         self._chunks: list[Any] = []
         self._done = False
 
@@ -195,7 +241,19 @@ class StreamStep(Generic[T_co]):
                     self._done = True
                     raise StopAsyncIteration from None
             try:
-                chunk: T_co = await self._pull()
+                source = self._source
+                if source is None:
+                    chunk: T_co = await self._pull()
+                elif (live := self._live) is None:
+                    chunk = await anext(source)
+                else:
+                    live.begin_pull()
+                    try:
+                        chunk = await anext(source)
+                    finally:
+                        live.end_pull()
+                    if live.add(chunk):
+                        await live.flush()
             except StopAsyncIteration:
                 self._done = True
                 await close_producer(self._producer)
@@ -236,6 +294,13 @@ class StreamStep(Generic[T_co]):
         except BaseException:
             self._done = True
             raise
+        producer = self._producer
+        if self._direct and producer is not None:
+            if isinstance(producer, ChunkJournal):
+                self._source = producer.source()
+                self._live = producer if self._source is not None else None
+            else:
+                self._source = producer
         if recorded is not None:
             self._replay = iter(recorded)
             if self._hook is not None:
@@ -249,7 +314,7 @@ class StreamStep(Generic[T_co]):
         policy = self._policy
         if policy is None or (policy.timeout is None and (policy.retry is None or self._delivered)):
             assert self._producer is not None
-            return await self._producer.__anext__()
+            return await anext(self._producer)
         return await attempts(
             self._pull_once,
             policy.retry,
@@ -263,7 +328,7 @@ class StreamStep(Generic[T_co]):
         if self._producer is None:  # the one that failed was dropped: retry with a new one
             assert self._reopen is not None
             self._producer = await self._reopen()
-        return await self._producer.__anext__()
+        return await anext(self._producer)
 
     def _may_retry(self, exc: BaseException) -> bool:
         return (

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 
 from .._core.keys import chunks_journal_key, chunks_prefix, split_chunks_key
-from .._core.streams import StreamPrefix, close_producer, producing
+from .._core.streams import ChunkJournal, StreamPrefix, close_producer, producing
 from .._journal.backend import STREAM
 from .recorder import Recorder
 from .state import JournaledState
@@ -53,10 +53,12 @@ def recorded_prefix(recorder: Recorder, state: JournaledState, stream_key: str) 
     return chunks
 
 
-class LiveProducer:
+class LiveProducer(ChunkJournal):
     """The producer of a stream step, as ``StreamStep`` pulls it: the recorded prefix first,
     then the producer's own chunks (its first ``len(prefix)`` dropped unless it asked for the
-    prefix with ``current_stream_prefix()``), each new one journaled in batches."""
+    prefix with ``current_stream_prefix()``), each new one journaled in batches. Without a
+    prefix, ``StreamStep`` pulls the producer itself around the synchronous calls of
+    :class:`ChunkJournal` (no coroutine of this class per chunk)."""
 
     __slots__ = (
         "__weakref__",
@@ -111,10 +113,12 @@ class LiveProducer:
         return self
 
     async def __anext__(self) -> Any:
-        if self._error is not None:
-            raise self._error
         prefix = self._prefix
-        if prefix is not None:
+        if prefix is None:
+            chunk = await self._pull()
+        else:
+            if self._error is not None:
+                raise self._error
             if self._replayed < len(prefix.chunks):
                 self._replayed += 1
                 return prefix.chunks[self._replayed - 1]
@@ -124,28 +128,41 @@ class LiveProducer:
                 if prefix.asked or self._dropped >= len(prefix.chunks):
                     break
                 self._check_dropped(chunk)
-        else:
-            chunk = await self._pull()
-        self._pending.append(chunk)
-        if (
-            len(self._pending) >= self._flush_chunks
-            or time.monotonic() - self._last_flush >= self._flush_interval
-        ):
-            await self._flush()
+        if self.add(chunk):
+            await self.flush()
         return chunk
 
     async def _pull(self) -> Any:
-        """The producer's next chunk; while it comes, chunks waiting are journaled once the
-        flush interval has passed (see :meth:`_flush_stalled`)."""
+        self.begin_pull()
+        try:
+            return await anext(self._producer)
+        finally:
+            self._pulling = False
+
+    def source(self) -> AsyncIterator[Any] | None:
+        return self._producer if self._prefix is None else None
+
+    def begin_pull(self) -> None:
+        """While the producer's next chunk comes, chunks waiting are journaled once the flush
+        interval has passed (see :func:`_flush_stalled`)."""
+        if self._error is not None:
+            raise self._error
         self._pulling = True
         if self._pending and not self._timer:
             self._timer = True
             flush = functools.partial(_flush_stalled, weakref.ref(self))
             self._state.keep_running(f"stream flush {id(self)}", flush)
-        try:
-            return await self._producer.__anext__()
-        finally:
-            self._pulling = False
+
+    def end_pull(self) -> None:
+        self._pulling = False
+
+    def add(self, chunk: Any) -> bool:
+        pending = self._pending
+        pending.append(chunk)
+        return (
+            len(pending) >= self._flush_chunks
+            or time.monotonic() - self._last_flush >= self._flush_interval
+        )
 
     def _check_dropped(self, chunk: Any) -> None:
         assert self._prefix is not None
@@ -164,7 +181,7 @@ class LiveProducer:
                 self._dropped - 1,
             )
 
-    async def _flush(self) -> None:
+    async def flush(self) -> None:
         batch, self._pending = self._pending, []
         key = chunks_journal_key(self._key, self._batch_from)
         self._batch_from += len(batch)
@@ -197,7 +214,7 @@ async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:
             due = time.monotonic() - live._last_flush >= live._flush_interval
             if live._pending and live._pulling and due:
                 try:
-                    await live._flush()
+                    await live.flush()
                 except Exception as exc:  # not lost: the next pull raises it
                     live._error = exc
                     return
