@@ -142,10 +142,19 @@ class Child:
                 await anyio.sleep(0.01)
 
     async def stop(self, signum: int) -> int:
-        """Send ``signum`` and reap the process (a zombie would still count as a live owner)."""
+        """Send ``signum`` and reap the process (a zombie would still count as a live owner).
+        A child that does not end in time is made to print its threads' stacks (faulthandler,
+        SIGABRT) into the failure."""
         self.process.send_signal(signum)
-        with anyio.fail_after(WITHIN):
+        with anyio.move_on_after(WITHIN):
             return await self.process.wait()
+        self.process.send_signal(signal.SIGABRT)
+        with anyio.move_on_after(WITHIN):
+            await self.process.wait()
+        raise AssertionError(
+            f"child {self.pid} did not end within {WITHIN} s of signal {signum}; its stacks:\n"
+            f"{self.stderr()}"
+        )
 
 
 @dataclass
@@ -166,7 +175,7 @@ class Setup:
         code = "from tests.workflow_child import main; main()"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             process = await anyio.open_process(
-                [sys.executable, "-c", code, json.dumps(config)],
+                [sys.executable, "-X", "faulthandler", "-c", code, json.dumps(config)],
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
