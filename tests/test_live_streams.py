@@ -171,7 +171,7 @@ async def test_a_reader_dropped_while_its_listen_connection_opens_leaks_nothing(
     pg_schema_dsn: str,
 ) -> None:
     """A reader cancelled at once, before the store's LISTEN connection for streams is up: the
-    connection is still the store's, and closing the store closes it. (asyncpg before 0.31 left
+    connection is still the store's, and closing the store closes it. (asyncpg before 0.32 left
     the socket of a cancelled connect() open: the store must not cancel its connect.)"""
     import gc
     import warnings

@@ -2,8 +2,8 @@
 installed versions so that a release that changes them fails here, loudly, instead of in a
 user's process. Each is pinned by a version range in pyproject.toml.
 
-asyncpg (``asyncpg>=0.30,<0.33``): the Postgres store's LISTEN connection is opened with the
-pool's own connect function and arguments (``_pglisten.Listener._open``), so it is a connection
+asyncpg (``asyncpg>=0.32,<0.33``): the Postgres store's LISTEN connection is opened with the
+pool's own connect function and arguments (``pglisten.Listener._connect``), so it is a connection
 to the same server with the same settings but not one of the pool's (holding a pool connection
 forever would starve a pool of size 1); and a pool passed in is driven on its own loop
 (``pool._loop``). asyncpg has no public API for either.

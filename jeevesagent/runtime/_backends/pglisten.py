@@ -90,7 +90,7 @@ class Listener:
 
     async def _open(self) -> None:
         # The connection is opened by a task of the listener's own, which a caller's cancellation
-        # does not interrupt: asyncpg before 0.31 leaks the socket of a connect() cancelled part
+        # does not interrupt: asyncpg before 0.32 leaks the socket of a connect() cancelled part
         # way (seen with a stream reader dropped at once). A caller that is cancelled leaves at
         # once; the connection, when it is up, is the listener's, and aclose() closes it.
         if self._opening is None:
