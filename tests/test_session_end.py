@@ -101,20 +101,22 @@ class Transactions:
             self.durable += self.full
 
 
-async def traced(store: SqliteJournalStore, trace: Transactions) -> None:
-    def install(conn: sqlite3.Connection) -> None:
-        conn.set_trace_callback(trace)
-
-    await store._call(install)
-
-
 @pytest.mark.parametrize("store_kind", ["sqlite"])
-async def test_sqlite_commits_a_workflows_end_once(store_factory: StoreFactory) -> None:
+async def test_sqlite_commits_a_workflows_end_once(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Counted in SQLite itself: the body's last step ends, then one durable transaction."""
+    trace = Transactions()
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)  # the store's connection, made on its thread
     store = await store_factory.new()
     assert isinstance(store, SqliteJournalStore)
-    trace = Transactions()
-    await traced(store, trace)
     at_last_step: list[int] = []
 
     @workflow(name="test.session_end.sqlite")

@@ -2,7 +2,8 @@
 claim together with its journal and mailbox (one round trip: ``open_session``) -- waiting for it,
 or ending the claim of an owner whose process is gone -- renewing its lease while the session is
 open, and releasing it with the status the session ended with (lazily, where nothing relies on
-the status surviving a crash of the store's host: see :func:`durable_release`).
+the status surviving a crash of the store's host: see :func:`durable_release`) -- for a workflow
+that ended with an outcome, together with that outcome, in one durable commit (``finish``).
 
 A :class:`ClaimHolder` belongs to one runtime (one owner token); the runtime composes it and
 calls it, holding the per-session bookkeeping itself.

@@ -6,7 +6,9 @@ and copying a journal's prefix into a new session (``fork``).
 
 Outcomes are journal rows of the session: its arguments at ``w:args`` (the workflow's
 ``(fingerprint, args, kwargs)``), its return value at ``w:result``, and each failed run's
-exception at ``w:failure:N``. The sessions table names the workflow and the status.
+exception at ``w:failure:N``. The sessions table names the workflow and the status. A body's
+outcome row is written with the session's status when the session ends (one commit: see
+``ClaimHolder.finish``).
 """
 
 from __future__ import annotations
