@@ -53,11 +53,15 @@ def _fresh() -> None:
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("durability", ["commit", "buffered"])
 @pytest.mark.parametrize("n", [20, -1], ids=["completed", "failed"])
-async def test_a_workflow_ends_with_one_store_call(store_factory: StoreFactory, n: int) -> None:
+async def test_a_workflow_ends_with_one_store_call(
+    store_factory: StoreFactory, n: int, durability: Any
+) -> None:
+    """Buffered: the steps still buffered commit in the same call."""
     store = await store_factory.new()
     count_calls(store)
-    async with JournaledRuntime(store) as rt:
+    async with JournaledRuntime(store, durability=durability, flush_interval=60) as rt:
         if n >= 0:
             assert await rt.run(add, "wf", n) == 42
         else:
