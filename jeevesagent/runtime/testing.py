@@ -11,8 +11,8 @@ path, or runs a recorded step's function again::
 
 The conformance suite checks that your ``JournalBackend`` keeps the contract
 ``JournaledRuntime`` relies on (journal rows written once, fencing, claims and leases, opening a
-session in one call and releasing it lazily, the mailbox, workflow sessions made, cancelled and
-listed, wake-ups, prune, close).
+session in one call, releasing it lazily or with its outcome, the mailbox, workflow sessions made,
+cancelled and listed, wake-ups, prune, close).
 
 Subclass :class:`JournalBackendConformance` in one of your test modules (the class name must
 start with ``Test``) and override the ``open_backend`` fixture: it returns a function that opens

@@ -20,11 +20,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .._journal.backend import OpenedSession, SessionInfo, SessionJournal
+from .._journal.backend import (
+    SESSION_STATUSES,
+    STREAM,
+    Fenced,
+    OpenedSession,
+    SessionInfo,
+    SessionJournal,
+)
 from .._journal.rows import STEP, Record, Row
 from .pglisten import CHANNEL
 from .pgschema import _NOW
-from .pgwrite import get_row
+from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row
 
 __all__ = [
     "CLAIM",
@@ -35,6 +42,7 @@ __all__ = [
     "SESSION_COLS",
     "claim",
     "create_session",
+    "finish",
     "list_sessions",
     "open_session",
     "request_cancel",
@@ -112,6 +120,27 @@ WITH up AS (
     RETURNING session_id
 )
 SELECT pg_notify('{CHANNEL}', session_id) FROM up
+"""
+# A session's end with its outcome (JournalBackend.finish), in one statement, committed
+# synchronously: the release as in RELEASE and, only if it released (we held the claim), the
+# outcome rows (first writer wins). One row per notice (kind NULL: we held it) and per row
+# inserted; no row at all: fenced. $1 id, $2 owner, $3 status, $4 steps, $5-$8 the rows' columns.
+FINISH = f"""
+WITH up AS (
+    UPDATE jrt_sessions
+    SET status = $3, owner = NULL, lease_expires = NULL, steps = $4, updated_at = {_NOW}
+    WHERE session_id = $1 AND owner = $2
+    RETURNING session_id
+), ins AS (
+    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
+    SELECT up.session_id, r.kind, r.key, r.value, r.created_at
+    FROM up, unnest($5::int2[], $6::text[], $7::bytea[], $8::float8[])
+        AS r(kind, key, value, created_at)
+    ON CONFLICT DO NOTHING
+    RETURNING kind, key
+), n AS MATERIALIZED (SELECT pg_notify('{CHANNEL}', session_id) FROM up)
+SELECT NULL::int2, NULL::text FROM n
+UNION ALL SELECT kind, key FROM ins
 """
 # A new workflow session: its sessions row and, only if that row is new, its arguments (first
 # writer wins) and a notice for idle workers, in one statement. Returns nothing when a sessions
@@ -270,3 +299,20 @@ async def request_cancel(pool: Any, session_id: str) -> SessionInfo | None:
     if row is None:  # no such session, or it ended: unchanged
         row = await pool.fetchrow(SESSION, session_id)
     return None if row is None else SessionInfo(*row[:11])
+
+
+async def finish(
+    pool: Any, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
+) -> dict[Key, Row]:
+    """See :meth:`JournalBackend.finish`: one statement (:data:`FINISH`), one transaction."""
+    if status not in SESSION_STATUSES:
+        raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
+    columns = [[r.kind for r in records], [r.key for r in records]]
+    columns += [[r.data for r in records], [r.created_at for r in records]]
+    found = await pool.fetch(FINISH, session_id, owner, status, steps, *columns)
+    if not any(kind is None for kind, _ in found):
+        raise Fenced({session_id})
+    if any(r.kind == STREAM for r in records):
+        await pool.execute(NOTIFY_STREAMS, [session_id])  # as a journal write of streams does
+    inserted = [(session_id, kind, key) for kind, key in found if kind is not None]
+    return await conflicts_of(pool, records, inserted)

@@ -11,7 +11,15 @@ from typing import Any
 
 from .._journal.backend import STREAM, Fenced, Record, Row
 
-__all__ = ["STREAM_CHANNEL", "Key", "get_prefixed", "get_row", "insert_rows"]
+__all__ = [
+    "NOTIFY_STREAMS",
+    "STREAM_CHANNEL",
+    "Key",
+    "conflicts_of",
+    "get_prefixed",
+    "get_row",
+    "insert_rows",
+]
 
 #: The notice channel of streams: a batch of a running stream step's chunks, or a complete stream,
 #: was journaled.
@@ -25,7 +33,7 @@ _PREFIXED = (
     "SELECT key, value, created_at FROM jrt_journal"
     " WHERE session_id = $1 AND kind = $2 AND left(key, length($3)) = $3"
 )
-_NOTIFY = f"SELECT pg_notify('{STREAM_CHANNEL}', s) FROM unnest($1::text[]) AS s"
+NOTIFY_STREAMS = f"SELECT pg_notify('{STREAM_CHANNEL}', s) FROM unnest($1::text[]) AS s"
 _INSERT_ONE = (
     "INSERT INTO jrt_journal (session_id, kind, key, value, created_at)"
     " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
@@ -101,7 +109,7 @@ async def insert_rows(
     # sessions' streams, once committed: one more statement for those, none for step records.
     chunked = {r.session_id for r in records if r.kind == STREAM}
     if chunked:
-        await pool.execute(_NOTIFY, list(chunked))
+        await pool.execute(NOTIFY_STREAMS, list(chunked))
     return conflicts
 
 
@@ -118,7 +126,7 @@ async def _insert_rows(
         return {} if status.endswith(" 1") else await _kept_row(pool, records[0])
     # One statement: one round trip, and an autocommitted transaction for the whole batch.
     inserted = await pool.fetch(_INSERT, *_columns(records))
-    return await _conflicts(pool, records, inserted)
+    return await conflicts_of(pool, records, inserted)
 
 
 def _columns(records: Sequence[Record]) -> list[list[Any]]:
@@ -154,10 +162,10 @@ async def _insert_fenced(
     fenced = {r[1] for r in result if r[0]}
     if fenced:
         raise Fenced(fenced)
-    return await _conflicts(pool, records, [(r[1], r[2], r[3]) for r in result])
+    return await conflicts_of(pool, records, [(r[1], r[2], r[3]) for r in result])
 
 
-async def _conflicts(
+async def conflicts_of(
     pool: Any, records: Sequence[Record], inserted: Sequence[Any]
 ) -> dict[Key, Row]:
     if len(inserted) == len(records):

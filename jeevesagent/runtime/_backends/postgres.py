@@ -372,6 +372,16 @@ class PostgresJournalStore(JournalBackend):
             shield=True,
         )
 
+    async def finish(
+        self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
+    ) -> dict[Key, Row]:
+        return await self._run(
+            lambda: pgsessions.finish(self._pool, session_id, owner, records, status, steps),
+            "ending the session",
+            session_id,
+            shield=True,
+        )
+
     async def suspend(
         self,
         session_id: str,

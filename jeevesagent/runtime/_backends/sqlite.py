@@ -237,6 +237,22 @@ def _insert(
     return conflicts
 
 
+def _finish(
+    conn: sqlite3.Connection,
+    session_id: str,
+    owner: str,
+    records: Sequence[Record],
+    status: str,
+    steps: int,
+) -> dict[tuple[str, int, str], Row]:
+    """A session's outcome rows and its release, in one (durable) transaction: fenced, so an
+    owner that lost the claim writes neither."""
+    with write(conn):
+        conflicts = _insert(conn, records, {session_id: owner})
+        sqlitesessions.release(conn, session_id, owner, status, steps)
+    return conflicts
+
+
 def _send_signal(
     conn: sqlite3.Connection, session_id: str, name: str, data: bytes, created_at: float
 ) -> None:
@@ -424,6 +440,22 @@ class SqliteJournalStore(JournalBackend):
     async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
         await self._call(
             sqlitesessions.release_lazy, session_id, owner, status, steps, session_id=session_id
+        )
+
+    async def finish(
+        self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
+    ) -> dict[tuple[str, int, str], Row]:
+        step = describe_key(records[0].key) if records else None
+        return await self._call(
+            _finish,
+            session_id,
+            owner,
+            records,
+            status,
+            steps,
+            session_id=session_id,
+            step=step,
+            batched=True,
         )
 
     async def renew(self, session_id: str, owner: str, lease: float) -> bool:

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 from .._core.values import MAGIC, Codec, JournalCodec, decode_value, encode_value
-from .._errors import StoreClosedError
+from .._errors import SessionBusyError, StoreClosedError
 from .commit import Fenced, GroupCommitter
 from .rows import STEP, STREAM, Record, Row
 
@@ -310,6 +310,23 @@ class JournalBackend(abc.ABC):
         still claimed by ``owner``, so a dead owner's takeover or its lease recovers it. The
         default is :meth:`release`; the bundled stores commit without waiting for an fsync."""
         await self.release(session_id, owner, status, steps)
+
+    async def finish(
+        self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
+    ) -> dict[tuple[str, int, str], Row]:
+        """End a session that ``owner`` holds with its outcome, durably: commit ``records`` (first
+        writer wins: returns the rows kept for keys that conflicted, as :meth:`append`) and
+        :meth:`release` it as ``status`` with ``steps`` rows. Fenced as :meth:`write_rows` (raise
+        :class:`Fenced`, change nothing). The default appends, then releases: two commits, and a
+        reader may see the rows before the status; the SQLite and Postgres stores do both in one
+        transaction (one fsync): no reader sees the status without the rows, or the rows with the
+        old status."""
+        try:
+            conflicts = await self.append(records, {session_id: owner})
+        except SessionBusyError as exc:
+            raise Fenced({session_id}) from exc
+        await self.release(session_id, owner, status, steps)
+        return conflicts
 
     @abc.abstractmethod
     async def list_sessions(

@@ -1,10 +1,10 @@
 """The conformance checks of opening and closing a session -- ``open_session`` (the claim, the
 journal and the mailbox names in one call, with the same results as the composed default:
 ``claim``, ``load_session``, ``pending_names``) and ``release_lazy`` (a release visible at once,
-fenced like ``release``) -- as a mixin of
+fenced like ``release``), with the checks of ending one with its outcome (``finish``:
+:mod:`.finishchecks`) -- as a mixin of
 :class:`jeevesagent.runtime.testing.JournalBackendConformance` (which provides the ``backend``
-and ``other`` fixtures). Only ``jeevesagent.runtime.testing``
-imports this module.
+and ``other`` fixtures). Only ``jeevesagent.runtime.testing`` imports this module.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import anyio
 from .._errors import SessionBusyError
 from .backend import STEP, STREAM, JournalBackend, OpenedSession, SessionJournal
 from .conformance import LIVE, A, B, decode_row, record, send, signal_key, wait_until_expired
+from .finishchecks import FinishChecks
 from .sessionchecks import ARGS, created_value
 
 __all__ = ["OpenSessionChecks"]
@@ -50,8 +51,8 @@ async def composed(backend: JournalBackend, session_id: str, owner: str) -> Open
     )
 
 
-class OpenSessionChecks:
-    """Opening a session in one call, and releasing it lazily."""
+class OpenSessionChecks(FinishChecks):
+    """Opening a session in one call, releasing it lazily, and ending it with its outcome."""
 
     async def test_open_session_claims_loads_and_lists_the_mailbox(
         self, backend: JournalBackend, other: JournalBackend

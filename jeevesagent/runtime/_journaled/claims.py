@@ -2,7 +2,8 @@
 claim together with its journal and mailbox (one round trip: ``open_session``) -- waiting for it,
 or ending the claim of an owner whose process is gone -- renewing its lease while the session is
 open, and releasing it with the status the session ended with (lazily, where nothing relies on
-the status surviving a crash of the store's host: see :func:`durable_release`).
+the status surviving a crash of the store's host: see :func:`durable_release`) -- for a workflow
+that ended with an outcome, together with that outcome, in one durable commit (``finish``).
 
 A :class:`ClaimHolder` belongs to one runtime (one owner token); the runtime composes it and
 calls it, holding the per-session bookkeeping itself.
@@ -17,8 +18,9 @@ import anyio
 
 from .._core import observe as _observe
 from .._errors import SessionBusyError, StoreClosedError, StoreError, Suspension
-from .._journal.backend import JournalBackend, OpenedSession, SessionInfo
+from .._journal.backend import STEP, Fenced, JournalBackend, OpenedSession, Record, Row, SessionInfo
 from .._journal.owner import owner_is_dead
+from .state import JournaledState
 
 __all__ = ["ClaimHolder", "durable_release", "orphaned", "session_status", "suspension_of"]
 
@@ -159,6 +161,36 @@ class ClaimHolder:
                 await native.release_lazy(session_id, self.owner_id, status, rows)
         except StoreError as error:
             _observe.release_failed(session_id, error)
+
+    async def finish(self, state: JournaledState, outcome: list[Record], status: str) -> None:
+        """End the claim of a workflow session with its ``outcome`` (its ``w:result`` or
+        ``w:failure:N`` record), recording ``status``: the outcome, the records still buffered
+        and the status commit in one durable transaction (:meth:`JournalBackend.finish`), so the
+        caller waits for one fsync, and no reader sees the status without the outcome.
+
+        Raises if that fails (the outcome was not recorded): :class:`SessionBusyError` if the
+        claim was lost (nothing was written). Otherwise the session is released ``interrupted``
+        if the claim is still ours, lazily and fenced -- resumable at once, and a finish that
+        did commit after all is left alone (the claim is no longer ours)."""
+        records, state.buffer = [*state.buffer, *outcome], []
+        tables = (state.steps, state.streams)
+        rows = len(state.steps) + len(state.streams)
+        rows += sum(1 for r in outcome if r.key not in tables[r.kind != STEP])
+        try:
+            conflicts = await self.native.finish(state.id, self.owner_id, records, status, rows)
+        except Fenced as exc:
+            raise SessionBusyError(
+                f"session {state.id!r}: this runtime no longer holds the session (its claim "
+                "expired and another runtime took it over), so its outcome was not recorded "
+                "here. The other owner's journal stands.",
+                session_id=state.id,
+            ) from exc
+        except BaseException:
+            await self.release(state.id, "interrupted", rows)
+            raise
+        for r in outcome:
+            tables[r.kind != STEP].setdefault(r.key, Row(r.data, r.created_at))
+        state.adopt(conflicts)
 
     async def suspend(
         self, session_id: str, waiting_for: str | None, wake_at: float | None, rows: int

@@ -150,6 +150,12 @@ class Recorder:
             ) from exc
         state.adopt(conflicts)
 
+    async def commit_outcome(self, state: JournaledState) -> None:
+        """Commit the session's outcome record now, with the records buffered before it (for a
+        session whose end, which would carry it, is still to come)."""
+        state.buffer, state.outcome = [*state.buffer, *state.outcome], []
+        await self.flush(state)
+
     async def flush_periodically(self, state: JournaledState) -> None:
         """Buffered mode: commit every ``flush_interval`` seconds while the session is open.
 

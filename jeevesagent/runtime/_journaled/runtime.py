@@ -233,6 +233,9 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         status = state.end_status or session_status(exc)
         if status == "completed" and state.write_error is not None:
             status = "failed"
+        outcome, state.outcome = state.outcome, []
+        if outcome and state.write_error is None:  # with its status: one durable commit
+            return await self._claims.finish(state, outcome, status)
         await self._claims.release(state.id, status, rows, state.workflow)
 
     async def _interrupt(self, state: JournaledState) -> None:
@@ -279,7 +282,8 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
             state.keep_running("flusher", partial(self._recorder.flush_periodically, state))
 
     async def _context_exiting(self, state: JournaledState) -> None:
-        await self._recorder.flush(state)
+        if not state.ends_here():  # else the session's end commits the buffer with its outcome
+            await self._recorder.flush(state)
         if state.write_error is not None:
             raise state.write_failed(None)
 

@@ -59,6 +59,9 @@ class JournaledState(SessionState):
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
         self.workflow: str | None = None  # the workflow the session runs (from its claim)
         self.end_status: str | None = None  # how it ends, when not told by its exception
+        # A workflow's outcome (its w:result or w:failure:N record), not committed yet: it
+        # commits with the session's end, in one transaction (see ClaimHolder.finish).
+        self.outcome: list[Record] = []
         # Suspension (under serve): a body waiting longer than this is suspended (None: never);
         # the waits and sleeps in progress in it; why it was suspended, once it was.
         self.suspend_after: float | None = None
@@ -123,6 +126,11 @@ class JournaledState(SessionState):
             )
 
     # -- writes -----------------------------------------------------------------------------------
+    def ends_here(self) -> bool:
+        """The context exiting now is the session's last, and the session ends with an outcome:
+        its end commits the records still buffered with the outcome (one commit, not two)."""
+        return bool(self.outcome) and self.refs == 1
+
     def write_failed(self, step: str | None) -> StoreError:
         """The error of a write after a buffered commit of this session failed."""
         where = f", step {step!r}" if step is not None else ""

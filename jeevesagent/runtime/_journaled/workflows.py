@@ -6,7 +6,9 @@ and copying a journal's prefix into a new session (``fork``).
 
 Outcomes are journal rows of the session: its arguments at ``w:args`` (the workflow's
 ``(fingerprint, args, kwargs)``), its return value at ``w:result``, and each failed run's
-exception at ``w:failure:N``. The sessions table names the workflow and the status.
+exception at ``w:failure:N``. The sessions table names the workflow and the status. A body's
+outcome row is written with the session's status when the session ends (one commit: see
+``ClaimHolder.finish``).
 """
 
 from __future__ import annotations
@@ -204,25 +206,39 @@ class Engine:
         """Open the session (claim it), and unless it ended already run the workflow body with
         its outcome journaled. ``args=None``: the recorded arguments. ``suspend_after``: see
         ``serve`` (the body may then raise :class:`Suspension`)."""
-        async with self.open_session(session_id, wait=wait):  # type: ignore[call-arg]
-            state = self.states[session_id]
-            state.suspend_after = suspend_after
-            done = state.steps.get(workflow_result_key())
-            if done is None and not state.loaded:
-                done = await self.recorder.lookup_step(state, workflow_result_key())
-            if done is not None:
-                state.end_status = "completed"
-                return self.recorder.decode(state, workflow_result_key(), done)
-            if args is None or kwargs is None:
-                row = await self.recorder.lookup_step(state, workflow_args_key())
-                if row is None:
-                    raise JournalMismatchError(
-                        f"session {session_id!r} has no recorded arguments: it was not made "
-                        "by run or start.",
-                        session_id=session_id,
-                    )
-                _, args, kwargs = self.arguments(session_id, row)
-            return await self._body(state, fn, args, kwargs)
+        state: JournaledState | None = None
+        try:
+            async with self.open_session(session_id, wait=wait):  # type: ignore[call-arg]
+                state = self.states[session_id]
+                state.suspend_after = suspend_after
+                done = state.steps.get(workflow_result_key())
+                if done is None and not state.loaded:
+                    done = await self.recorder.lookup_step(state, workflow_result_key())
+                if done is not None:
+                    state.end_status = "completed"
+                    return self.recorder.decode(state, workflow_result_key(), done)
+                if args is None or kwargs is None:
+                    row = await self.recorder.lookup_step(state, workflow_args_key())
+                    if row is None:
+                        raise JournalMismatchError(
+                            f"session {session_id!r} has no recorded arguments: it was not "
+                            "made by run or start.",
+                            session_id=session_id,
+                        )
+                    _, args, kwargs = self.arguments(session_id, row)
+                result, mine = await self._body(state, fn, args, kwargs)
+        finally:
+            if state is not None and state.outcome:
+                # The outcome commits with the session's end (one commit with its status), but
+                # another context of the session is still open: the end comes later. Commit it
+                # now, as a step's record: nobody hears of an outcome before its commit.
+                with anyio.CancelScope(shield=True):
+                    await self.recorder.commit_outcome(state)
+        assert state is not None
+        kept = state.steps.get(mine.key)  # another runtime's outcome, recorded first, wins
+        if kept is None or kept.data == mine.data:
+            return result
+        return self.recorder.decode(state, mine.key, kept)
 
     async def _body(
         self,
@@ -230,7 +246,10 @@ class Engine:
         fn: Callable[..., Coroutine[Any, Any, Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> Any:
+    ) -> tuple[Any, Record]:
+        """Run the body; returns its result, and its outcome record (``w:result``), which is
+        not committed yet: it commits with the session's end (see ``ClaimHolder.finish``). A
+        body that raises leaves its ``w:failure:N`` record in the same place."""
         body = anyio.CancelScope()
         watching = anyio.CancelScope()
 
@@ -244,7 +263,7 @@ class Engine:
             with body:
                 result = await fn(*args, **kwargs)
         except Exception as exc:
-            await self._record_failure(state, exc)
+            self._record_failure(state, exc)
             raise
         finally:
             running_runtime.reset(token)
@@ -257,17 +276,17 @@ class Engine:
             )
         key = workflow_result_key()
         data = self.recorder.encode(state, key, result, what="workflow result")
-        return await self.recorder.record(state, STEP, key, result, data)
+        record = Record(state.id, STEP, key, data, time.time())
+        state.outcome.append(record)
+        return result, record
 
-    async def _record_failure(self, state: JournaledState, exc: Exception) -> None:
+    def _record_failure(self, state: JournaledState, exc: Exception) -> None:
         """Journal why this run failed, for ``result()`` (best effort: an exception that cannot
-        be encoded is recorded by its type and message only)."""
-        n = sum(1 for key in state.steps if failure_index(key) is not None)
-        key = workflow_failure_key(n)
-        failure = JournaledFailure.of(exc)
-        data = self.recorder.encode(state, key, failure, what="workflow failure")
-        with anyio.CancelScope(shield=True):
-            await self.recorder.record(state, STEP, key, failure, data)
+        be encoded is recorded by its type and message only), with the session's end."""
+        keys = [*state.steps, *(r.key for r in state.outcome)]
+        key = workflow_failure_key(sum(1 for k in keys if failure_index(k) is not None))
+        data = self.recorder.encode(state, key, JournaledFailure.of(exc), what="workflow failure")
+        state.outcome.append(Record(state.id, STEP, key, data, time.time()))
 
     async def _watch_cancel(self, state: JournaledState, body: anyio.CancelScope) -> None:
         """Stop the body when ``cancel()`` is asked for the session, from any process: woken by
