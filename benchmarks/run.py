@@ -131,6 +131,9 @@ async def bench_record(store: BenchStore, opts: Options, report: StoreReport) ->
     cfg = opts.cfg
     s = await run_rounds(opts.rounds, opts.warmup, functools.partial(record_round, store, cfg))
     rec, floor = Stat(s["record"], "µs/step"), Stat(s["floor"], "µs/row")
+    # DESIGN §5: 1.1x the floor; under trio, Postgres within 1.25x of the asyncio floor (the
+    # floor runs on asyncio in a thread, see METHOD).
+    limit = 1.25 if opts.backend == "trio" and report.name == "PostgreSQL" else 1.1
     report.lines.append(
         Line(
             f"record: {cfg.steps} sequential steps, one session "
@@ -138,7 +141,7 @@ async def bench_record(store: BenchStore, opts: Options, report: StoreReport) ->
             rec,
             floor,
             rec.median / floor.median,
-            Target("ratio", "<=", 1.3, "≤ 1.3x floor"),
+            Target("ratio", "<=", limit, f"≤ {limit:g}x floor"),
         )
     )
 
@@ -184,7 +187,7 @@ async def bench_concurrent(store: BenchStore, opts: Options, report: StoreReport
             conc,
             floor,
             conc.median / floor.median,
-            Target("ratio", ">=", 5, "≥ 5x floor"),
+            Target("ratio", ">=", 10, "≥ 10x floor"),
         )
     )
 
