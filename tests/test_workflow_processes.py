@@ -479,7 +479,14 @@ async def test_sigint_while_steps_commit_back_to_back_leaves_every_session_resum
         await wait_for("30 steps", lambda: len(ran(s.log)) >= 30)
         await first.stop(signal.SIGINT)
     statuses = {sid: await rt.handle(sid).status() for sid in sids}
-    assert set(statuses.values()) <= {"interrupted", "completed"}, (statuses, first.stderr())
+    allowed = {"interrupted", "completed"}
+    if "TrioInternalError" in first.stderr():
+        # Seen once in ~100 runs (tests-versions-3.12): trio raised the KeyboardInterrupt inside
+        # its own run loop and died with TrioInternalError, as if killed. Its sessions are then
+        # left `running` under a dead owner, which this host takes over at once: the resume
+        # below must still finish each of them with every step run once.
+        allowed.add("running")
+    assert set(statuses.values()) <= allowed, (statuses, first.stderr())
     async with s.worker("next", OTHER[s.loop]):
         for sid in sids:
             assert await rt.result(sid, timeout=WITHIN) == job_result(sid, steps)
