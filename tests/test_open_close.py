@@ -26,7 +26,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from jeevesagent.runtime import JournaledRuntime
 from jeevesagent.runtime._journal.backend import JournalBackend, OpenedSession
 
-from .conftest import StoreFactory
+from .conftest import StoreFactory, pg
 from .test_crash import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,3 +157,85 @@ async def test_open_session_of_the_runtime_is_one_call(store_factory: StoreFacto
 def _refusals_allowed(store: JournalBackend) -> bool:
     """The composed default (memory store, adapter) calls the three itself."""
     return type(store).open_session is JournalBackend.open_session
+
+
+# Owner A of the test below, in a process of its own: finishes session "s" (a step row and the
+# release in one transaction), holds that transaction open until told, then commits.
+FINISHER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import asyncpg
+
+    async def main():
+        conn = await asyncpg.connect(sys.argv[1])
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
+                "VALUES ('s', 0, 's:last', '\\\\x00'::bytea, 0)"
+            )
+            await conn.execute(
+                "UPDATE jrt_sessions SET status = 'completed', owner = NULL, "
+                "lease_expires = NULL WHERE session_id = 's'"
+            )
+            print("held", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print("committed", flush=True)
+        await conn.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_whole_journal(
+    pg_schema_dsn: str,
+) -> None:
+    """Postgres: a claim that waits for the row lock of an owner that is finishing its session
+    (its last steps and its release in one transaction) is granted when that transaction
+    commits -- and then the journal it returns must include that transaction's steps. Found by
+    three workers sharing 100 sessions on a loaded machine: a worker that had listed a session
+    as pending claimed it just as another finished it, read the journal as it was before, and
+    ran the finished steps again. (In READ COMMITTED, the claim's INSERT ... ON CONFLICT DO
+    UPDATE sees the newest row, while the statement's journal read keeps its older snapshot.)"""
+    from jeevesagent.runtime import PostgresJournalStore
+
+    store = await PostgresJournalStore.connect(pg_schema_dsn, min_size=1, max_size=2)
+    try:
+        await store.init_schema()
+        first = await store.open_session("s", "owner-a", 60.0)
+        assert first.info.owner == "owner-a"
+        async with await anyio.open_process(
+            [sys.executable, "-c", FINISHER, pg_schema_dsn], stdin=subprocess.PIPE
+        ) as finisher:
+            assert finisher.stdin is not None and finisher.stdout is not None
+            out = BufferedByteReceiveStream(finisher.stdout)
+            with anyio.fail_after(30):
+                assert await out.receive_until(b"\n", 100) == b"held"
+            opened: list[OpenedSession] = []
+            async with anyio.create_task_group() as tg:
+
+                async def open_b() -> None:
+                    opened.append(await store.open_session("s", "owner-b", 60.0))
+
+                tg.start_soon(open_b)
+                # B's claim statement has its snapshot and waits for A's row lock; then A commits.
+                with anyio.fail_after(30):
+                    while not await anyio.to_thread.run_sync(_waiting_for_a_lock, pg_schema_dsn):
+                        await anyio.sleep(0.01)
+                await finisher.stdin.send(b"go\n")
+            with anyio.fail_after(30):
+                assert await out.receive_until(b"\n", 100) == b"committed"
+        (b,) = opened
+        # A released it: B's claim is granted, and B must see what A committed with the release.
+        assert b.info.owner == "owner-b", b.info
+        assert b.journal is not None
+        assert "s:last" in b.journal.steps, sorted(b.journal.steps)
+    finally:
+        await store.aclose()
+
+
+def _waiting_for_a_lock(dsn: str) -> bool:
+    """Whether some statement of the server waits for a lock."""
+    return bool(
+        pg(dsn, lambda conn: conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+    )

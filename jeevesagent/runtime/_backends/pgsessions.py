@@ -17,6 +17,7 @@ the same statement, so it costs no extra round trip and commits with the change.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +74,12 @@ RETURNING {SESSION_COLS}
 # The claim committed asynchronously (see above: `lazy` is referenced, so it is evaluated) and,
 # when granted, the session's journal and mailbox names in the same statement, as arrays (the
 # aggregates of one query level read their rows in one order). No row: not granted.
+# The last condition keeps the journal read true to the claim. Under READ COMMITTED, ON CONFLICT
+# DO UPDATE sees the newest version of the sessions row, even one committed after this statement
+# took its snapshot -- say by an owner that released the session in the transaction that wrote
+# its last steps, which the journal read below, on the snapshot, would then miss. So the claim is
+# granted only on the version of the row that the snapshot sees (same xmin); otherwise nothing is
+# returned and `open_session` asks again, with a new snapshot.
 _OPEN = f"""
 WITH now AS (SELECT {_NOW} AS t, set_config('synchronous_commit', 'off', true) AS lazy),
 c AS (
@@ -83,8 +90,9 @@ c AS (
         status = 'running', owner = EXCLUDED.owner,
         lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
         waiting_for = NULL, wake_at = NULL
-    WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
-       OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
+    WHERE (s.owner IS NULL OR s.owner = EXCLUDED.owner
+           OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at)
+      AND s.xmin = (SELECT xmin FROM jrt_sessions WHERE session_id = $1)
     RETURNING {SESSION_COLS}
 )
 SELECT c.*, j.kinds, j.keys, j.vals, j.times, m.names FROM c,
@@ -265,9 +273,17 @@ async def claim(pool: Any, session_id: str, owner: str, lease: float) -> Session
 
 
 async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> OpenedSession:
-    row = await pool.fetchrow(_OPEN, session_id, owner, float(lease))
-    if row is None:  # held by someone else: a separate statement sees the row that won
-        return OpenedSession(SessionInfo(*await pool.fetchrow(SESSION, session_id)), None, [])
+    for _ in range(_OPEN_TRIES):
+        row = await pool.fetchrow(_OPEN, session_id, owner, float(lease))
+        if row is not None:
+            break
+        # Not granted. A separate statement sees the row as it is now: held by someone else,
+        # or changed after _OPEN's snapshot (see _OPEN) -- then ask again, with a new snapshot.
+        info = SessionInfo(*await pool.fetchrow(SESSION, session_id))
+        if not _claimable(info, owner):
+            return OpenedSession(info, None, [])
+    else:
+        return OpenedSession(info, None, [])
     journal = SessionJournal({}, {})
     kinds, keys, values, times, names = row[11:]
     if kinds is not None:
@@ -275,6 +291,22 @@ async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> 
         for kind, key, value, created_at in zip(kinds, keys, values, times, strict=True):
             (steps if kind == STEP else streams)[key] = Row(value, created_at)
     return OpenedSession(SessionInfo(*row[:11]), journal, names or [])
+
+
+# How often open_session asks again when the sessions row changed under its snapshot: each time
+# takes a new snapshot, so only another commit in that instant makes it ask once more.
+_OPEN_TRIES = 5
+
+
+def _claimable(info: SessionInfo, owner: str) -> bool:
+    """Whether ``owner``'s claim would be granted on the row ``info`` (the rule of _OPEN, with
+    this host's clock for the lease)."""
+    return (
+        info.owner is None
+        or info.owner == owner
+        or info.lease_expires is None
+        or info.lease_expires <= time.time()
+    )
 
 
 async def create_session(
