@@ -97,11 +97,11 @@ async def test_an_approval_sent_while_the_agent_was_down_is_received_once(tmp_pa
         finally:
             await store.aclose()
         proc.send_signal(signal.SIGKILL)
-        assert await anyio.to_thread.run_sync(proc.wait) == -signal.SIGKILL
     finally:
         if proc.returncode is None:
             proc.kill()
-            proc.wait()
+        await anyio.to_thread.run_sync(proc.communicate)  # reaps it and closes its pipes
+    assert proc.returncode == -signal.SIGKILL
     assert lines(log) == ["model 1", "ask refund"]
 
     # The answer, from this process, while the agent is down.
