@@ -171,7 +171,19 @@ def test_under_trio_the_run_is_refused() -> None:
     assert clerk.model_calls == 0
 
 
-def approver(asked: list[str], timeout: timedelta | None = None) -> tuple[Agent[None, Any], list]:
+class Asked:
+    """The tokens ``ask`` was given, and an event set at each."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.event = anyio.Event()
+
+    async def first(self) -> str:
+        await self.event.wait()
+        return self.tokens[0]
+
+
+def approver(asked: Asked, timeout: timedelta | None = None) -> tuple[Agent[None, Any], list[int]]:
     refunds: list[int] = []
 
     def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -180,7 +192,8 @@ def approver(asked: list[str], timeout: timedelta | None = None) -> tuple[Agent[
         return ModelResponse(parts=[TextPart(str(messages[-1].parts[-1].content))])
 
     async def ask(ctx: RunContext[None], requests: DeferredToolRequests, token: str) -> None:
-        asked.append(token)
+        asked.tokens.append(token)
+        asked.event.set()
 
     agent = Agent(
         FunctionModel(model),
@@ -198,33 +211,30 @@ def approver(asked: list[str], timeout: timedelta | None = None) -> tuple[Agent[
 
 
 async def test_an_answer_resolves_the_wait_once_and_replays() -> None:
-    asked: list[str] = []
+    asked = Asked()
     agent, refunds = approver(asked)
     async with JournaledRuntime() as rt:
 
         async def answer() -> None:
-            while not asked:
-                await anyio.sleep(0.01)
-            assert parse_token(asked[0])[0] == "s"
-            await resolve_external_event(rt, asked[0], {"approvals": {"r": True}})
+            token = await asked.first()
+            assert parse_token(token)[0] == "s"
+            await resolve_external_event(rt, token, {"approvals": {"r": True}})
 
         async with rt.session("s"), anyio.create_task_group() as tg:
             tg.start_soon(answer)
             assert (await agent.run("refund")).output == "refunded 5"
         async with rt.session("s"):
             assert (await agent.run("refund")).output == "refunded 5"
-    assert (len(asked), refunds) == (1, [5])
+    assert (len(asked.tokens), refunds) == (1, [5])
 
 
 async def test_a_failed_or_timed_out_wait_denies_the_call() -> None:
-    asked: list[str] = []
+    asked = Asked()
     agent, refunds = approver(asked)
     async with JournaledRuntime() as rt:
 
         async def refuse() -> None:
-            while not asked:
-                await anyio.sleep(0.01)
-            await fail_external_event(rt, asked[0], "manager said no")
+            await fail_external_event(rt, await asked.first(), "manager said no")
 
         async with rt.session("s"), anyio.create_task_group() as tg:
             tg.start_soon(refuse)
@@ -247,21 +257,20 @@ async def test_a_tool_can_wait_for_a_signal_itself() -> None:
     """The other way to wait: a tool calls wait_for_signal on the current session (its name made
     unique by the tool call id); the answer is journaled with the tool call's result."""
     agent = Agent(TestModel(call_tools=["ask_manager"]), name="asker", capabilities=[Durability()])
-    asked: list[str] = []
+    asked = Asked()
 
     @agent.tool
     async def ask_manager(ctx: RunContext[None], question: str) -> str:
         session = current_session()
-        asked.append(f"answer:{ctx.tool_call_id}")
-        answer = await session.runtime.wait_for_signal(session.id, asked[-1], timeout=30)
+        asked.tokens.append(f"answer:{ctx.tool_call_id}")
+        asked.event.set()
+        answer = await session.runtime.wait_for_signal(session.id, asked.tokens[-1], timeout=30)
         return str(answer)
 
     async with JournaledRuntime() as rt:
 
         async def manager() -> None:
-            while not asked:
-                await anyio.sleep(0.01)
-            await rt.signal("s", asked[0], "yes")
+            await rt.signal("s", await asked.first(), "yes")
 
         async with rt.session("s"), anyio.create_task_group() as tg:
             tg.start_soon(manager)
@@ -269,24 +278,25 @@ async def test_a_tool_can_wait_for_a_signal_itself() -> None:
         assert "yes" in output
         async with rt.session("s"):
             assert (await agent.run("may I?")).output == output
-    assert len(asked) == 1
+    assert len(asked.tokens) == 1
 
 
 async def test_current_session_is_the_innermost_session_of_any_runtime() -> None:
     with pytest.raises(RuntimeError, match="outside a session"):
         current_session()
-    async with JournaledRuntime() as rt, InProcRuntime() as inproc:
-        async with rt.session("a") as a:
-            assert current_session() is a and a.runtime is rt
-            async with inproc.session("b") as b:
-                assert current_session() is b and b.runtime is inproc
-            async with anyio.create_task_group() as tg:
+    async with JournaledRuntime() as rt, InProcRuntime() as inproc, rt.session("a") as a:
+        assert current_session() is a
+        assert a.runtime is rt
+        async with inproc.session("b") as b:
+            assert current_session() is b
+            assert b.runtime is inproc
+        async with anyio.create_task_group() as tg:
 
-                async def child() -> None:
-                    assert current_session() is a
+            async def child() -> None:
+                assert current_session() is a
 
-                tg.start_soon(child)
-            assert current_session() is a
+            tg.start_soon(child)
+        assert current_session() is a
     with pytest.raises(RuntimeError, match="outside a session"):
         current_session()
 

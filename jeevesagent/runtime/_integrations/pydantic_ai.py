@@ -82,7 +82,9 @@ class _Backend(CallableOperationBackend[None]):
             namer=JournalOperationNamer(
                 capability.name, default_model_id=capability.default_model_id or "default"
             ),
-            config=RoleBasedOperationConfig[None](model=None, event=None, capability=None, tool=None),
+            config=RoleBasedOperationConfig[None](
+                model=None, event=None, capability=None, tool=None
+            ),
         )
         self._capability = capability
 
