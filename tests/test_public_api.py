@@ -549,3 +549,19 @@ def test_invalid_name_error_is_a_value_error_and_a_type_error() -> None:
 
 def test_store_closed_error_is_a_store_error() -> None:
     assert issubclass(StoreClosedError, StoreError)
+
+
+# -- current_session() and the pydantic-ai integration (issue 15) ---------------------------------
+
+
+def test_current_session_is_exported_and_refuses_outside_a_session() -> None:
+    assert "current_session" in rt_pkg.__all__
+    assert rt_pkg.current_session.__module__ == "jeevesagent.runtime"
+    with pytest.raises(RuntimeError, match="outside a session"):
+        rt_pkg.current_session()
+
+
+def test_the_pydantic_ai_module_all_matches_its_public_names() -> None:
+    module = importlib.import_module("jeevesagent.runtime.pydantic_ai")
+    assert set(module.__all__) == public_names(module)
+    assert {"Durability", "resolve_external_event", "fail_external_event"} <= set(module.__all__)

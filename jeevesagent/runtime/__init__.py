@@ -14,6 +14,7 @@ from ._backends.sqlite import SqliteJournalStore as SqliteJournalStore
 from ._core.inproc import InProcRuntime as InProcRuntime
 from ._core.inproc import InProcSession as InProcSession
 from ._core.registry import current_runtime as current_runtime
+from ._core.registry import current_session as current_session
 from ._core.registry import workflow as workflow
 from ._core.streams import current_stream_prefix as current_stream_prefix
 from ._core.values import JsonCodec as JsonCodec
@@ -79,6 +80,7 @@ __all__ = (
     "ValueEncodingError",
     "WorkflowHandle",
     "current_runtime",
+    "current_session",
     "current_stream_prefix",
     "with_policy",
     "workflow",

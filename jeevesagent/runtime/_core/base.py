@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._errors import RuntimeJournalError, StoreClosedError
 from .names import check_session_id, check_signal_target
 from .observe import SessionScope
+from .registry import running_session
 
 __all__ = [
     "BaseRuntime",
@@ -195,6 +196,11 @@ class BaseSession:
         self.id = session_id
         self._runtime = runtime
 
+    @property
+    def runtime(self) -> Any:
+        """The runtime that opened this session (``None`` for a session made by hand)."""
+        return self._runtime
+
     async def deliver(self, name: str, payload: Any) -> None:
         """Queue a signal for this session (same as ``runtime.signal(self.id, name, payload)``)."""
         if self._runtime is None:
@@ -222,6 +228,7 @@ class _SessionContext(Generic[S]):
         self._state: S | None = None
         self._tg: TaskGroup | None = None
         self._token: Token[S | None] | None = None
+        self._session_token: Token[Any] | None = None
         self._scope: SessionScope | None = None
 
     async def __aenter__(self) -> Any:
@@ -245,9 +252,11 @@ class _SessionContext(Generic[S]):
         state.task_groups.append(tg)
         self._state, self._tg = state, tg
         self._token = rt._current.set(state)
+        session = rt._session_object(state)
+        self._session_token = running_session.set(session)
         scope.opened(state, first)
         rt._context_entered(state, tg)
-        return rt._session_object(state)
+        return session
 
     async def __aexit__(
         self,
@@ -273,8 +282,10 @@ class _SessionContext(Generic[S]):
         assert self._state is not None
         assert self._tg is not None
         assert self._token is not None
+        assert self._session_token is not None
         rt, state, tg = self._runtime, self._state, self._tg
         rt._current.reset(self._token)
+        running_session.reset(self._session_token)
         state.context_leaving(tg)
         # Commit what the session still holds before its background work stops. A failure here
         # is raised after the task group has ended (chained to the body's exception, if any).

@@ -1,5 +1,6 @@
 """Registered workflows: the ``@workflow`` decorator, the registry of this process's workflows by
-name, and ``current_runtime()`` (the runtime running the calling workflow, a context variable).
+name, ``current_runtime()`` (the runtime running the calling workflow, a context variable) and
+``current_session()`` (the session the calling task runs in, a context variable).
 
 A workflow is an ordinary async function; registering it gives it a name that is recorded with
 each session it runs, so any process -- one that imports the code, to run it, or one that does
@@ -14,8 +15,10 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 __all__ = [
     "current_runtime",
+    "current_session",
     "registered_workflow",
     "running_runtime",
+    "running_session",
     "workflow",
     "workflow_name",
 ]
@@ -29,6 +32,9 @@ _REGISTRY: dict[str, Callable[..., Coroutine[Any, Any, Any]]] = {}
 
 #: The runtime running the workflow body of the calling task (set by ``run`` and ``serve``).
 running_runtime: ContextVar[Any] = ContextVar("jeevesagent_runtime", default=None)
+#: The session object of the innermost ``session()`` context of the calling task, any runtime
+#: (set and reset by that context).
+running_session: ContextVar[Any] = ContextVar("jeevesagent_session", default=None)
 
 
 @overload
@@ -110,3 +116,18 @@ def current_runtime() -> Any:
             "run by runtime.run(...) or runtime.serve(...)"
         )
     return rt
+
+
+def current_session() -> Any:
+    """The session the calling task runs in: what the innermost ``async with
+    runtime.session(session_id)`` around it yielded (``.id``, ``.runtime``), in that task and in
+    every task started inside it, whichever runtime opened it; raises ``RuntimeError`` outside
+    every session. Integrations use it to find the session (and runtime) to journal in."""
+    session = running_session.get()
+    if session is None:
+        raise RuntimeError(
+            "current_session() is called outside a session: call it inside "
+            "`async with runtime.session(session_id):` or a @workflow body run by "
+            "runtime.run(...) or runtime.serve(...)"
+        )
+    return session
