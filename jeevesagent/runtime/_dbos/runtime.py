@@ -210,9 +210,7 @@ class DBOSRuntime(BaseRuntime[_DBOSState]):
             )
         return exc
 
-    async def _record(
-        self, state: _DBOSState, key: str, name: str, run: Callable[[], Any]
-    ) -> Any:
+    async def _record(self, state: _DBOSState, key: str, name: str, run: Callable[[], Any]) -> Any:
         """The result of the step with journal ``key``: replayed, or ``run()`` and recorded."""
         while True:
             if key in state.done:
@@ -440,9 +438,7 @@ class _Handshake:
 
         async def op() -> Any:
             try:
-                value = await DBOS.run_step_async(
-                    {"name": key, "retries_allowed": False}, produce
-                )
+                value = await DBOS.run_step_async({"name": key, "retries_allowed": False}, produce)
             except BaseException as exc:
                 b.settle(go, error=exc)
                 raise
@@ -454,7 +450,8 @@ class _Handshake:
 
     async def start(self) -> tuple[bool, Any]:
         self._request = self._state.channel.submit(self._op)
-        return await self._wait(self._go)
+        ran, value = await self._wait(self._go)
+        return bool(ran), value
 
     def abandon(self, exc: BaseException) -> None:
         self._b.settle(self._outcome, error=self._b.Unrecorded(exc))
