@@ -25,9 +25,7 @@ async def charge(amount: float) -> str:
 
 
 async def main() -> None:
-    async with DBOSRuntime(
-        "sqlite:///dbos_example.sqlite3", config={"log_level": "WARNING"}
-    ) as rt:
+    async with DBOSRuntime("sqlite:///dbos_example.sqlite3", config={"log_level": "WARNING"}) as rt:
         async with rt.session("order-7"):
             price = await rt.step("quote", quote, "lamp")
             # A step's arguments are part of its identity; an idempotency key names it alone.
