@@ -194,6 +194,7 @@ LAYERS: dict[str, set[str]] = {
     "_backends": {"_journal", "_core", "_errors"},
     "_cli": {"_backends", "_journaled", "_journal", "_core", "_errors", "_policy"},
     "_integrations": {"_core", "_errors"},  # optional extras, on the public accessors
+    "_dbos": {"_core", "_errors", "_policy"},  # DBOSRuntime: a BaseRuntime over DBOS, no journal
 }
 # Single modules with one more layer, and why.
 LAYER_EXTRAS: dict[str, set[str]] = {

@@ -91,3 +91,14 @@ for _name in __all__:
     if getattr(_obj, "__module__", "").startswith("jeevesagent.runtime._"):
         _obj.__module__ = __name__
 del _name, _obj
+
+
+def __getattr__(name: str) -> object:
+    # DBOSRuntime (extra [dbos]) is loaded on first use: importing jeevesagent.runtime never
+    # imports dbos, and making one without the extra raises an ImportError naming it.
+    if name == "DBOSRuntime":
+        from ._dbos.runtime import DBOSRuntime
+
+        DBOSRuntime.__module__ = __name__
+        return DBOSRuntime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

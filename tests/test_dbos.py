@@ -1,0 +1,132 @@
+"""DBOSRuntime (extra ``[dbos]``) on DBOS's SQLite and Postgres system databases.
+
+DBOS is a per-process singleton, so every scenario runs in a child process of its own
+(tests/dbos_child.py); a crash is a SIGKILL of that child. The tests themselves are synchronous:
+the event loop that matters is the child's (asyncio; DBOS does not run under trio).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import pg
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = Path(__file__).resolve().parent / "dbos_child.py"
+
+pytestmark = pytest.mark.slow
+
+
+def child(scenario: str, url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), scenario, url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run(scenario: str, url: str) -> str:
+    proc = child(scenario, url)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, f"{scenario}: exit {proc.returncode}\n{out}\n{err}"
+    assert out.rstrip().endswith("OK"), f"{scenario}:\n{out}\n{err}"
+    return out
+
+
+def ran(out: str) -> list[str]:
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("RAN ")]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def system_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh DBOS system database: a SQLite file, or a Postgres database DBOS creates."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'dbos.sqlite3'}"
+        return
+    dsn = str(request.getfixturevalue("pg_dsn"))
+    name = f"dbos_{uuid.uuid4().hex[:12]}"
+    parts = urllib.parse.urlsplit(dsn)
+    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    pg(dsn, lambda conn: conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def test_steps_streams_signals_and_a_finished_session_replays(system_db: str) -> None:
+    out = run("basics", system_db)
+    # Each body ran once; the replay-only reopen ran nothing.
+    assert ran(out) == ["plan", "plan-2", "keyed", "flaky"]
+
+
+def test_a_body_that_raised_resumes_with_its_steps_replayed(system_db: str) -> None:
+    assert ran(run("raise_then_resume", system_db)) == ["a", "b"]
+
+
+def test_other_arguments_at_a_recorded_position_are_a_mismatch(system_db: str) -> None:
+    assert ran(run("diverge", system_db)) == ["a"]
+
+
+def test_sigkill_mid_session_then_resume_runs_only_the_rest(system_db: str) -> None:
+    proc = child("crash", system_db)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.strip())
+        if line.strip() == "WAITING":
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert lines == ["RAN a", "WAITING"]
+    # While no process runs the session, another process signals it; then a third resumes it.
+    run("send", system_db)
+    out = run("resume", system_db)
+    assert ran(out) == ["b"]  # "a" replayed from DBOS's record
+    assert out.count("GOT ann") == 1
+
+
+def test_trio_is_refused_with_the_alternatives(tmp_path: Path) -> None:
+    run("trio_refused", f"sqlite:///{tmp_path / 'dbos.sqlite3'}")
+
+
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_importing_the_runtime_never_imports_dbos() -> None:
+    result = python(
+        "import sys, jeevesagent.runtime as rt\n"
+        "assert 'dbos' not in sys.modules\n"
+        "cls = rt.DBOSRuntime\n"
+        "assert 'dbos' not in sys.modules, 'the class alone must not import dbos'\n"
+        "print(cls.__module__, cls.name)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["jeevesagent.runtime", "dbos"]
+
+
+def test_without_the_extra_making_one_names_the_pip_install() -> None:
+    result = python(
+        "import sys\n"
+        "sys.modules['dbos'] = None  # as if dbos were not installed\n"
+        "from jeevesagent.runtime import DBOSRuntime\n"
+        "try:\n"
+        "    DBOSRuntime('sqlite:///x.sqlite3')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'jeevesagent[dbos]'" in result.stdout
