@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent
 # Every CPython the package supports (requires-python >= 3.11); tests-versions runs each.
 PYTHONS = ["3.11", "3.12", "3.13"]
 # What the lowest-versions run installs: the package with these extras, and the build backend.
-LOWEST_EXTRAS = ("postgres", "trio", "otel", "pydantic-ai", "test")
+LOWEST_EXTRAS = ("postgres", "trio", "otel", "pydantic-ai", "dbos", "test")
 
 
 @nox.session
@@ -97,7 +97,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     # pytest: jeevesagent.runtime.testing (the conformance suite) is typed against it.
-    session.install("-e", ".[pydantic-ai]", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest")
+    session.install("-e", ".[pydantic-ai,dbos]", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest")
     session.run("mypy")
 
 

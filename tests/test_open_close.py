@@ -207,7 +207,8 @@ async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_who
         async with await anyio.open_process(
             [sys.executable, "-c", FINISHER, pg_schema_dsn], stdin=subprocess.PIPE
         ) as finisher:
-            assert finisher.stdin is not None and finisher.stdout is not None
+            assert finisher.stdin is not None
+            assert finisher.stdout is not None
             out = BufferedByteReceiveStream(finisher.stdout)
             with anyio.fail_after(30):
                 assert await out.receive_until(b"\n", 100) == b"held"
@@ -220,7 +221,9 @@ async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_who
                 tg.start_soon(open_b)
                 # B's claim statement has its snapshot and waits for A's row lock; then A commits.
                 with anyio.fail_after(30):
-                    while not await anyio.to_thread.run_sync(_waiting_for_a_lock, pg_schema_dsn):
+                    while not await anyio.to_thread.run_sync(  # noqa: ASYNC110 -- the server's
+                        _waiting_for_a_lock, pg_schema_dsn
+                    ):
                         await anyio.sleep(0.01)
                 await finisher.stdin.send(b"go\n")
             with anyio.fail_after(30):
