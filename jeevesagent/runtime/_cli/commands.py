@@ -53,6 +53,7 @@ __all__ = [
     "build_parser",
     "load_view",
     "main",
+    "preview_text",
     "send_signal",
     "session_waiting",
 ]
@@ -177,7 +178,7 @@ async def cmd_sessions(store: JournalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
-def _preview(obj: dict[str, Any], full: bool) -> str:
+def preview_text(obj: dict[str, Any], full: bool) -> str:
     """A value as JSON text (JSON rows) or its ``repr`` (unpickled rows); else peek's note."""
     if "value" not in obj:
         text = f"{obj['format']}, {obj['note']}"
@@ -221,7 +222,7 @@ async def cmd_show(store: JournalBackend, args: argparse.Namespace) -> int:
         print("no rows recorded")
         return 0
     lines = [
-        [o["kind"], o["name"], str(o["size"]), when(o["created_at"]), _preview(o, args.values)]
+        [o["kind"], o["name"], str(o["size"]), when(o["created_at"]), preview_text(o, args.values)]
         for o in view.rows
     ]
     print(table(["KIND", "NAME", "SIZE", "RECORDED", "VALUE"], lines))
