@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -146,8 +147,11 @@ async def _stopped() -> None:
             return
 
 
-async def serve(app: Any, bind: str, loop: str) -> None:
-    """Serve ``app`` with hypercorn on ``bind`` (``host:port``) until SIGINT or SIGTERM."""
+async def serve(
+    app: Any, bind: str, loop: str, stop: Callable[[], Awaitable[None]] = _stopped
+) -> None:
+    """Serve ``app`` with hypercorn on ``bind`` (``host:port``) in the running ``loop``
+    (``asyncio`` or ``trio``) until ``stop()`` returns (default: on SIGINT or SIGTERM)."""
     from hypercorn.config import Config
 
     config = Config()
@@ -157,8 +161,8 @@ async def serve(app: Any, bind: str, loop: str) -> None:
     if loop == "trio":
         from hypercorn.trio import serve as trio_serve
 
-        await trio_serve(app, config, shutdown_trigger=_stopped)
+        await trio_serve(app, config, shutdown_trigger=stop)
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(app, config, shutdown_trigger=_stopped)
+        await asyncio_serve(app, config, shutdown_trigger=stop)

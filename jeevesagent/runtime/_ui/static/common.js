@@ -21,6 +21,7 @@ function el(tag, attrs, ...children) {
 function setupToken() {
   const box = document.getElementById("token-box");
   const input = document.getElementById("token");
+  box.addEventListener("submit", (e) => e.preventDefault());
   if (JRT.auth !== "token") {
     box.hidden = true;
     return;
