@@ -494,3 +494,20 @@ def _get_when_up(url: str) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_the_package_and_its_command_line_never_import_the_dashboards_dependencies() -> None:
+    code = (
+        "import sys, jeevesagent.runtime, jeevesagent.runtime.__main__\n"
+        "from jeevesagent.runtime.__main__ import main\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('starlette', 'hypercorn')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**_clean_env(), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
