@@ -1,5 +1,5 @@
 """Developer tasks: ``nox -s tests`` (the README's test command), ``tests-lowest``,
-``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``,
+``tests-versions``, ``tests-ui-browser``, ``lint``, ``typing``, ``demo``, ``bench``,
 ``bench-peers``."""
 
 from __future__ import annotations
@@ -30,6 +30,15 @@ def tests(session: nox.Session) -> None:
     """The test suite on asyncio and trio, over memory, SQLite and a real Postgres."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(name="tests-ui-browser")
+def tests_ui_browser(session: nox.Session) -> None:
+    """The dashboard end to end in Debian's headless Chromium, driven by Playwright (no browser
+    is downloaded: ``apt-get install chromium`` first; .ci/run does)."""
+    session.install("-e", ".[test,ui]", "playwright>=1.49")
+    session.env["JEEVESAGENT_UI_BROWSER"] = "1"
+    session.run("python", "-m", "pytest", "tests/test_ui_browser.py", *session.posargs)
 
 
 @nox.session(name="tests-versions", python=PYTHONS)

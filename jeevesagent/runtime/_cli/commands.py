@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -46,7 +47,16 @@ from .streams import add_stream_commands
 from .target import DB_ENV, CliError
 from .workflows import add_workflow_commands, check_signing, run_init_schema
 
-__all__ = ["main"]
+__all__ = [
+    "AddCommands",
+    "Sent",
+    "build_parser",
+    "load_view",
+    "main",
+    "preview_text",
+    "send_signal",
+    "session_waiting",
+]
 
 PREVIEW_CHARS = 60
 NOTE_CHARS = 100  # why a value is not shown (and what a pickle refers to) is worth more room
@@ -126,7 +136,7 @@ async def load_view(store: JournalBackend, session_id: str, trust: bool) -> Sess
 # -- commands ------------------------------------------------------------------------------------
 
 
-async def _waiting(store: JournalBackend, info: SessionInfo, now: float) -> Waiting | None:
+async def session_waiting(store: JournalBackend, info: SessionInfo, now: float) -> Waiting | None:
     """What a listed session waits for (its journal is read only when it is open and running)."""
     if info.status in (*ENDED_STATUSES, "pending"):
         return waiting_for(info, SessionJournal({}, {}), store.codec, trust=False, now=now)
@@ -137,7 +147,7 @@ async def _waiting(store: JournalBackend, info: SessionInfo, now: float) -> Wait
 async def cmd_sessions(store: JournalBackend, args: argparse.Namespace) -> int:
     infos = await store.list_sessions(args.status, workflows=args.workflow)
     now = time.time()
-    waits = [await _waiting(store, i, now) for i in infos]
+    waits = [await session_waiting(store, i, now) for i in infos]
     if args.json:
         print_json(
             [
@@ -168,7 +178,7 @@ async def cmd_sessions(store: JournalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
-def _preview(obj: dict[str, Any], full: bool) -> str:
+def preview_text(obj: dict[str, Any], full: bool) -> str:
     """A value as JSON text (JSON rows) or its ``repr`` (unpickled rows); else peek's note."""
     if "value" not in obj:
         text = f"{obj['format']}, {obj['note']}"
@@ -212,7 +222,7 @@ async def cmd_show(store: JournalBackend, args: argparse.Namespace) -> int:
         print("no rows recorded")
         return 0
     lines = [
-        [o["kind"], o["name"], str(o["size"]), when(o["created_at"]), _preview(o, args.values)]
+        [o["kind"], o["name"], str(o["size"]), when(o["created_at"]), preview_text(o, args.values)]
         for o in view.rows
     ]
     print(table(["KIND", "NAME", "SIZE", "RECORDED", "VALUE"], lines))
@@ -251,25 +261,45 @@ def parse_payload(text: str) -> Any:
         ) from None
 
 
-async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
-    sid, name = args.session, args.name
+@dataclass(frozen=True)
+class Sent:
+    """A signal sent: whether its session existed, whether it is signed, its encoded size."""
+
+    session_existed: bool
+    signed: bool
+    size: int
+
+
+async def send_signal(
+    store: JournalBackend, args: argparse.Namespace, sid: str, name: str, payload: Any
+) -> Sent:
+    """Send signal ``name`` with ``payload`` (JSON data) to session ``sid``, as ``signal`` does:
+    refused (``CliError``) when the journal's readers would refuse it (see ``check_signing``;
+    ``args``: ``signing_key``, ``signing_key_env``)."""
     await check_signing(store, sid, args, "signal", "nothing was sent")
     # JSON, whatever the journal's codec: every runtime reads JSON rows (the pickle codec too).
     codec = JournalCodec("json", signing_key=args.signing_key)
-    data = seal_signal(codec, sid, name, args.payload_value)
+    data = seal_signal(codec, sid, name, payload)
     exists = await store.session_info(sid) is not None
     if not exists:
         journal = await store.load_session(sid)
         exists = bool(journal.steps or journal.streams)
     await store.send_signal(sid, name, data, time.time())
+    return Sent(exists, codec.signed, len(data))
+
+
+async def cmd_signal(store: JournalBackend, args: argparse.Namespace) -> int:
+    sid, name = args.session, args.name
+    sent = await send_signal(store, args, sid, name, args.payload_value)
+    exists = sent.session_existed
     if not exists:
         print(
             f"note: session {sid!r} has not run yet; the signal waits in its mailbox until it does",
             file=sys.stderr,
         )
     if args.json:
-        sent = {"session_id": sid, "name": name, "signed": codec.signed, "size": len(data)}
-        print_json({"sent": True, **sent, "session_existed": exists})
+        obj = {"session_id": sid, "name": name, "signed": sent.signed, "size": sent.size}
+        print_json({"sent": True, **obj, "session_existed": exists})
     else:
         print(f"sent {name} to {sid}")
     return 0
@@ -320,7 +350,13 @@ async def cmd_prune(store: JournalBackend, args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Adds commands from outside this subpackage (the dashboard's ``ui``): called with the
+# subparsers and the parent parsers of ``--db`` and ``--signing-key-env``; a command it adds sets
+# ``run`` (a function of the parsed arguments returning the exit code) in its defaults.
+AddCommands = Callable[[Any, argparse.ArgumentParser, argparse.ArgumentParser], None]
+
+
+def build_parser(extra: Sequence[AddCommands] = ()) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="jeevesagent-runtime",
         description=(
@@ -388,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_workflow_commands(commands, db, key)
     add_stream_commands(commands, db, key)
+    for add in extra:
+        add(commands, db, key)
 
     demo = commands.add_parser(
         "demo", help="a durable agent session that crashes, then resumes (run it twice)"
@@ -417,12 +455,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         args.payload_value = parse_payload(args.payload)
     if args.command == "init-schema":
         return run_init_schema(args)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if run is not None:
+        return run(args)
     return run_on_store(args, args.command_fn, getattr(args, "codec", None))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra: Sequence[AddCommands] = ()) -> int:
     try:
-        return _dispatch(build_parser().parse_args(argv))
+        return _dispatch(build_parser(extra).parse_args(argv))
     except CliError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return exc.code

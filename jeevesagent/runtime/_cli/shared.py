@@ -45,12 +45,16 @@ def signing_key(args: argparse.Namespace) -> str:
     return key
 
 
-def run_on_target(args: argparse.Namespace, command: Callable[[Target], Awaitable[int]]) -> int:
-    """Run ``command`` on the target that ``--db`` names, with its errors as ``CliError``s
-    (passwords scrubbed)."""
+def run_on_target(
+    args: argparse.Namespace,
+    command: Callable[[Target], Awaitable[int]],
+    backend: str = "asyncio",
+) -> int:
+    """Run ``command`` on the target that ``--db`` names, in an event loop of ``backend``
+    (``asyncio`` or ``trio``), with its errors as ``CliError``s (passwords scrubbed)."""
     target = parse_target(args.db or os.environ.get(DB_ENV))
     try:
-        return anyio.run(command, target)
+        return anyio.run(command, target, backend=backend)
     except CliError as exc:
         exc.message = target.scrub(exc.message)
         raise

@@ -24,7 +24,13 @@ from .outcome import read_outcome
 from .shared import print_json, run_on_target
 from .target import CliError, Target, init_schema
 
-__all__ = ["add_workflow_commands", "check_signing"]
+__all__ = [
+    "add_workflow_commands",
+    "cancel_session",
+    "check_signing",
+    "fork_session",
+    "start_session",
+]
 
 SAMPLE_ROWS = 100  # rows read to tell whether a journal is signed (see check_signing)
 POLL = 0.25  # seconds between looks at a session's status, when the store pushes no notice
@@ -65,16 +71,29 @@ def _json_or_repr(value: Any) -> tuple[bool, str]:
 # -- commands ------------------------------------------------------------------------------------
 
 
-async def cmd_start(store: JournalBackend, args: argparse.Namespace) -> int:
-    sid, name = args.session, args.workflow
+async def start_session(
+    store: JournalBackend,
+    args: argparse.Namespace,
+    name: str,
+    sid: str,
+    arguments: list[Any],
+    kwargs: dict[str, Any],
+) -> str:
+    """Record a pending session ``sid`` of workflow ``name`` (as ``start`` does; ``args``:
+    ``signing_key_env``); its status now (``pending``, or what an existing one is)."""
     await check_signing(store, sid, args, "arguments row", "nothing was started")
     rt = JournaledRuntime(store)
     try:
-        await rt.start(name, sid, *args.args, **args.kwargs)
+        await rt.start(name, sid, *arguments, **kwargs)
     finally:
         await rt.aclose()
     info = await store.session_info(sid)
-    status = info.status if info is not None else "pending"
+    return info.status if info is not None else "pending"
+
+
+async def cmd_start(store: JournalBackend, args: argparse.Namespace) -> int:
+    sid, name = args.session, args.workflow
+    status = await start_session(store, args, name, sid, args.args, args.kwargs)
     if args.json:
         print_json({"session_id": sid, "workflow": name, "status": status})
     elif status == "pending":
@@ -84,8 +103,8 @@ async def cmd_start(store: JournalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_cancel(store: JournalBackend, args: argparse.Namespace) -> int:
-    sid = args.session
+async def cancel_session(store: JournalBackend, sid: str) -> tuple[SessionInfo, SessionInfo]:
+    """Cancel session ``sid`` (as ``cancel`` does): its sessions row before and after."""
     before = await store.session_info(sid)
     if before is None:
         raise CliError(f"unknown session {sid!r}: it is not in the sessions table")
@@ -94,7 +113,12 @@ async def cmd_cancel(store: JournalBackend, args: argparse.Namespace) -> int:
         await rt.cancel(sid)
     finally:
         await rt.aclose()
-    after = await store.session_info(sid) or before
+    return before, await store.session_info(sid) or before
+
+
+async def cmd_cancel(store: JournalBackend, args: argparse.Namespace) -> int:
+    sid = args.session
+    before, after = await cancel_session(store, sid)
     if args.json:
         was = {"was": before.status, "cancel_requested": after.cancel_requested}
         print_json({"session_id": sid, "status": after.status, **was})
@@ -116,19 +140,27 @@ async def cmd_cancel(store: JournalBackend, args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_fork(store: JournalBackend, args: argparse.Namespace) -> int:
-    sid, new = args.session, args.new_session
+async def fork_session(
+    store: JournalBackend, args: argparse.Namespace, sid: str, new: str, at: str | None
+) -> SessionInfo | None:
+    """Fork session ``sid`` into ``new`` before step ``at`` (as ``fork`` does; ``args``:
+    ``signing_key_env``): the new session's row."""
     await check_signing(store, sid, args, "copy of its rows", "nothing was forked")
     rt = JournaledRuntime(store)
     try:
-        await rt.fork(sid, new, at=args.at)
+        await rt.fork(sid, new, at=at)
     except LookupError:
         raise CliError(f"unknown session {sid!r}: it is not in the sessions table") from None
     except ValueError as exc:  # no step of that name
         raise CliError(str(exc)) from None
     finally:
         await rt.aclose()
-    info = await store.session_info(new)
+    return await store.session_info(new)
+
+
+async def cmd_fork(store: JournalBackend, args: argparse.Namespace) -> int:
+    sid, new = args.session, args.new_session
+    info = await fork_session(store, args, sid, new, args.at)
     workflow = info.workflow if info is not None else None
     if args.json:
         status = info.status if info is not None else "pending"
