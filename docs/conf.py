@@ -49,6 +49,10 @@ autoapi_options = [
     "inherited-members",
 ]
 autoapi_python_class_content = "class"
+# A public name is documented under each public module that re-exports it (``JournalEntry`` in
+# ``jeevesagent.runtime`` and ``jeevesagent.runtime.journal``, as published): a cross-reference
+# to it has more than one target, and Sphinx takes the first. That warning only.
+suppress_warnings = ["ref.python"]
 autodoc_typehints = "signature"
 
 # -- MyST -----------------------------------------------------------------------------------------
