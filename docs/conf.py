@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 project = "jeevesagent.runtime"
 author = "the jeevesagent authors"
-copyright = "the jeevesagent authors"  # noqa: A001 - the name Sphinx reads
+copyright = "the jeevesagent authors"
 
 extensions = ["myst_parser", "autoapi.extension", "sphinx.ext.intersphinx"]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
