@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import re
 import sys
 
 from sphinx.application import Sphinx
@@ -90,6 +91,40 @@ def _skip_member(
     return None
 
 
+PUBLIC_MODULES = ["__init__", "inproc", "journal", "journaled", "postgres", "sqlite", "testing"]
+REEXPORT = re.compile(r"^from \.(_[\w.]+) import (\w+) as (\w+)$", re.M)
+PRIVATE_PATH = re.compile(r"jeevesagent\.runtime\._[a-z]\w*(?:\.\w+)*")
+
+
+def public_names() -> dict[str, str]:
+    """``private path -> public path`` of every name the public modules re-export (the package
+    itself first), and ``name -> public path`` for a name re-exported under its own name."""
+    names: dict[str, str] = {}
+    for module in PUBLIC_MODULES:
+        text = (ROOT / "jeevesagent" / "runtime" / f"{module}.py").read_text()
+        public = "jeevesagent.runtime" + ("" if module == "__init__" else f".{module}")
+        for private, name, alias in REEXPORT.findall(text):
+            names.setdefault(f"jeevesagent.runtime.{private}.{name}", f"{public}.{alias}")
+            names.setdefault(alias, f"{public}.{alias}")
+    return names
+
+
+PUBLIC = public_names()
+
+
+def _public_paths(app: Sphinx, docname: str, source: list[str]) -> None:
+    """Signatures, types and base classes in the generated reference name what autoapi
+    resolved, the private module a class is defined in (``jeevesagent.runtime._journal.backend.
+    Row``). Name the public import path instead, or, for a name no public module exports (a
+    private base class), the bare name."""
+    if docname.startswith(f"{autoapi_root}/"):
+        source[0] = PRIVATE_PATH.sub(
+            lambda m: PUBLIC.get(m[0], PUBLIC.get(m[0].rsplit(".", 1)[1], m[0].rsplit(".", 1)[1])),
+            source[0],
+        )
+
+
 def setup(app: Sphinx) -> None:
     logging.getLogger("sphinx.autoapi._mapper").addFilter(_SkipKnownUnresolved())
     app.connect("autoapi-skip-member", _skip_member)
+    app.connect("source-read", _public_paths)

@@ -92,6 +92,10 @@ def test_private_modules_have_no_page_and_no_entry(site: Path) -> None:
     for page in pages:
         private = [a for a in anchors(site / page) if "._" in a.split(".__")[0]]
         assert private == [], f"{page} documents private names: {private}"
+        # Signatures, types and base classes name public import paths, never a private module.
+        text = html.unescape(re.sub(r"<[^>]+>", "", (site / page).read_text()))
+        paths = sorted(set(re.findall(r"jeevesagent\.runtime\._[a-z]\w*[\w.]*", text)))
+        assert paths == [], f"{page} shows private module paths: {paths}"
 
 
 @pytest.mark.timeout(300)
