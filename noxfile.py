@@ -1,5 +1,5 @@
 """Developer tasks: ``nox -s tests`` (the README's test command), ``tests-lowest``,
-``tests-versions``, ``tests-ui-browser``, ``lint``, ``typing``, ``demo``, ``bench``,
+``tests-versions``, ``tests-ui-browser``, ``lint``, ``typing``, ``docs``, ``demo``, ``bench``,
 ``bench-peers``."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import tomllib
 
@@ -111,6 +112,38 @@ def typing(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site, from scratch, offline, warnings as errors: docs/_build/html
+    (guides, architecture, and the API reference autoapi generates from the docstrings); then
+    tests/test_docs_reference.py checks that the reference documents every public name."""
+    session.install("-e", ".[docs]", "pytest>=8", "pytest-timeout>=2.3.1")
+    out = ROOT / "docs" / "_build"
+    shutil.rmtree(out, ignore_errors=True)
+    html = out / "html"
+    session.run(
+        "python",
+        "-m",
+        "sphinx",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        str(html),
+        *session.posargs,
+    )
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_docs_reference.py",
+        env={"JEEVESAGENT_DOCS_HTML": str(html)},
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """The benchmarks of DESIGN.md §5 (``nox -s bench -- --quick`` for a smoke run)."""
     session.install("-e", ".[test]")
@@ -136,7 +169,8 @@ def bench_peers(session: nox.Session) -> None:
 
     Each peer gets its own virtualenv (kept under .nox/ and reused while its pins are the same);
     benchmarks/peers/compare.py runs each contestant as a worker process in its environment and
-    writes the table to benchmarks/RESULTS.md and README.md."""
+    writes the table to benchmarks/RESULTS.md (the documentation's Performance page includes it)
+    and its short form to README.md's Performance section."""
     session.install("-e", ".[test]")
     pythons = {name: peer_venv(session, name, pins) for name, pins in PEERS.items()}
     session.run(
@@ -144,6 +178,7 @@ def bench_peers(session: nox.Session) -> None:
         "benchmarks/peers/compare.py",
         f"--dbos-python={pythons['dbos']}",
         f"--langgraph-python={pythons['langgraph']}",
+        "--readme=README.md",
         *session.posargs,
     )
 

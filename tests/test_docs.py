@@ -1,4 +1,5 @@
-"""The README's examples and the demo (the project's main job) run as documented."""
+"""The README's quickstart, the guides' examples (docs/examples) and the demo (the project's main
+job) run as documented; every example a page of the documentation includes is one of them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+EXAMPLES = ROOT / "docs" / "examples"
+# Examples that keep their journal in the current folder: run twice there, the second run replays.
+REPLAYED = {
+    "approval.py",
+    "quickstart.py",
+    "recovery.py",
+    "retention.py",
+    "signing.py",
+    "suspension.py",
+    "worker_sigterm.py",
+    "workflows.py",
+}
 
 
 def python(
@@ -103,12 +116,48 @@ def test_demo_reset_starts_over(tmp_path: Path) -> None:
     assert "The journal is empty" in again.stdout
 
 
-@pytest.mark.parametrize(
-    "example", sorted((ROOT / "docs" / "examples").glob("*.py")), ids=lambda p: p.name
-)
+def test_readme_quickstart_is_the_quickstart_example() -> None:
+    assert readme_python_blocks() == [(EXAMPLES / "quickstart.py").read_text()], (
+        "README.md's only Python block is docs/examples/quickstart.py (the site includes it)"
+    )
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 def test_docs_example_runs(example: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     env = {}
     if "JEEVESAGENT_PG_DSN" in example.read_text():  # a Postgres example: a fresh schema for it
         env["JEEVESAGENT_PG_DSN"] = str(request.getfixturevalue("pg_schema_dsn"))
     result = python(str(example), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
+    if example.name in REPLAYED:
+        again = python(str(example), cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr
+
+
+def included_examples() -> list[tuple[str, str, dict[str, str]]]:
+    """(page, included file, options) of every ``literalinclude`` in the documentation."""
+    found = []
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        for target, body in re.findall(r"```\{literalinclude\} (\S+)\n(.*?)```", text, re.S):
+            options = dict(re.findall(r'^:([\w-]+): "?(.*?)"?$', body, re.M))
+            found.append((page.relative_to(ROOT).as_posix(), target, options))
+    return found
+
+
+def test_the_guides_include_their_code_from_docs_examples() -> None:
+    included = included_examples()
+    assert len(included) >= 10
+    for page, target, options in included:
+        path = (ROOT / page).parent.joinpath(target).resolve()
+        assert path.parent == EXAMPLES, f"{page} includes {target}: not a docs/examples file"
+        assert path.is_file(), f"{page} includes {target}, which does not exist"
+        text = path.read_text()
+        for marker in ("start-after", "end-before"):
+            if marker in options:
+                assert text.count(options[marker]) == 1, f"{page}: {target} lacks {options[marker]}"
+    pages = {p for p, _, _ in included}
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        code = re.findall(r"```python\n", page.read_text())
+        assert code == [], f"{page}: Python code pasted into a page; include a docs/examples file"
+    assert "docs/guides/workflows.md" in pages

@@ -4,7 +4,8 @@ decided on the store's clock, and several workers recovering the same orphans at
 A worker in another pid namespace is a child started with ``unshare --pid --fork --mount-proc``
 (root only); its pid is chosen so that it names no process in ours, where a bare pid lookup would
 take it for dead. A worker whose clock runs ahead is a child process whose ``time.time`` is set an
-hour forward. The recovering workers run the README's own start-up recovery code.
+hour forward. The recovering workers run the guides' start-up recovery code
+(docs/examples/recovery.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from jeevesagent.runtime._journal.owner import new_owner_id, owner_is_dead, pid_
 from .conftest import IN_CI, StoreFactory
 from .test_coordination import dead_owner, dead_pid, open_session
 from .test_crash import Child, open_store
-from .test_docs import readme_python_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -219,7 +219,7 @@ ORPHANER = textwrap.dedent(
     """
 )
 
-# Runs before the README's recovery code: its charge step logs and then waits at a gate.
+# Runs before the guides' recovery code: its charge step logs and then waits at a gate.
 PRELUDE = textwrap.dedent(
     """
     import os, sys
@@ -240,13 +240,14 @@ PRELUDE = textwrap.dedent(
 
 
 def recovery_worker(kind: str) -> str:
-    """The README's start-up recovery, with a charge step that tells when it runs."""
-    [code] = [block for block in readme_python_blocks() if "orphaned_sessions()" in block]
+    """The guides' start-up recovery (docs/examples/recovery.py), with a charge step that tells
+    when it runs."""
+    code = (ROOT / "docs" / "examples" / "recovery.py").read_text()
     edits = {'lambda: "charged"': "lambda: charge(session_id)"}
     if kind == "postgres":
         edits['SqliteRuntime("orders.sqlite3")'] = "await PostgresRuntime.connect(TARGET)"
     for old, new in edits.items():
-        assert code.count(old) == 1, f"the README's recovery example no longer has {old!r}"
+        assert code.count(old) == 1, f"docs/examples/recovery.py no longer has {old!r}"
         code = code.replace(old, new)
     return PRELUDE + code
 

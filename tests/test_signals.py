@@ -286,7 +286,7 @@ async def test_wait_for_signal_receipt_replays_with_a_third_party_store() -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="KNOWN LIMITATION (documented in poll_signal and the README): poll_signal is "
+    reason="KNOWN LIMITATION (documented in poll_signal and docs/guides/stores.md): poll_signal is "
     "synchronous, so with a third-party store (five published methods, no bulk load) it cannot "
     "read the journal; its receipts are journaled but replay only through wait_for_signal",
 )

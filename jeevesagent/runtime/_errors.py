@@ -77,15 +77,33 @@ def _rebuild(
 
 
 class SessionBusyError(RuntimeJournalError):
-    """The session is already owned by a live runtime elsewhere."""
+    """The session is already owned by a live runtime elsewhere.
+
+    Raised by ``session(sid)`` when another runtime (in this process or another) holds the
+    session's claim and its lease is live, and inside a session whose claim was lost (taken over
+    after its lease ran out): the session is stopped. Retry later, wait for the claim with
+    ``session(sid, wait=seconds)``, or skip the session (another worker is running it).
+    """
 
 
 class SessionCancelledError(RuntimeJournalError):
-    """The session was cancelled with ``cancel()``: it does not run (again), and has no result."""
+    """The session was cancelled with ``cancel()``: it does not run (again), and has no result.
+
+    Raised by ``result()`` and ``WorkflowHandle.result()`` of a cancelled session, and by
+    ``run()`` of one. Cancellation is final: ``fork()`` the session to run it again.
+    """
 
 
 class JournalMismatchError(RuntimeJournalError):
-    """The code asked for a step the journal does not match (strict replay)."""
+    """The code asked for a step the journal does not match.
+
+    Raised with ``strict=True`` when a step is called with arguments the journal does not hold
+    for its name while a recorded call of that name has not replayed yet (``fn`` is not
+    called), and by ``run``/``start``/``fork`` of a session that runs another workflow, was
+    made with other arguments, or (``fork``'s target) exists already.
+    The message names the session, the step and both fingerprints: make the workflow
+    deterministic (decide inside a step what a replay must repeat), or use a new session id.
+    """
 
 
 class JournalCorruptError(RuntimeJournalError):
@@ -105,11 +123,21 @@ class ValueEncodingError(RuntimeJournalError, TypeError):
 
 
 class StoreError(RuntimeJournalError):
-    """The journal store failed (the driver's exception is the ``__cause__``)."""
+    """The journal store failed (the driver's exception is the ``__cause__``).
+
+    Raised where the runtime or a bundled store calls its database: ``sqlite3`` and ``asyncpg``
+    exceptions are translated at the store boundary. What was being written is not recorded;
+    in buffered mode the session fails at once and refuses later writes, so the journal stays a
+    prefix. Opening the session again resumes from what was committed.
+    """
 
 
 class StoreClosedError(StoreError):
-    """The store (or runtime) was used after ``aclose()``."""
+    """The store (or runtime) was used after ``aclose()``.
+
+    Every method of a closed store raises it, and so do the runtime's methods once the runtime
+    (or the store it was given) is closed: open a new store or runtime.
+    """
 
 
 class StreamFailedError(RuntimeJournalError):

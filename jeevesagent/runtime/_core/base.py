@@ -372,6 +372,20 @@ class BaseRuntime(Generic[S]):
 
         Inside, ``step``/``stream_step``/signal waits belong to this session, in this task and in
         every task started from it. Nested or concurrent contexts of one id share one state.
+        The session is an anyio task group: an exception from the body comes out unchanged.
+
+        :param session_id: names the run; opening it again resumes it (recorded steps replay).
+        :param wait: with a journaled store, how many seconds to wait for the claim when another
+            runtime holds the session (``None``: do not wait).
+        :raises InvalidNameError: ``session_id`` is not a valid name (nothing is opened).
+        :raises SessionBusyError: another live runtime holds the session (after ``wait``), or
+            the claim was lost while the session ran.
+        :raises StoreClosedError: the runtime was closed.
+
+        Example::
+
+            async with rt.session("order-42"):
+                plan = await rt.step("plan", call_model, "ship order 42")
         """
         check_session_id(session_id)
         return _SessionContext(self, session_id, wait)

@@ -360,7 +360,7 @@ def decode_value(
         raise JournalIntegrityError(
             f"session {session_id!r}, step {step!r}: {exc}. The row was refused without being "
             "decoded. If someone else wrote it, remove it (jeevesagent-runtime prune) and find "
-            "out how it got there; if the journal predates signing, see 'Security' in the README.",
+            "out how it got there; if the journal predates signing, see docs/guides/security.md.",
             session_id=session_id,
             step=step,
         ) from None

@@ -83,8 +83,9 @@ class DBOSRuntime(BaseRuntime[_DBOSState]):
     their steps. asyncio only. DBOS is one per process, and so is this runtime.
 
     ``system_database_url``: DBOS's system database (``sqlite:///path.sqlite3`` or a Postgres
-    URL). ``application_version``: passed to DBOS (see the README: DBOS would otherwise hash only
-    this package's one generic workflow, so every deployment shares a version). ``config``: more
+    URL). ``application_version``: passed to DBOS (see docs/guides/integrations.md: DBOS would
+    otherwise hash only this package's one generic workflow, so every deployment shares a
+    version). ``config``: more
     ``DBOSConfig`` keys. ``launch=False`` uses a DBOS the application configures and launches
     itself (make the runtime before ``DBOS.launch()``, so its workflow is registered).
     """

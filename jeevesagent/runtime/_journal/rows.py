@@ -13,7 +13,14 @@ STREAM = 1
 
 
 class Record(NamedTuple):
-    """One encoded journal row on its way to a store."""
+    """One encoded journal row on its way to a store: what ``JournalBackend.append`` and
+    ``write_rows`` receive.
+
+    ``kind`` is :data:`STEP` or :data:`STREAM`; ``key`` the row's journal key in its session
+    (unique per ``(session_id, kind, key)``: the first row written wins); ``data`` the value
+    already encoded by the runtime's codec (and signed, on a signed journal); ``created_at``
+    epoch seconds.
+    """
 
     session_id: str
     kind: int  # STEP or STREAM

@@ -328,15 +328,16 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` once per session and journal its result.
 
-        Inside a session: if the journal holds a result for this step's key, return it without
-        calling ``fn``; otherwise await ``fn`` (sync functions are called in the event loop
-        thread), commit the result, and return it. ``idempotency_key`` is the only keyword this
-        method keeps for itself; every other keyword goes to ``fn``.
+        Inside a session: if the journal holds a result for this step's key (``name`` and a
+        fingerprint of the arguments, or ``idempotency_key``), return it without calling ``fn``;
+        otherwise await ``fn`` (sync functions are called in the event loop thread), commit the
+        result, and return it. Every keyword but ``idempotency_key`` goes to ``fn``.
 
         An exception from ``fn`` propagates unchanged and records nothing; so does cancellation.
-        Two concurrent calls with one key run ``fn`` once and both get its result.
-        Outside a session, ``fn`` just runs.
-        """
+        Two concurrent calls with one key run ``fn`` once and both get its result. Outside a
+        session, ``fn`` just runs. Raises :class:`ValueEncodingError` (an unencodable argument or
+        result), :class:`InvalidNameError`, :class:`JournalMismatchError` (strict replay),
+        :class:`JournalCorruptError`, :class:`StoreError`."""
         return await self._steps.step(name, fn, args, kwargs, idempotency_key)
 
     async def sleep(self, name: str, seconds: float) -> None:
@@ -556,8 +557,8 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         """Sessions to resume: those left ``running`` by an owner that is gone (its lease
         expired by the store's clock, or its process on this host, in this pid namespace, no
         longer exists), and those ``interrupted`` by
-        the application's own shutdown. Resume them by running them again (see the README);
-        another worker may resume one first, so opening one can raise
+        the application's own shutdown. Resume them by running them again (see
+        docs/guides/workflows.md); another worker may resume one first, so opening one can raise
         :class:`SessionBusyError` -- skip it then. Oldest first."""
         self._check_open()
         return await orphaned(self._backend)
