@@ -116,7 +116,7 @@ def docs(session: nox.Session) -> None:
     """The documentation site, from scratch, offline, warnings as errors: docs/_build/html
     (guides, architecture, and the API reference autoapi generates from the docstrings); then
     tests/test_docs_reference.py checks that the reference documents every public name."""
-    session.install("-e", ".[docs]", "pytest>=8", "pytest-timeout>=2.3.1")
+    session.install("-e", ".[docs,dbos,pydantic-ai,ui]", "pytest>=8", "pytest-timeout>=2.3.1")
     out = ROOT / "docs" / "_build"
     shutil.rmtree(out, ignore_errors=True)
     html = out / "html"

@@ -115,7 +115,7 @@ def test_importing_the_runtime_never_imports_dbos() -> None:
         "print(cls.__module__, cls.name)\n"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["jeevesagent.runtime", "dbos"]
+    assert result.stdout.split() == ["jeevesagent.runtime.dbos", "dbos"]
 
 
 def test_without_the_extra_making_one_names_the_pip_install() -> None:

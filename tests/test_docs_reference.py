@@ -25,6 +25,8 @@ import jeevesagent.runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ["inproc", "journal", "journaled", "postgres", "sqlite", "testing"]
+# The public modules of the extras (the docs session installs them): each has a reference page.
+EXTRAS = ["dbos", "pydantic_ai", "ui"]
 BUILT = os.environ.get("JEEVESAGENT_DOCS_HTML")
 
 
@@ -72,7 +74,7 @@ def test_every_name_of_the_package_is_in_the_reference(site: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("submodule", PUBLISHED)
+@pytest.mark.parametrize("submodule", PUBLISHED + EXTRAS)
 def test_every_name_of_a_published_submodule_is_in_its_page(site: Path, submodule: str) -> None:
     module = importlib.import_module(f"jeevesagent.runtime.{submodule}")
     qualified = f"jeevesagent.runtime.{submodule}"
@@ -86,7 +88,7 @@ def test_private_modules_have_no_page_and_no_entry(site: Path) -> None:
     pages = sorted(p.relative_to(site).as_posix() for p in (site / "reference").rglob("*.html"))
     assert [p for p in pages if "/_" in p] == [], "a private module got a page"
     expected = {"jeevesagent", "jeevesagent/runtime"} | {
-        f"jeevesagent/runtime/{m}" for m in PUBLISHED
+        f"jeevesagent/runtime/{m}" for m in PUBLISHED + EXTRAS
     }
     assert {p.rsplit("/index.html", 1)[0].removeprefix("reference/") for p in pages} == expected
     for page in pages:

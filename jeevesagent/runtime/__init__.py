@@ -97,8 +97,7 @@ def __getattr__(name: str) -> object:
     # DBOSRuntime (extra [dbos]) is loaded on first use: importing jeevesagent.runtime never
     # imports dbos, and making one without the extra raises an ImportError naming it.
     if name == "DBOSRuntime":
-        from ._dbos.runtime import DBOSRuntime
+        from .dbos import DBOSRuntime
 
-        DBOSRuntime.__module__ = __name__
         return DBOSRuntime
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -119,10 +119,12 @@ def current_runtime() -> Any:
 
 
 def current_session() -> Any:
-    """The session the calling task runs in: what the innermost ``async with
-    runtime.session(session_id)`` around it yielded (``.id``, ``.runtime``), in that task and in
-    every task started inside it, whichever runtime opened it; raises ``RuntimeError`` outside
-    every session. Integrations use it to find the session (and runtime) to journal in."""
+    """The session the calling task runs in.
+
+    That is what the innermost ``async with runtime.session(session_id)`` around it yielded
+    (``.id``, ``.runtime``), in that task and in every task started inside it, whichever runtime
+    opened it. Raises ``RuntimeError`` outside every session. Integrations use it to find the
+    session (and runtime) to journal in."""
     session = running_session.get()
     if session is None:
         raise RuntimeError(
