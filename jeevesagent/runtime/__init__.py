@@ -89,3 +89,20 @@ for _name in __all__:
     if getattr(_obj, "__module__", "").startswith("jeevesagent.runtime._"):
         _obj.__module__ = __name__
 del _name, _obj
+
+
+def __getattr__(name: str) -> object:
+    # The Temporal adapter, loaded on first use: `import jeevesagent.runtime` never imports
+    # temporalio (an optional extra).
+    if name == "TemporalRuntime":
+        try:
+            from ._temporal.runtime import TemporalRuntime
+        except ImportError as exc:
+            if exc.name is None or not exc.name.startswith("temporalio"):
+                raise
+            raise ImportError(
+                "TemporalRuntime needs the temporal extra: pip install 'jeevesagent[temporal]'"
+            ) from exc
+        TemporalRuntime.__module__ = __name__
+        return TemporalRuntime
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
