@@ -62,7 +62,7 @@ class TemporalRuntime(JournaledRuntime):
         client: Client,
         *,
         task_queue: str = "jeevesagent",
-        id_prefix: str = "jeevesagent",
+        id_prefix: str | None = None,
         sticky_timeout: float = 1.0,
         durability: Literal["commit", "buffered"] = "commit",
         flush_interval: float = 0.05,

@@ -89,7 +89,9 @@ class TemporalJournalStore(JournalBackend):
     :param client: a connected ``temporalio.client.Client`` (its namespace is used)
     :param task_queue: the task queue of the session workflows; every runtime sharing sessions
         must use the same one (and the same ``id_prefix``)
-    :param id_prefix: workflow ids are ``f"{id_prefix}:{session_id}"``
+    :param id_prefix: workflow ids are ``f"{id_prefix}:{session_id}"`` (default: the task
+        queue). Workflow ids are unique per namespace, whatever the task queue: two
+        applications sharing a namespace need distinct prefixes
     :param sticky_timeout: seconds a workflow task waits for the worker that last ran the session
         before any worker takes it (Temporal's ``sticky_queue_schedule_to_start_timeout``): how
         long a session whose process died waits before another process can open it
@@ -100,14 +102,17 @@ class TemporalJournalStore(JournalBackend):
         client: Client,
         *,
         task_queue: str = "jeevesagent",
-        id_prefix: str = "jeevesagent",
+        id_prefix: str | None = None,
         sticky_timeout: float = 1.0,
         rpc_timeout: float = 30.0,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
     ) -> None:
+        id_prefix = task_queue if id_prefix is None else id_prefix
         if ":" in id_prefix:
-            raise ValueError(f"id_prefix must not contain ':', got {id_prefix!r}")
+            raise ValueError(
+                f"id_prefix (default: the task queue) must not contain ':', got {id_prefix!r}"
+            )
         super().__init__(codec=codec, signing_key=signing_key)
         self.client = client
         self.task_queue = task_queue
@@ -230,6 +235,15 @@ class TemporalJournalStore(JournalBackend):
             by_session.setdefault(sid, [])
         conflicts: dict[tuple[str, int, str], Row] = {}
         fenced: set[str] = set()
+        if owners and len(by_session) > 1:
+            # A batch of several sessions: refuse all of it if one is fenced (checked first; the
+            # write of each session is fenced again by its own Update).
+            for sid, owner in owners.items():
+                info = await self.session_info(sid)
+                if info is None or info.owner != owner:
+                    fenced.add(sid)
+            if fenced:
+                raise Fenced(fenced)
 
         async def write(sid: str, rows: list[Record]) -> None:
             owner = (owners or {}).get(sid)

@@ -67,14 +67,15 @@ class SessionState:
 class SessionWorkflow:
     """The journal of one session (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self.s = SessionState()
+    @workflow.init
+    def __init__(self, state: SessionState | None) -> None:
+        # The state a run continued-as-new carries, set before any handler runs: an Update may
+        # be the first thing a new run handles.
+        self.s = state if state is not None else SessionState()
         self.deleted = False
 
     @workflow.run
     async def run(self, state: SessionState | None) -> None:
-        if state is not None:
-            self.s = state
         await workflow.wait_condition(
             lambda: self.deleted or workflow.info().is_continue_as_new_suggested()
         )
