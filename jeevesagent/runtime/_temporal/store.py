@@ -11,6 +11,7 @@ use until ``aclose()``: any process's store may process any session's workflow t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -39,7 +40,7 @@ from .._journal.backend import (
     SessionJournal,
 )
 from .._journal.commit import Fenced
-from .._journal.rows import STEP, Record, Row
+from .._journal.rows import Record, Row
 from .workflow import EMPTY, FENCED, WORKFLOW_TYPE, SessionWorkflow, b64, unb64
 
 __all__ = ["TemporalJournalStore", "require_asyncio"]
@@ -154,9 +155,7 @@ class TemporalJournalStore(JournalBackend):
                 step=step,
             )
 
-    async def _call(
-        self, session_id: str, step: str | None, call: Callable[[], Awaitable[T]]
-    ) -> T:
+    async def _call(self, session_id: str, step: str | None, call: Callable[[], Awaitable[T]]) -> T:
         """Run one Temporal call for ``session_id``, translating its errors at this boundary."""
         self._ensure_worker(session_id, step)
         try:
@@ -290,7 +289,11 @@ class TemporalJournalStore(JournalBackend):
         for sid in ids:
             try:
                 p, s = await self._update(
-                    sid, None, "delete", older_than, None if statuses is None else list(statuses),
+                    sid,
+                    None,
+                    "delete",
+                    older_than,
+                    None if statuses is None else list(statuses),
                     dry_run,
                 )
             except _Missing:
@@ -368,10 +371,8 @@ class TemporalJournalStore(JournalBackend):
             return False
 
     async def release(self, session_id: str, owner: str, status: str, steps: int) -> None:
-        try:
+        with contextlib.suppress(_Missing):  # no workflow: no claim to release
             await self._update(session_id, None, "release", owner, status, steps)
-        except _Missing:
-            pass  # nothing to release: no workflow, no claim
 
     async def finish(
         self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
@@ -446,7 +447,13 @@ class TemporalJournalStore(JournalBackend):
         lease: float = 0.0,
     ) -> tuple[SessionInfo, Row | None]:
         info, row = await self._update(
-            session_id, arguments.key, "create", workflow, _wire(arguments), owner, lease,
+            session_id,
+            arguments.key,
+            "create",
+            workflow,
+            _wire(arguments),
+            owner,
+            lease,
             start=True,
         )
         return SessionInfo(*info), _row(row)

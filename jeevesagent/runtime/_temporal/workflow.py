@@ -203,9 +203,7 @@ class SessionWorkflow:
             raise ApplicationError("no signal waiting", type=EMPTY)
 
     @workflow.update(name="create")
-    def create(
-        self, name: str, args: list[Any], owner: str | None, lease: float
-    ) -> list[Any]:
+    def create(self, name: str, args: list[Any], owner: str | None, lease: float) -> list[Any]:
         if self.s.info is None:
             self._write([args])
             sid = workflow.info().workflow_id.partition(":")[2]
