@@ -24,6 +24,8 @@ from jeevesagent.runtime import InMemoryJournalStore, PostgresJournalStore, Sqli
 from jeevesagent.runtime._journal.backend import JournalBackend
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The Temporal tests run in a process of their own (tests/temporal/run.py, nox -s tests-temporal).
+collect_ignore = [] if os.environ.get("JEEVESAGENT_TEMPORAL_TESTS") else ["temporal"]
 STORES = ("memory", "sqlite", "postgres")
 
 

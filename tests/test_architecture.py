@@ -196,6 +196,7 @@ LAYERS: dict[str, set[str]] = {
     "_integrations": {"_core", "_errors"},  # optional extras, on the public accessors
     "_dbos": {"_core", "_errors", "_policy"},  # DBOSRuntime: a BaseRuntime over DBOS, no journal
     "_ui": {"_cli", "_backends", "_journaled", "_journal", "_core", "_errors", "_policy"},
+    "_temporal": {"_journaled", "_journal", "_core", "_errors"},  # the [temporal] extra's runtime
 }
 # Single modules with one more layer, and why.
 LAYER_EXTRAS: dict[str, set[str]] = {

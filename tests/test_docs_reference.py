@@ -26,7 +26,7 @@ import jeevesagent.runtime
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = ["inproc", "journal", "journaled", "postgres", "sqlite", "testing"]
 # The public modules of the extras (the docs session installs them): each has a reference page.
-EXTRAS = ["dbos", "pydantic_ai", "ui"]
+EXTRAS = ["dbos", "pydantic_ai", "temporal", "ui"]
 BUILT = os.environ.get("JEEVESAGENT_DOCS_HTML")
 
 

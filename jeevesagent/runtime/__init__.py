@@ -100,4 +100,10 @@ def __getattr__(name: str) -> object:
         from .dbos import DBOSRuntime
 
         return DBOSRuntime
+    # TemporalRuntime (extra [temporal]) likewise: jeevesagent.runtime.temporal imports
+    # temporalio, or raises an ImportError naming the extra.
+    if name == "TemporalRuntime":
+        from .temporal import TemporalRuntime
+
+        return TemporalRuntime
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

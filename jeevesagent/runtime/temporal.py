@@ -1,0 +1,23 @@
+"""``jeevesagent.runtime.temporal``: sessions whose journal and mailbox are a Temporal cluster
+(extra ``[temporal]``; asyncio only).
+
+``TemporalRuntime`` is also importable as ``jeevesagent.runtime.TemporalRuntime`` (loaded on first
+use). Importing this module imports temporalio, or raises an ``ImportError`` naming the extra to
+install. See docs/guides/integrations.md.
+"""
+
+try:
+    from ._temporal.runtime import TemporalJournalStore as TemporalJournalStore
+    from ._temporal.runtime import TemporalRuntime as TemporalRuntime
+except ImportError as _exc:
+    if _exc.name is None or not _exc.name.startswith("temporalio"):
+        raise
+    raise ImportError(
+        "TemporalRuntime needs the temporal extra: pip install 'jeevesagent[temporal]'"
+    ) from _exc
+
+__all__ = ("TemporalJournalStore", "TemporalRuntime")
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name
