@@ -122,11 +122,10 @@ def test_readme_quickstart_is_the_quickstart_example() -> None:
     )
 
 
-@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 @pytest.mark.parametrize(
     "example",
     # temporal_*.py need the [temporal] extra and a server: tests/temporal runs them
-    sorted(p for p in (ROOT / "docs" / "examples").glob("*.py") if "temporal" not in p.name),
+    sorted(p for p in EXAMPLES.glob("*.py") if "temporal" not in p.name),
     ids=lambda p: p.name,
 )
 def test_docs_example_runs(example: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
