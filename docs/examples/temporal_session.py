@@ -8,6 +8,7 @@ in memory, gone when the example ends).
 
 import asyncio
 import os
+import sys
 import sysconfig
 import uuid
 from pathlib import Path
@@ -58,3 +59,8 @@ async def with_dev_server() -> None:
 
 if __name__ == "__main__":
     asyncio.run(with_dev_server())
+    # temporalio's Rust core can crash the interpreter's own shutdown (SIGSEGV or SIGABRT after
+    # everything above succeeded: temporalio/sdk-python#300). A short-lived script skips that
+    # shutdown once its work is done and its output flushed, as the reporters do.
+    sys.stdout.flush()
+    os._exit(0)
