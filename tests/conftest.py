@@ -13,6 +13,7 @@ import inspect
 import os
 import tempfile
 import threading
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -124,6 +125,16 @@ def pg_schema_dsn(pg_dsn: str) -> Iterator[str]:
         yield with_search_path(pg_dsn, schema)
     finally:
         _run_sql(pg_dsn, f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def dbos_postgres_url(pg_dsn: str) -> Iterator[str]:
+    """A Postgres system database for DBOS: a new database on the test server, which DBOS
+    creates; dropped afterwards."""
+    name = f"dbos_{uuid.uuid4().hex[:12]}"
+    parts = urllib.parse.urlsplit(pg_dsn)
+    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+    pg(pg_dsn, lambda conn: conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 # -- stores -------------------------------------------------------------------------------------

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import urllib.parse
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from .conftest import pg
 
 ROOT = Path(__file__).resolve().parent.parent
 CHILD = Path(__file__).resolve().parent / "dbos_child.py"
@@ -49,17 +45,25 @@ def ran(out: str) -> list[str]:
     return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("RAN ")]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def system_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+# DBOS 3.4 on a SQLite system database needs SQLite >= 3.42 on Python >= 3.12 (unixepoch('subsec'));
+# DBOSRuntime refuses an older one with a clear error (tested below), so those runs use Postgres.
+OLD_SQLITE = sys.version_info >= (3, 12) and sqlite3.sqlite_version_info < (3, 42, 0)
+SQLITE = pytest.param(
+    "sqlite",
+    marks=pytest.mark.skipif(
+        OLD_SQLITE,
+        reason=f"DBOS 3.4 cannot use SQLite {sqlite3.sqlite_version} on Python >= 3.12 (needs "
+        "3.42): DBOSRuntime refuses it, see test_an_old_sqlite_is_refused_with_what_works",
+    ),
+)
+
+
+@pytest.fixture(params=[SQLITE, "postgres"])
+def system_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh DBOS system database: a SQLite file, or a Postgres database DBOS creates."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'dbos.sqlite3'}"
-        return
-    dsn = str(request.getfixturevalue("pg_dsn"))
-    name = f"dbos_{uuid.uuid4().hex[:12]}"
-    parts = urllib.parse.urlsplit(dsn)
-    yield urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-    pg(dsn, lambda conn: conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        return f"sqlite:///{tmp_path / 'dbos.sqlite3'}"
+    return str(request.getfixturevalue("dbos_postgres_url"))
 
 
 def test_steps_streams_signals_and_a_finished_session_replays(system_db: str) -> None:
@@ -95,8 +99,32 @@ def test_sigkill_mid_session_then_resume_runs_only_the_rest(system_db: str) -> N
     assert out.count("GOT ann") == 1
 
 
+def test_an_old_sqlite_is_refused_with_what_works(tmp_path: Path) -> None:
+    """Where DBOS cannot use this Python's SQLite, making the runtime says so (not DBOS's
+    IntegrityError at launch); elsewhere the same construction works."""
+    url = f"sqlite:///{tmp_path / 'dbos.sqlite3'}"
+    code = (
+        "from jeevesagent.runtime import DBOSRuntime\n"
+        "try:\n"
+        f"    DBOSRuntime({url!r})\n"
+        "except RuntimeError as exc:\n"
+        "    print('REFUSED', exc)\n"
+        "else:\n"
+        "    print('MADE')\n"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    if OLD_SQLITE:
+        assert result.stdout.startswith("REFUSED"), result.stdout
+        assert "SQLite 3.42" in result.stdout
+        assert "Postgres system database" in result.stdout
+    else:
+        assert result.stdout.strip() == "MADE", result.stdout
+
+
 def test_trio_is_refused_with_the_alternatives(tmp_path: Path) -> None:
-    run("trio_refused", f"sqlite:///{tmp_path / 'dbos.sqlite3'}")
+    # Refused before DBOS connects: no server is needed, and no SQLite of any version.
+    run("trio_refused", "postgresql://nobody@127.0.0.1:9/nothing")
 
 
 def python(code: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .test_dbos import OLD_SQLITE
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 EXAMPLES = ROOT / "docs" / "examples"
@@ -132,6 +134,9 @@ def test_docs_example_runs(example: Path, tmp_path: Path, request: pytest.Fixtur
     env = {}
     if "JEEVESAGENT_PG_DSN" in example.read_text():  # a Postgres example: a fresh schema for it
         env["JEEVESAGENT_PG_DSN"] = str(request.getfixturevalue("pg_schema_dsn"))
+    if "JEEVESAGENT_DBOS_SYSTEM_DB" in example.read_text() and OLD_SQLITE:
+        # DBOS cannot use this Python's SQLite (see tests/test_dbos.py): a Postgres one instead.
+        env["JEEVESAGENT_DBOS_SYSTEM_DB"] = str(request.getfixturevalue("dbos_postgres_url"))
     result = python(str(example), cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     if example.name in REPLAYED:

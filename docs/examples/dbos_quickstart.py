@@ -2,6 +2,7 @@
 
 # -- example --
 import asyncio
+import os
 
 from jeevesagent.runtime import DBOSRuntime
 
@@ -11,7 +12,9 @@ async def quote(item: str) -> float:
 
 
 async def main() -> None:
-    async with DBOSRuntime("sqlite:///dbos.sqlite3", config={"log_level": "WARNING"}) as rt:
+    # A SQLite file, or a Postgres URL (DBOS creates the database).
+    url = os.environ.get("JEEVESAGENT_DBOS_SYSTEM_DB", "sqlite:///dbos.sqlite3")
+    async with DBOSRuntime(url, config={"log_level": "WARNING"}) as rt:
         async with rt.session("order-7"):
             price = await rt.step("quote", quote, "lamp")
             await rt.sleep("cool-off", 0.1)

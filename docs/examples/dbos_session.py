@@ -1,7 +1,8 @@
 """A session as a DBOS workflow: ``pip install 'jeevesagent[dbos]'``, then
 ``python docs/examples/dbos_session.py`` (twice: the second run replays from DBOS's records).
 
-The system database is a SQLite file here (``sqlite:///dbos_example.sqlite3``); a Postgres URL
+The system database is a SQLite file here (``sqlite:///dbos_example.sqlite3``, or
+``$JEEVESAGENT_DBOS_SYSTEM_DB``); a Postgres URL
 works the same. DBOS's own tools see the session and its steps:
 ``dbos workflow list -s sqlite:///dbos_example.sqlite3`` and
 ``dbos workflow steps -s sqlite:///dbos_example.sqlite3 order-7``.
@@ -10,6 +11,7 @@ works the same. DBOS's own tools see the session and its steps:
 from __future__ import annotations
 
 import asyncio
+import os
 
 from jeevesagent.runtime import DBOSRuntime
 
@@ -25,7 +27,8 @@ async def charge(amount: float) -> str:
 
 
 async def main() -> None:
-    async with DBOSRuntime("sqlite:///dbos_example.sqlite3", config={"log_level": "WARNING"}) as rt:
+    url = os.environ.get("JEEVESAGENT_DBOS_SYSTEM_DB", "sqlite:///dbos_example.sqlite3")
+    async with DBOSRuntime(url, config={"log_level": "WARNING"}) as rt:
         async with rt.session("order-7"):
             price = await rt.step("quote", quote, "lamp")
             # A step's arguments are part of its identity; an idempotency key names it alone.

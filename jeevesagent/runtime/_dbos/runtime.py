@@ -21,6 +21,8 @@ import asyncio
 import concurrent.futures
 import importlib
 import pickle
+import sqlite3
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import ModuleType
@@ -51,6 +53,23 @@ def _load_bridge() -> ModuleType:
         raise ImportError(
             f"DBOSRuntime needs DBOS Transact, which is not installed: {_EXTRA}"
         ) from exc
+
+
+def _check_system_database(url: str | None) -> None:
+    """DBOS 3.4 fills its SQLite system tables' timestamps with ``unixepoch('subsec')`` on Python
+    3.12 and newer, which SQLite has only from 3.42: on an older SQLite every launch fails deep
+    in DBOS (``NOT NULL constraint failed: application_versions.version_timestamp``). Refuse
+    that here, saying why and what works instead."""
+    if url is None or not url.startswith("sqlite") or sys.version_info < (3, 12):
+        return
+    if sqlite3.sqlite_version_info < (3, 42, 0):
+        raise RuntimeError(
+            f"DBOSRuntime({url!r}): DBOS 3.4 needs SQLite 3.42 or newer for a SQLite system "
+            f"database on Python {sys.version_info[0]}.{sys.version_info[1]} (it uses "
+            f"unixepoch('subsec')), and this Python's sqlite3 is SQLite "
+            f"{sqlite3.sqlite_version}. Use a Postgres system database, a Python built with a "
+            "newer SQLite, or Python 3.11."
+        )
 
 
 def _require_asyncio(what: str) -> None:
@@ -103,6 +122,7 @@ class DBOSRuntime(BaseRuntime[_DBOSState]):
     ) -> None:
         super().__init__()
         self._bridge = _load_bridge()
+        _check_system_database(system_database_url)
         conf: dict[str, Any] = {"name": app_name, **(config or {})}
         if system_database_url is not None:
             conf["system_database_url"] = system_database_url

@@ -16,9 +16,10 @@ import argparse
 import html
 import importlib.resources
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -254,9 +255,27 @@ def _json(data: Any, status: int = 200) -> Response:
     return JSONResponse(data, status, headers={"cache-control": "no-store"})
 
 
-def _sse(events: AsyncIterator[str]) -> Response:
-    headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+class _EventStream(StreamingResponse):
+    """A server-sent event stream whose generator is closed when the response ends. Starlette
+    stops iterating when the client goes away (it cancels the iteration, which may find the
+    generator suspended at a ``yield``) but does not close it: left to the garbage collector,
+    its ``finally`` blocks (the stream reader's) would run at no defined time, and trio warns."""
+
+    def __init__(self, events: AsyncGenerator[str, None]) -> None:
+        headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._events.aclose()
+
+
+def _sse(events: AsyncGenerator[str, None]) -> Response:
+    return _EventStream(events)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

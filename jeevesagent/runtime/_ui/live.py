@@ -12,7 +12,7 @@ rules: a pickle that is neither signed nor plain data is not read.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -40,7 +40,9 @@ def event(data: Any, name: str | None = None, event_id: str | None = None) -> st
     return f"{head}data: {json.dumps(data, ensure_ascii=False, default=repr)}\n\n"
 
 
-async def changes(load: Callable[[], Awaitable[dict[str, Any]]], poll: float) -> AsyncIterator[str]:
+async def changes(
+    load: Callable[[], Awaitable[dict[str, Any]]], poll: float
+) -> AsyncGenerator[str, None]:
     """``load()`` as an event each time its result changes (its ``now`` left out)."""
     last = None
     quiet = 0.0
@@ -74,7 +76,7 @@ async def stream_events(
     name: str,
     offset: int,
     poll: float,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """The chunks of stream step ``name`` from ``offset`` on, then an ``end`` event (or
     ``failed``: the session ended without completing it, or a chunk cannot be read)."""
 
