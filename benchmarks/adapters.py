@@ -82,7 +82,9 @@ def render(samples: dict[str, list[float]], n: int, rounds: int, seconds: float)
     for name, values in samples.items():
         med = statistics.median(values)
         ratio = f"{med / base:.2f}x" if base else "—"
-        lines.append(f"| {name} | {med:,.0f} ({min(values):,.0f}-{max(values):,.0f}) | {ratio} |")
+        lines.append(
+            f"| {LABELS[name]} | {med:,.0f} ({min(values):,.0f}-{max(values):,.0f}) | {ratio} |"
+        )
     return "\n".join(lines) + "\n"
 
 
