@@ -118,7 +118,7 @@ def lint(session: nox.Session) -> None:
 def typing(session: nox.Session) -> None:
     # pytest: jeevesagent.runtime.testing (the conformance suite) is typed against it.
     session.install(
-        "-e", ".[pydantic-ai,dbos,temporal]", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest"
+        "-e", ".[pydantic-ai,dbos,temporal,ui]", "mypy>=2.4", "asyncpg-stubs", "trio", "pytest"
     )
     session.run("mypy")
 

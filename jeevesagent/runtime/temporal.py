@@ -7,14 +7,14 @@ install. See docs/guides/integrations.md.
 """
 
 try:
-    from ._temporal.runtime import TemporalJournalStore as TemporalJournalStore
-    from ._temporal.runtime import TemporalRuntime as TemporalRuntime
+    import temporalio as _temporalio  # noqa: F401
 except ImportError as _exc:
-    if _exc.name is None or not _exc.name.startswith("temporalio"):
-        raise
     raise ImportError(
         "TemporalRuntime needs the temporal extra: pip install 'jeevesagent[temporal]'"
     ) from _exc
+
+from ._temporal.runtime import TemporalJournalStore as TemporalJournalStore
+from ._temporal.runtime import TemporalRuntime as TemporalRuntime
 
 __all__ = ("TemporalJournalStore", "TemporalRuntime")
 
