@@ -203,7 +203,7 @@ def describe_key(key: str) -> str:
     prefix, rest = key[:2], key[2:]
     if prefix == STEP:
         name, sep, fp = rest.rpartition(":")
-        if sep and len(fp) == FINGERPRINT_CHARS and all(c in _HEX for c in fp):
+        if sep and len(fp) == FINGERPRINT_CHARS and _HEX.issuperset(fp):
             return name
         return key
     if prefix == IDEMPOTENCY:
