@@ -368,13 +368,15 @@ class SqliteJournalStore(JournalBackend):
         session_id: str | None = None,
         step: str | None = None,
         batched: bool = False,
+        lazy: bool = False,
     ) -> T:
         """Run ``fn(conn, *args)`` on the store's thread. ``batched``: a write that may share one
-        transaction (one fsync) with the other writes queued with it (see ``write_batch``)."""
+        transaction (one fsync) with the other writes queued with it (see ``write_batch``);
+        ``lazy``: a batched write that need not be durable (see ``sqlitesessions.lazily``)."""
         self.check_open(session_id, step)
         with self._translate(session_id, step):
             try:
-                return await self._worker.run(fn, *args, batched=batched)
+                return await self._worker.run(fn, *args, batched=batched, lazy=lazy)
             except anyio.ClosedResourceError:  # closed by aclose() since the check above
                 self.check_open(session_id, step)
                 raise
@@ -435,11 +437,20 @@ class SqliteJournalStore(JournalBackend):
         )
 
     async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
-        return await self._call(_open_session, session_id, owner, lease, session_id=session_id)
+        return await self._call(
+            _open_session, session_id, owner, lease, session_id=session_id, batched=True, lazy=True
+        )
 
     async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
         await self._call(
-            sqlitesessions.release_lazy, session_id, owner, status, steps, session_id=session_id
+            sqlitesessions.release_lazy,
+            session_id,
+            owner,
+            status,
+            steps,
+            session_id=session_id,
+            batched=True,
+            lazy=True,
         )
 
     async def finish(

@@ -69,7 +69,27 @@ def write_batch(conn: sqlite3.Connection, jobs: list[BatchJob]) -> None:
     savepoint, so a job that fails undoes only its own changes. If the transaction is lost (its
     ``BEGIN`` or ``COMMIT`` fails, or SQLite rolls it back after an I/O error), every job whose
     work it carried fails with that error: no caller hears "done" for a change not committed.
+
+    A batch of one job runs as if it were not batched: its own :func:`write` is the transaction
+    (so a batched job makes its changes in one :func:`write`, or in one statement). A batch made
+    only of lazy jobs (claims and releases, see ``sqlitesessions.lazily``) commits without
+    waiting for an fsync; one lazy job is enough to make the others durable, never the reverse:
+    a batch with any other job commits with ``synchronous=FULL``.
     """
+    if len(jobs) == 1:
+        jobs[0].call(conn)
+        return
+    lazy = all(job.lazy for job in jobs)
+    if lazy:
+        conn.execute("PRAGMA synchronous = NORMAL")  # not allowed inside a transaction
+    try:
+        _run_batch(conn, jobs)
+    finally:
+        if lazy:
+            conn.execute("PRAGMA synchronous = FULL")
+
+
+def _run_batch(conn: sqlite3.Connection, jobs: list[BatchJob]) -> None:
     done: list[BatchJob] = []
     try:
         conn.execute("BEGIN IMMEDIATE")

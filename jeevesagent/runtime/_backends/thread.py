@@ -17,7 +17,9 @@ statement or a transaction, bounded by SQLite's busy timeout).
 Batched jobs (``run(..., batched=True)``, given a ``batch`` runner): the thread takes every
 batched job already queued behind the first one (in queue order, up to :data:`MAX_JOBS`) and hands
 them to the runner together -- the SQLite store runs them in one transaction, one fsync for all --
-and wakes their callers once the runner has returned, with one wake-up per event loop.
+and wakes their callers once the runner has returned, with one wake-up per event loop. A batched
+job may be ``lazy`` (``run(..., batched=True, lazy=True)``): its commit need not be durable, and
+the runner may commit a batch made only of lazy jobs without waiting for an fsync.
 """
 
 from __future__ import annotations
@@ -87,17 +89,24 @@ def call_soon_in_loop(loop: LoopHandle, fn: Callable[[], object]) -> None:
 
 class BatchJob:
     """One job of a batch, as the batch runner sees it: :meth:`call` runs it, :meth:`fail`
-    replaces its outcome by an error (its work was rolled back with the batch)."""
+    replaces its outcome by an error (its work was rolled back with the batch). ``lazy``: its
+    commit need not be durable (the runner decides how a batch of such jobs commits)."""
 
-    __slots__ = ("args", "batched", "error", "event", "fn", "result", "token")
+    __slots__ = ("args", "batched", "error", "event", "fn", "lazy", "result", "token")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], token: LoopHandle, batched: bool
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        token: LoopHandle,
+        batched: bool,
+        lazy: bool = False,
     ) -> None:
         self.fn = fn
         self.args = args
         self.token = token
         self.batched = batched
+        self.lazy = lazy
         self.event = anyio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -213,13 +222,16 @@ class WorkerThread(Generic[C]):
         if self._on_exit is not None:
             self._on_exit()
 
-    async def run(self, fn: Callable[..., T], *args: Any, batched: bool = False) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, batched: bool = False, lazy: bool = False
+    ) -> T:
         """``batched``: the job may run in one batch with the other batched jobs queued with it
-        (see the ``batch`` runner); it returns once the whole batch is done."""
+        (see the ``batch`` runner); it returns once the whole batch is done. ``lazy`` (with
+        ``batched``): the job's commit need not be durable (see :class:`BatchJob`)."""
         if self._stopped:
             raise anyio.ClosedResourceError(f"{self._name}: the worker thread has stopped")
         self._start()
-        job = BatchJob(fn, args, LoopHandle(), batched)
+        job = BatchJob(fn, args, LoopHandle(), batched, lazy)
         self._queue.put(job)
         with anyio.CancelScope(shield=True):
             await job.event.wait()
