@@ -20,6 +20,7 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import SqliteJournalStore
+from jeevesagent.runtime._backends.thread import WorkerThread
 from jeevesagent.runtime._journal.backend import STEP, Record
 
 A = "owner-a"
@@ -190,3 +191,39 @@ async def test_a_failed_job_in_a_lazy_batch_fails_alone_and_the_level_is_restore
             assert info is not None
             assert info.owner == A
         assert await level(store) == 2
+
+
+async def test_a_cancelled_caller_waits_for_its_job_and_is_cancelled_after() -> None:
+    """The wait for a job is not cancellable: the caller learns the outcome of the job, and its
+    cancellation comes at its next checkpoint."""
+    worker: WorkerThread[None] = WorkerThread("test", lambda: None, lambda _: None)
+    started, gate = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def job(_: None) -> str:
+        started.set()
+        gate.wait(10)
+        return "done"
+
+    async def caller(scope: anyio.CancelScope) -> None:
+        with scope:
+            seen.append(await worker.run(job))
+            await anyio.lowlevel.checkpoint()
+            seen.append("not cancelled")
+
+    try:
+        scope = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(caller, scope)
+            with anyio.fail_after(10):
+                while not started.is_set():  # noqa: ASYNC110 (set by the worker's thread)
+                    await anyio.sleep(0.001)
+            scope.cancel()
+            await anyio.sleep(0.01)  # the cancellation reaches the caller, who waits on
+            assert seen == []
+            gate.set()
+        assert seen == ["done"]
+        assert scope.cancelled_caught
+    finally:
+        gate.set()
+        await worker.aclose()

@@ -21,19 +21,18 @@ session waits for (``waiting_for``, ``wake_at``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
 from .._core.keys import describe_key
 from .._core.values import MAGIC, Codec
-from .._errors import ErrorMatch, driver_error
+from .._errors import ErrorMatch, StoreError, driver_error
 from .._journal.backend import (
     STEP,
     JournalBackend,
@@ -323,6 +322,10 @@ _SQLITE_HINTS: tuple[tuple[ErrorMatch, str], ...] = (
 )
 
 
+def _step(key: str | None) -> str | None:
+    return describe_key(key) if key else None
+
+
 class SqliteJournalStore(JournalBackend):
     """A journal in one SQLite file (WAL, ``synchronous=FULL``): the embedded default.
 
@@ -366,35 +369,35 @@ class SqliteJournalStore(JournalBackend):
         fn: Callable[..., T],
         *args: Any,
         session_id: str | None = None,
-        step: str | None = None,
+        key: str | None = None,
         batched: bool = False,
         lazy: bool = False,
     ) -> T:
-        """Run ``fn(conn, *args)`` on the store's thread. ``batched``: a write that may share one
-        transaction (one fsync) with the other writes queued with it (see ``write_batch``);
-        ``lazy``: a batched write that need not be durable (see ``sqlitesessions.lazily``)."""
-        self.check_open(session_id, step)
-        with self._translate(session_id, step):
-            try:
-                return await self._worker.run(fn, *args, batched=batched, lazy=lazy)
-            except anyio.ClosedResourceError:  # closed by aclose() since the check above
-                self.check_open(session_id, step)
-                raise
-
-    @contextlib.contextmanager
-    def _translate(self, session_id: str | None, step: str | None) -> Iterator[None]:
+        """Run ``fn(conn, *args)`` on the store's thread. ``key``: the journal key the call is
+        about, named (as a step, see ``describe_key``) only in an error. ``batched``: a write
+        that may share one transaction (one fsync) with the other writes queued with it (see
+        ``write_batch``); ``lazy``: a batched write that need not be durable (see
+        ``sqlitesessions.lazily``)."""
+        if self._closed:
+            self.check_open(session_id, _step(key))
         try:
-            yield
+            return await self._worker.run(fn, *args, batched=batched, lazy=lazy)
+        except anyio.ClosedResourceError:  # closed by aclose() since the check above
+            self.check_open(session_id, _step(key))
+            raise
         except sqlite3.DatabaseError as exc:
-            where = f"session {session_id!r}, step {step!r}: " if session_id else ""
-            failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
+            raise self._failed(exc, session_id, _step(key)) from exc
 
-            def message(hint: str) -> str:
-                return f"{failed} ({hint}). Nothing was recorded by this call."
+    def _failed(
+        self, exc: sqlite3.DatabaseError, session_id: str | None, step: str | None
+    ) -> StoreError:
+        where = f"session {session_id!r}, step {step!r}: " if session_id else ""
+        failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
 
-            raise driver_error(
-                exc, _SQLITE_HINTS, message, session_id=session_id, step=step
-            ) from exc
+        def message(hint: str) -> str:
+            return f"{failed} ({hint}). Nothing was recorded by this call."
+
+        return driver_error(exc, _SQLITE_HINTS, message, session_id=session_id, step=step)
 
     async def read_session(self, session_id: str) -> SessionJournal:
         return await self._call(_load, session_id, session_id=session_id)
@@ -408,7 +411,7 @@ class SqliteJournalStore(JournalBackend):
             records,
             owners,
             session_id=first.session_id if first else None,
-            step=describe_key(first.key) if first else None,
+            key=first.key if first else None,
             batched=True,
         )
 
@@ -427,7 +430,7 @@ class SqliteJournalStore(JournalBackend):
             key,
             owner,
             session_id=session_id,
-            step=describe_key(key) if key else None,
+            key=key,
             batched=True,
         )
 
@@ -456,7 +459,6 @@ class SqliteJournalStore(JournalBackend):
     async def finish(
         self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
     ) -> dict[tuple[str, int, str], Row]:
-        step = describe_key(records[0].key) if records else None
         return await self._call(
             _finish,
             session_id,
@@ -465,7 +467,7 @@ class SqliteJournalStore(JournalBackend):
             status,
             steps,
             session_id=session_id,
-            step=step,
+            key=records[0].key if records else None,
             batched=True,
         )
 
@@ -538,7 +540,7 @@ class SqliteJournalStore(JournalBackend):
             owner,
             lease,
             session_id=session_id,
-            step=describe_key(arguments.key),
+            key=arguments.key,
             batched=True,
         )
 
@@ -569,9 +571,7 @@ class SqliteJournalStore(JournalBackend):
         return await self._call(_count_signed, session_id, sample, session_id=session_id)
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
-        return await self._call(
-            get_row, session_id, kind, key, session_id=session_id, step=describe_key(key)
-        )
+        return await self._call(get_row, session_id, kind, key, session_id=session_id, key=key)
 
     async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
         return await self._call(_prefixed, session_id, kind, prefix, session_id=session_id)
