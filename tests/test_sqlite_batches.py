@@ -20,8 +20,10 @@ import anyio
 import pytest
 
 from jeevesagent.runtime import SqliteJournalStore
+from jeevesagent.runtime._backends.sqlitetx import INSERT, insert_rows
 from jeevesagent.runtime._backends.thread import WorkerThread
 from jeevesagent.runtime._journal.backend import STEP, Record
+from jeevesagent.runtime._journal.commit import Fenced
 
 A = "owner-a"
 
@@ -227,3 +229,42 @@ async def test_a_cancelled_caller_waits_for_its_job_and_is_cancelled_after() -> 
     finally:
         gate.set()
         await worker.aclose()
+
+
+async def test_the_fence_of_a_batch_names_every_session_not_held_by_its_owner(
+    tmp_path: Path,
+) -> None:
+    """Many sessions and two owners in one write: checked together, the refused ones named."""
+    async with SqliteJournalStore(tmp_path / "j.sqlite3") as store:
+        for n in range(30):
+            await store.open_session(f"a{n}", A, 60.0)
+        await store.open_session("b0", "owner-b", 60.0)
+        held = {f"a{n}": A for n in range(30)} | {"b0": "owner-b"}
+        records = [record(sid, "k") for sid in held]
+        assert await store.write_rows(records, held) == {}
+        for sid in held:
+            assert await store.load_row(sid, STEP, "k") is not None
+
+        wrong = held | {"a3": "owner-b", "b0": A, "nobody": A}
+        with pytest.raises(Fenced) as caught:
+            await store.write_rows([record(sid, "k2") for sid in wrong], wrong)
+        assert caught.value.session_ids == {"a3", "b0", "nobody"}
+        for sid in wrong:
+            assert await store.load_row(sid, STEP, "k2") is None, "nothing written"
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 127, 128, 300])
+def test_insert_rows_keeps_the_first_of_each_key_as_one_row_at_a_time_would(count: int) -> None:
+    rows = [("s", STEP, f"k{n % 97}", f"v{n}".encode(), float(n)) for n in range(count)]
+    tables = []
+    for insert in (lambda c: c.executemany(INSERT, rows), lambda c: insert_rows(c, rows)):
+        conn = sqlite3.connect(":memory:")
+        conn.execute(
+            "CREATE TABLE jrt_journal (session_id, kind, key, value, created_at,"
+            " PRIMARY KEY (session_id, kind, key))"
+        )
+        insert(conn)
+        tables.append(conn.execute("SELECT * FROM jrt_journal ORDER BY key").fetchall())
+        conn.close()
+    assert tables[0] == tables[1]
+    assert len(tables[1]) == min(count, 97)

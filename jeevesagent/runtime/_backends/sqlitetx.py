@@ -14,9 +14,14 @@ from typing import Any
 from .._journal.rows import Row
 from .thread import BatchJob
 
-__all__ = ["INSERT", "SELECT_ONE", "get_row", "one", "write", "write_batch"]
+__all__ = ["INSERT", "SELECT_ONE", "get_row", "insert_rows", "one", "write", "write_batch"]
 
 INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
+# Rows per statement of insert_rows: powers of two, so n rows take about log2(n) statements and
+# the statement cache holds a few texts only; 128 rows are 640 parameters, under SQLite's oldest
+# limit (999).
+_SIZES = (128, 64, 32, 16, 8, 4, 2, 1)
+_INSERTS = {n: INSERT + ", (?, ?, ?, ?, ?)" * (n - 1) for n in _SIZES}
 SELECT_ONE = (
     "SELECT value, created_at FROM jrt_journal WHERE session_id = ? AND kind = ? AND key = ?"
 )
@@ -56,6 +61,22 @@ def write(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def insert_rows(conn: sqlite3.Connection, records: Sequence[Sequence[Any]]) -> None:
+    """``INSERT OR IGNORE`` journal rows, in order (the first writer of a key wins, within
+    ``records`` too), several per statement: SQLite steps a statement with the GIL released, so
+    each statement hands the GIL to the event loop and back -- a wait of up to the interpreter's
+    switch interval while the loop is busy."""
+    if len(records) == 1:
+        conn.execute(INSERT, records[0])
+        return
+    start, end = 0, len(records)
+    for size in _SIZES:
+        while end - start >= size:
+            chunk = records[start : start + size]
+            conn.execute(_INSERTS[size], [value for row in chunk for value in row])
+            start += size
 
 
 def get_row(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
