@@ -142,6 +142,9 @@ _NOTHING: Any = object()  # no job held back
 
 def _wake(jobs: list[BatchJob]) -> None:
     """Wake the callers of ``jobs``: one call into each event loop for all its jobs."""
+    if len(jobs) == 1:
+        jobs[0].token.call_soon(jobs[0].wake)
+        return
     by_loop: dict[object, list[BatchJob]] = {}
     for job in jobs:
         by_loop.setdefault(job.token.key, []).append(job)
@@ -209,11 +212,8 @@ class WorkerThread(Generic[C]):
                 job.error = open_error
             elif job.batched and self._batch is not None:
                 jobs = [job]
-                while len(jobs) < MAX_JOBS:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                while len(jobs) < MAX_JOBS and not self._queue.empty():  # the only reader
+                    more = self._queue.get_nowait()
                     if more is None or not more.batched:
                         held = more  # next, after this batch
                         break
