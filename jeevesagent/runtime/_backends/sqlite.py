@@ -26,7 +26,6 @@ import pathlib
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -44,10 +43,9 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from .._journal.rules import check_fence
 from . import sqlitesessions
 from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
-from .sqlitetx import INSERT, SELECT_ONE, get_row, insert_rows, one, write, write_batch
+from .sqlitetx import INSERT, SELECT_ONE, fence, get_row, insert_rows, one, write, write_batch
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -209,47 +207,12 @@ def _prefixed(conn: sqlite3.Connection, session_id: str, kind: int, prefix: str)
     return {key: Row(value, created_at) for key, value, created_at in rows}
 
 
-# Session ids looked up per statement by _fence: under SQLite's oldest limit of 999 parameters.
-_FENCE_CHUNK = 500
-
-
-def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
-    """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours.
-
-    A batch's sessions are checked with one statement per owner that returns one row (every row
-    stepped hands the GIL to the event loop and back: a wait of up to the switch interval while
-    the loop is busy); only if some are not ours does it look up which, one by one."""
-    if not owners:
-        return
-    owner_of = partial(_owner_of, conn)
-    if len(owners) == 1:
-        check_fence(owners, owner_of)
-        return
-    by_owner: dict[str, list[str]] = {}
-    for sid, owner in owners.items():
-        by_owner.setdefault(owner, []).append(sid)
-    for owner, ids in by_owner.items():
-        for start in range(0, len(ids), _FENCE_CHUNK):
-            chunk = ids[start : start + _FENCE_CHUNK]
-            sql = (
-                "SELECT count(*) FROM jrt_sessions WHERE owner = ?"
-                f" AND session_id IN ({', '.join('?' * len(chunk))})"
-            )
-            if one(conn, sql, (owner, *chunk))[0] != len(chunk):
-                check_fence(owners, owner_of)  # raises Fenced, naming every such session
-
-
-def _owner_of(conn: sqlite3.Connection, session_id: str) -> str | None:
-    row = one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
-    return None if row is None else row[0]
-
-
 def _insert(
     conn: sqlite3.Connection, records: Sequence[Record], owners: Mapping[str, str] | None = None
 ) -> dict[tuple[str, int, str], Row]:
     conflicts: dict[tuple[str, int, str], Row] = {}
     with write(conn):
-        _fence(conn, owners)
+        fence(conn, owners)
         before = conn.total_changes
         insert_rows(conn, records)
         if conn.total_changes - before != len(records):
@@ -304,7 +267,7 @@ def _take_signal(
         if signal is None:
             return None
         if key is not None and owner is not None:
-            _fence(conn, {session_id: owner})
+            fence(conn, {session_id: owner})
         conn.execute("DELETE FROM jrt_mailbox WHERE id = ?", (signal[0],))
         row = Row(signal[1], time.time())
         if key is not None:

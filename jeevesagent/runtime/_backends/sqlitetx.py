@@ -1,7 +1,7 @@
 """The SQLite store's statement helpers, shared by its modules: a one-row read that finalizes its
 statement, a write transaction that takes the write lock up front (or, inside a batch of writes
-sharing one transaction, a savepoint of it), the batch runner itself, and the journal row's
-insert (first writer wins) and read.
+sharing one transaction, a savepoint of it), the batch runner itself, the journal rows' insert
+(first writer wins) and read, and the fence of a write (the claims it is made under).
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from .._journal.rows import Row
+from .._journal.rules import check_fence
 from .thread import BatchJob
 
-__all__ = ["INSERT", "SELECT_ONE", "get_row", "insert_rows", "one", "write", "write_batch"]
+__all__ = ["INSERT", "SELECT_ONE", "fence", "get_row", "insert_rows", "one", "write", "write_batch"]
 
 INSERT = "INSERT OR IGNORE INTO jrt_journal VALUES (?, ?, ?, ?, ?)"
 # Rows per statement of insert_rows: powers of two, so n rows take about log2(n) statements and
@@ -82,6 +84,41 @@ def insert_rows(conn: sqlite3.Connection, records: Sequence[Sequence[Any]]) -> N
 def get_row(conn: sqlite3.Connection, session_id: str, kind: int, key: str) -> Row | None:
     row = one(conn, SELECT_ONE, (session_id, kind, key))
     return None if row is None else Row(row[0], row[1])
+
+
+# Session ids looked up per statement by fence: under SQLite's oldest limit of 999 parameters.
+_FENCE_CHUNK = 500
+
+
+def fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
+    """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours.
+
+    A batch's sessions are checked with one statement per owner that returns one row (every row
+    stepped hands the GIL to the event loop and back: a wait of up to the switch interval while
+    the loop is busy); only if some are not ours does it look up which, one by one."""
+    if not owners:
+        return
+    owner_of = partial(_owner_of, conn)
+    if len(owners) == 1:
+        check_fence(owners, owner_of)
+        return
+    by_owner: dict[str, list[str]] = {}
+    for sid, owner in owners.items():
+        by_owner.setdefault(owner, []).append(sid)
+    for owner, ids in by_owner.items():
+        for start in range(0, len(ids), _FENCE_CHUNK):
+            chunk = ids[start : start + _FENCE_CHUNK]
+            sql = (
+                "SELECT count(*) FROM jrt_sessions WHERE owner = ?"
+                f" AND session_id IN ({', '.join('?' * len(chunk))})"
+            )
+            if one(conn, sql, (owner, *chunk))[0] != len(chunk):
+                check_fence(owners, owner_of)  # raises Fenced, naming every such session
+
+
+def _owner_of(conn: sqlite3.Connection, session_id: str) -> str | None:
+    row = one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
+    return None if row is None else row[0]
 
 
 def write_batch(conn: sqlite3.Connection, jobs: list[BatchJob]) -> None:
