@@ -67,9 +67,9 @@ def write(conn: sqlite3.Connection) -> Iterator[None]:
 
 def insert_rows(conn: sqlite3.Connection, records: Sequence[Sequence[Any]]) -> None:
     """``INSERT OR IGNORE`` journal rows, in order (the first writer of a key wins, within
-    ``records`` too), several per statement: SQLite steps a statement with the GIL released, so
-    each statement hands the GIL to the event loop and back -- a wait of up to the interpreter's
-    switch interval while the loop is busy."""
+    ``records`` too), several per statement: each statement stepped costs the store's thread
+    Python work and a release and re-take of the GIL, which it shares with the event loop (a
+    batch of 25 rows: 3 statements instead of 25)."""
     if len(records) == 1:
         conn.execute(INSERT, records[0])
         return
@@ -93,9 +93,9 @@ _FENCE_CHUNK = 500
 def fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
     """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours.
 
-    A batch's sessions are checked with one statement per owner that returns one row (every row
-    stepped hands the GIL to the event loop and back: a wait of up to the switch interval while
-    the loop is busy); only if some are not ours does it look up which, one by one."""
+    A batch's sessions are checked with one statement per owner that returns one row (each row
+    stepped costs the store's thread Python work and a release and re-take of the GIL, which it
+    shares with the event loop); only if some are not ours does it look up which, one by one."""
     if not owners:
         return
     owner_of = partial(_owner_of, conn)
