@@ -21,19 +21,18 @@ session waits for (``waiting_for``, ``wake_at``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 
 from .._core.keys import describe_key
 from .._core.values import MAGIC, Codec
-from .._errors import ErrorMatch, driver_error
+from .._errors import ErrorMatch, StoreError, driver_error
 from .._journal.backend import (
     STEP,
     JournalBackend,
@@ -44,10 +43,9 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from .._journal.rules import check_fence
 from . import sqlitesessions
 from .schema import IMPORTED_SESSIONS, LEGACY_TABLES, Migrations, legacy_rows
-from .sqlitetx import INSERT, SELECT_ONE, get_row, one, write, write_batch
+from .sqlitetx import INSERT, SELECT_ONE, fence, get_row, insert_rows, one, write, write_batch
 from .thread import WorkerThread
 
 __all__ = ["SCHEMA_VERSION", "SqliteJournalStore"]
@@ -209,24 +207,14 @@ def _prefixed(conn: sqlite3.Connection, session_id: str, kind: int, prefix: str)
     return {key: Row(value, created_at) for key, value, created_at in rows}
 
 
-def _fence(conn: sqlite3.Connection, owners: Mapping[str, str] | None) -> None:
-    """Inside a write transaction: refuse sessions whose claim is not (or no longer) ours."""
-
-    def owner_of(session_id: str) -> str | None:
-        row = one(conn, "SELECT owner FROM jrt_sessions WHERE session_id = ?", (session_id,))
-        return None if row is None else row[0]
-
-    check_fence(owners, owner_of)
-
-
 def _insert(
     conn: sqlite3.Connection, records: Sequence[Record], owners: Mapping[str, str] | None = None
 ) -> dict[tuple[str, int, str], Row]:
     conflicts: dict[tuple[str, int, str], Row] = {}
     with write(conn):
-        _fence(conn, owners)
+        fence(conn, owners)
         before = conn.total_changes
-        conn.executemany(INSERT, records)
+        insert_rows(conn, records)
         if conn.total_changes - before != len(records):
             # Some keys were already recorded (by another store on this file, or a duplicate in
             # the batch): report what was there first, which is what everyone must see.
@@ -279,7 +267,7 @@ def _take_signal(
         if signal is None:
             return None
         if key is not None and owner is not None:
-            _fence(conn, {session_id: owner})
+            fence(conn, {session_id: owner})
         conn.execute("DELETE FROM jrt_mailbox WHERE id = ?", (signal[0],))
         row = Row(signal[1], time.time())
         if key is not None:
@@ -321,6 +309,10 @@ _SQLITE_HINTS: tuple[tuple[ErrorMatch, str], ...] = (
     ),
     (sqlite3.DatabaseError, "the file may not be a jeevesagent journal, or is damaged"),
 )
+
+
+def _step(key: str | None) -> str | None:
+    return describe_key(key) if key else None
 
 
 class SqliteJournalStore(JournalBackend):
@@ -366,33 +358,35 @@ class SqliteJournalStore(JournalBackend):
         fn: Callable[..., T],
         *args: Any,
         session_id: str | None = None,
-        step: str | None = None,
+        key: str | None = None,
         batched: bool = False,
+        lazy: bool = False,
     ) -> T:
-        """Run ``fn(conn, *args)`` on the store's thread. ``batched``: a write that may share one
-        transaction (one fsync) with the other writes queued with it (see ``write_batch``)."""
-        self.check_open(session_id, step)
-        with self._translate(session_id, step):
-            try:
-                return await self._worker.run(fn, *args, batched=batched)
-            except anyio.ClosedResourceError:  # closed by aclose() since the check above
-                self.check_open(session_id, step)
-                raise
-
-    @contextlib.contextmanager
-    def _translate(self, session_id: str | None, step: str | None) -> Iterator[None]:
+        """Run ``fn(conn, *args)`` on the store's thread. ``key``: the journal key the call is
+        about, named (as a step, see ``describe_key``) only in an error. ``batched``: a write
+        that may share one transaction (one fsync) with the other writes queued with it (see
+        ``write_batch``); ``lazy``: a batched write that need not be durable (see
+        ``sqlitesessions.lazily``)."""
+        if self._closed:
+            self.check_open(session_id, _step(key))
         try:
-            yield
+            return await self._worker.run(fn, *args, batched=batched, lazy=lazy)
+        except anyio.ClosedResourceError:  # closed by aclose() since the check above
+            self.check_open(session_id, _step(key))
+            raise
         except sqlite3.DatabaseError as exc:
-            where = f"session {session_id!r}, step {step!r}: " if session_id else ""
-            failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
+            raise self._failed(exc, session_id, _step(key)) from exc
 
-            def message(hint: str) -> str:
-                return f"{failed} ({hint}). Nothing was recorded by this call."
+    def _failed(
+        self, exc: sqlite3.DatabaseError, session_id: str | None, step: str | None
+    ) -> StoreError:
+        where = f"session {session_id!r}, step {step!r}: " if session_id else ""
+        failed = f"{where}SQLite journal {str(self.path)!r} failed: {type(exc).__name__}: {exc}"
 
-            raise driver_error(
-                exc, _SQLITE_HINTS, message, session_id=session_id, step=step
-            ) from exc
+        def message(hint: str) -> str:
+            return f"{failed} ({hint}). Nothing was recorded by this call."
+
+        return driver_error(exc, _SQLITE_HINTS, message, session_id=session_id, step=step)
 
     async def read_session(self, session_id: str) -> SessionJournal:
         return await self._call(_load, session_id, session_id=session_id)
@@ -406,7 +400,7 @@ class SqliteJournalStore(JournalBackend):
             records,
             owners,
             session_id=first.session_id if first else None,
-            step=describe_key(first.key) if first else None,
+            key=first.key if first else None,
             batched=True,
         )
 
@@ -425,7 +419,7 @@ class SqliteJournalStore(JournalBackend):
             key,
             owner,
             session_id=session_id,
-            step=describe_key(key) if key else None,
+            key=key,
             batched=True,
         )
 
@@ -435,17 +429,25 @@ class SqliteJournalStore(JournalBackend):
         )
 
     async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
-        return await self._call(_open_session, session_id, owner, lease, session_id=session_id)
+        return await self._call(
+            _open_session, session_id, owner, lease, session_id=session_id, batched=True, lazy=True
+        )
 
     async def release_lazy(self, session_id: str, owner: str, status: str, steps: int) -> None:
         await self._call(
-            sqlitesessions.release_lazy, session_id, owner, status, steps, session_id=session_id
+            sqlitesessions.release_lazy,
+            session_id,
+            owner,
+            status,
+            steps,
+            session_id=session_id,
+            batched=True,
+            lazy=True,
         )
 
     async def finish(
         self, session_id: str, owner: str, records: Sequence[Record], status: str, steps: int
     ) -> dict[tuple[str, int, str], Row]:
-        step = describe_key(records[0].key) if records else None
         return await self._call(
             _finish,
             session_id,
@@ -454,7 +456,7 @@ class SqliteJournalStore(JournalBackend):
             status,
             steps,
             session_id=session_id,
-            step=step,
+            key=records[0].key if records else None,
             batched=True,
         )
 
@@ -527,7 +529,7 @@ class SqliteJournalStore(JournalBackend):
             owner,
             lease,
             session_id=session_id,
-            step=describe_key(arguments.key),
+            key=arguments.key,
             batched=True,
         )
 
@@ -558,9 +560,7 @@ class SqliteJournalStore(JournalBackend):
         return await self._call(_count_signed, session_id, sample, session_id=session_id)
 
     async def read_row(self, session_id: str, kind: int, key: str) -> Row | None:
-        return await self._call(
-            get_row, session_id, kind, key, session_id=session_id, step=describe_key(key)
-        )
+        return await self._call(get_row, session_id, kind, key, session_id=session_id, key=key)
 
     async def read_prefixed(self, session_id: str, kind: int, prefix: str) -> dict[str, Row]:
         return await self._call(_prefixed, session_id, kind, prefix, session_id=session_id)

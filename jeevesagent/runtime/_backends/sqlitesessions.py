@@ -70,7 +70,14 @@ def lazily(conn: sqlite3.Connection) -> Iterator[None]:
     anyone, syncs the whole write-ahead log -- or a checkpoint made them durable first. Only for
     changes whose loss is safe: claims (a lost claim was never used -- every record written under
     it is a FULL commit, which makes it durable first) and releases (see
-    :func:`~jeevesagent.runtime._journaled.claims.durable_release`)."""
+    :func:`~jeevesagent.runtime._journaled.claims.durable_release`).
+
+    Inside a transaction already open (a batch, see ``sqlitetx.write_batch``, whose callers pass
+    ``lazy=True``) it changes nothing: the batch commits lazily if all its jobs are lazy, else
+    durably -- a claim or release that shares a commit with records is as durable as they are."""
+    if conn.in_transaction:  # SQLite refuses to change the level inside a transaction
+        yield
+        return
     conn.execute("PRAGMA synchronous = NORMAL")
     try:
         yield

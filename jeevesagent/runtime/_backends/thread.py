@@ -12,12 +12,17 @@ direct use of the two event loops' APIs, apart from the asyncpg driver's loop (`
 
 Waiting for a job is shielded from cancellation: the job runs to completion in the thread either
 way, and a caller must not walk away not knowing whether its commit happened. Jobs are short (a
-statement or a transaction, bounded by SQLite's busy timeout).
+statement or a transaction, bounded by SQLite's busy timeout). The wait is the cheapest each loop
+offers through its public API: on asyncio a future awaited in a shielded cancel scope, on trio
+``trio.lowlevel.wait_task_rescheduled`` refusing to abort (a cancellation is delivered at the
+caller's next checkpoint, as after a shielded scope) -- the thread's wake-up reschedules the task.
 
 Batched jobs (``run(..., batched=True)``, given a ``batch`` runner): the thread takes every
 batched job already queued behind the first one (in queue order, up to :data:`MAX_JOBS`) and hands
 them to the runner together -- the SQLite store runs them in one transaction, one fsync for all --
-and wakes their callers once the runner has returned, with one wake-up per event loop.
+and wakes their callers once the runner has returned, with one wake-up per event loop. A batched
+job may be ``lazy`` (``run(..., batched=True, lazy=True)``): its commit need not be durable, and
+the runner may commit a batch made only of lazy jobs without waiting for an fsync.
 """
 
 from __future__ import annotations
@@ -54,15 +59,11 @@ class LoopHandle:
 
     def __init__(self) -> None:
         trio = sys.modules.get("trio")  # trio is running only if it was imported
-        if trio is not None:
-            try:
-                token = trio.lowlevel.current_trio_token()
-            except RuntimeError:  # not in a trio run
-                pass
-            else:
-                self.asyncio_loop: asyncio.AbstractEventLoop | None = None
-                self._schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
-                return
+        if trio is not None and trio.lowlevel.in_trio_run():
+            self.asyncio_loop: asyncio.AbstractEventLoop | None = None
+            token = trio.lowlevel.current_trio_token()
+            self._schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
+            return
         loop = asyncio.get_running_loop()  # RuntimeError outside any event loop
         self.asyncio_loop = loop
         self._schedule = loop.call_soon_threadsafe
@@ -87,18 +88,25 @@ def call_soon_in_loop(loop: LoopHandle, fn: Callable[[], object]) -> None:
 
 class BatchJob:
     """One job of a batch, as the batch runner sees it: :meth:`call` runs it, :meth:`fail`
-    replaces its outcome by an error (its work was rolled back with the batch)."""
+    replaces its outcome by an error (its work was rolled back with the batch). ``lazy``: its
+    commit need not be durable (the runner decides how a batch of such jobs commits)."""
 
-    __slots__ = ("args", "batched", "error", "event", "fn", "result", "token")
+    __slots__ = ("args", "batched", "error", "fn", "lazy", "result", "token", "wake")
 
     def __init__(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], token: LoopHandle, batched: bool
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        token: LoopHandle,
+        batched: bool,
+        lazy: bool = False,
     ) -> None:
         self.fn = fn
         self.args = args
         self.token = token
         self.batched = batched
-        self.event = anyio.Event()
+        self.lazy = lazy
+        self.wake: Callable[[], object] = _nothing  # in the loop, once the job is done
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -116,22 +124,38 @@ class BatchJob:
         self.error = error
 
 
+def _nothing() -> None:
+    pass
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # else cancelled by a caller that was not shielded from asyncio itself
+        future.set_result(None)
+
+
+def _refuse_abort(raise_cancel: object) -> object:
+    return sys.modules["trio"].lowlevel.Abort.FAILED
+
+
 _NOTHING: Any = object()  # no job held back
 
 
 def _wake(jobs: list[BatchJob]) -> None:
     """Wake the callers of ``jobs``: one call into each event loop for all its jobs."""
+    if len(jobs) == 1:
+        jobs[0].token.call_soon(jobs[0].wake)
+        return
     by_loop: dict[object, list[BatchJob]] = {}
     for job in jobs:
         by_loop.setdefault(job.token.key, []).append(job)
     for same in by_loop.values():
-        events = [job.event for job in same]
+        wakes = [job.wake for job in same]
 
-        def set_all(events: list[anyio.Event] = events) -> None:
-            for event in events:
-                event.set()
+        def wake_all(wakes: list[Callable[[], object]] = wakes) -> None:
+            for wake in wakes:
+                wake()
 
-        same[0].token.call_soon(set_all)
+        same[0].token.call_soon(wake_all)
 
 
 class WorkerThread(Generic[C]):
@@ -188,11 +212,8 @@ class WorkerThread(Generic[C]):
                 job.error = open_error
             elif job.batched and self._batch is not None:
                 jobs = [job]
-                while len(jobs) < MAX_JOBS:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+                while len(jobs) < MAX_JOBS and not self._queue.empty():  # the only reader
+                    more = self._queue.get_nowait()
                     if more is None or not more.batched:
                         held = more  # next, after this batch
                         break
@@ -206,23 +227,36 @@ class WorkerThread(Generic[C]):
                 continue
             else:
                 job.call(resource)
-            job.token.call_soon(job.event.set)
+            job.token.call_soon(job.wake)
         if resource is not None:
             with contextlib.suppress(Exception):  # closing an already broken connection
                 self._closer(resource)
         if self._on_exit is not None:
             self._on_exit()
 
-    async def run(self, fn: Callable[..., T], *args: Any, batched: bool = False) -> T:
+    async def run(
+        self, fn: Callable[..., T], *args: Any, batched: bool = False, lazy: bool = False
+    ) -> T:
         """``batched``: the job may run in one batch with the other batched jobs queued with it
-        (see the ``batch`` runner); it returns once the whole batch is done."""
+        (see the ``batch`` runner); it returns once the whole batch is done. ``lazy`` (with
+        ``batched``): the job's commit need not be durable (see :class:`BatchJob`)."""
         if self._stopped:
             raise anyio.ClosedResourceError(f"{self._name}: the worker thread has stopped")
-        self._start()
-        job = BatchJob(fn, args, LoopHandle(), batched)
-        self._queue.put(job)
-        with anyio.CancelScope(shield=True):
-            await job.event.wait()
+        if self._thread is None:
+            self._start()
+        loop = LoopHandle()
+        job = BatchJob(fn, args, loop, batched, lazy)
+        if loop.asyncio_loop is None:  # trio: a sleep that no cancellation ends (see above)
+            trio = sys.modules["trio"].lowlevel
+            job.wake = partial(trio.reschedule, trio.current_task())
+            self._queue.put(job)
+            await trio.wait_task_rescheduled(_refuse_abort)
+        else:
+            future: asyncio.Future[None] = loop.asyncio_loop.create_future()
+            job.wake = partial(_resolve, future)
+            self._queue.put(job)
+            with anyio.CancelScope(shield=True):
+                await future
         if job.error is not None:
             err = job.error
             job.error = None  # break the frame <-> exception cycle
