@@ -95,7 +95,7 @@ async def open_producer(
 ) -> AsyncIterator[Any]:
     """Turn what a stream step's ``fn`` returns into an async iterator."""
     produced = fn(*args, **kwargs)
-    if inspect.isawaitable(produced) and not hasattr(produced, "__aiter__"):
+    if not hasattr(produced, "__aiter__") and inspect.isawaitable(produced):
         produced = await produced
     if hasattr(produced, "__aiter__"):
         return produced.__aiter__()  # type: ignore[no-any-return]

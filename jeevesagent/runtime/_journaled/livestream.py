@@ -36,6 +36,8 @@ _log = logging.getLogger("jeevesagent.runtime")
 def recorded_prefix(recorder: Recorder, state: JournaledState, stream_key: str) -> list[Any]:
     """The chunks journaled in batches for ``stream_key`` by earlier runs, in order: the
     batches that follow each other from chunk 0 (a gap ends the prefix)."""
+    if chunks_journal_key(stream_key, 0) not in state.streams:
+        return []  # no batch from chunk 0 (the common case: a first run), without a scan
     start = chunks_prefix(stream_key)
     batches: dict[int, str] = {}
     for key in state.streams:
