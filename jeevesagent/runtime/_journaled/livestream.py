@@ -193,6 +193,9 @@ class LiveProducer(ChunkJournal):
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._prefix is None:
+            await close_producer(self._producer)
+            return
         with producing(self._prefix):
             await close_producer(self._producer)
 
