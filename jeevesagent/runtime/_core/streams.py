@@ -11,6 +11,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .._policy import StepPolicy, StepTimeoutError, attempts
@@ -94,7 +95,7 @@ async def open_producer(
 ) -> AsyncIterator[Any]:
     """Turn what a stream step's ``fn`` returns into an async iterator."""
     produced = fn(*args, **kwargs)
-    if inspect.isawaitable(produced) and not hasattr(produced, "__aiter__"):
+    if not hasattr(produced, "__aiter__") and inspect.isawaitable(produced):
         produced = await produced
     if hasattr(produced, "__aiter__"):
         return produced.__aiter__()  # type: ignore[no-any-return]
@@ -130,11 +131,23 @@ class _SyncIterator:
 class ChunkJournal:
     """A producer wrapper that journals the chunks as they come (``LiveProducer`` of
     ``_journaled/livestream.py``). It is an async iterator, but ``StreamStep`` with no policy to
-    apply to its pulls pulls the wrapped producer (:meth:`source`) itself, with synchronous calls
-    around each pull: a coroutine between the consumer and the producer would cost a third of a
-    chunk's pull."""
+    apply to its pulls pulls the wrapped producer (:meth:`source`) itself, inline: a coroutine
+    or a method call between the consumer and the producer would cost more than the pull.
 
-    __slots__ = ()
+    Around such a pull ``StreamStep`` calls :meth:`begin_pull` only while :attr:`check` is set,
+    keeps :attr:`pulling` set during the pull, appends the chunk to :attr:`chunks` (also its own
+    list of the stream's chunks) and awaits :meth:`flush` once ``len(chunks)`` reaches
+    :attr:`flush_at` or ``time.monotonic()`` reaches :attr:`due`.
+    """
+
+    __slots__ = ("check", "chunks", "due", "flush_at", "pulling")
+
+    def __init__(self) -> None:
+        self.chunks: list[Any] = []  # the chunks pulled by this run (journaled or not yet)
+        self.check = True  # begin_pull() has something to do before the next pull
+        self.pulling = False  # a pull of the producer is under way
+        self.flush_at = 1  # journal the waiting chunks once len(chunks) reaches this
+        self.due = 0.0  # ... or once time.monotonic() reaches this
 
     def __aiter__(self) -> ChunkJournal:
         return self
@@ -143,21 +156,13 @@ class ChunkJournal:
         raise NotImplementedError
 
     def source(self) -> AsyncIterator[Any] | None:
-        """The producer to pull directly, around :meth:`begin_pull` and :meth:`end_pull`, then
-        :meth:`add`; ``None``: pull this object as an async iterator."""
+        """The producer to pull directly, as above; ``None``: pull this object as an async
+        iterator."""
         raise NotImplementedError
 
     def begin_pull(self) -> None:
-        """A pull of the producer starts (raises the error of a background write)."""
-        raise NotImplementedError
-
-    def end_pull(self) -> None:
-        """The pull ended, with a chunk or an exception."""
-        raise NotImplementedError
-
-    def add(self, chunk: Any) -> bool:
-        """The pull returned ``chunk``: ``True`` when a batch is due (await :meth:`flush`
-        before the chunk is delivered)."""
+        """A pull of the producer starts and :attr:`check` is set (raises the error of a
+        background write; starts the flush of a stalled pull)."""
         raise NotImplementedError
 
     async def flush(self) -> None:
@@ -212,11 +217,12 @@ class StreamStep(Generic[T_co]):
         self._reopen = reopen
         self._where = where  # (session id, step name) for error messages
         self._hook = hook
-        self._delivered = 0
+        self._delivered = 0  # counted where a policy reads it (not with _live)
         self._replay: Iterator[T_co] | None = None
         self._producer: AsyncIterator[Any] | None = None
         self._source: AsyncIterator[Any] | None = None  # what a direct pull pulls
-        self._live: ChunkJournal | None = None  # around a direct pull, when _source is its
+        # Around a direct pull, when _source is its producer; None again once done.
+        self._live: ChunkJournal | None = None
         self._chunks: list[Any] = []
         self._done = False
 
@@ -224,6 +230,25 @@ class StreamStep(Generic[T_co]):
         return self
 
     async def __anext__(self) -> T_co:
+        live = self._live
+        if live is not None and self._hook is None:
+            # The common case, kept short: a journaled producer pulled inline, nothing to report.
+            chunks = live.chunks
+            try:
+                if live.check:
+                    live.begin_pull()
+                live.pulling = True
+                try:
+                    chunk: T_co = await anext(self._source)  # type: ignore[arg-type]
+                finally:
+                    live.pulling = False
+                chunks.append(chunk)
+                if len(chunks) >= live.flush_at or monotonic() >= live.due:
+                    await live.flush()
+            except BaseException as exc:
+                await self._ended(exc)
+                raise
+            return chunk
         if self._done:
             raise StopAsyncIteration
         hook, token = self._hook, None
@@ -243,26 +268,24 @@ class StreamStep(Generic[T_co]):
             try:
                 source = self._source
                 if source is None:
-                    chunk: T_co = await self._pull()
+                    chunk = await self._pull()
                 elif (live := self._live) is None:
                     chunk = await anext(source)
                 else:
-                    live.begin_pull()
+                    chunks = live.chunks
+                    if live.check:
+                        live.begin_pull()
+                    live.pulling = True
                     try:
                         chunk = await anext(source)
                     finally:
-                        live.end_pull()
-                    if live.add(chunk):
+                        live.pulling = False
+                    chunks.append(chunk)
+                    if len(chunks) >= live.flush_at or monotonic() >= live.due:
                         await live.flush()
-            except StopAsyncIteration:
-                self._done = True
-                await close_producer(self._producer)
-                if self._complete is not None:
-                    await self._complete(self._chunks)
-                raise
-            except BaseException:
-                self._done = True
-                await close_producer(self._producer)
+                    return chunk
+            except BaseException as exc:
+                await self._ended(exc)
                 raise
             if self._complete is not None:
                 self._chunks.append(chunk)
@@ -279,6 +302,15 @@ class StreamStep(Generic[T_co]):
         finally:
             if hook is not None:
                 hook.pull_ended(token)
+
+    async def _ended(self, exc: BaseException) -> None:
+        """The pull raised ``exc``: the producer is done (exhausted: record the chunks, if
+        ``complete`` was given) or failed; close it."""
+        self._done = True
+        self._live = None
+        await close_producer(self._producer)
+        if self._complete is not None and isinstance(exc, StopAsyncIteration):
+            await self._complete(self._chunks)
 
     async def _open(self) -> None:
         """Replay, or open the producer: a failure to open it is a failure before the first
@@ -298,7 +330,9 @@ class StreamStep(Generic[T_co]):
         if self._direct and producer is not None:
             if isinstance(producer, ChunkJournal):
                 self._source = producer.source()
-                self._live = producer if self._source is not None else None
+                if self._source is not None:
+                    self._live = producer
+                    self._chunks = producer.chunks  # one list: the journal's and the record's
             else:
                 self._source = producer
         if recorded is not None:
@@ -359,6 +393,7 @@ class StreamStep(Generic[T_co]):
             if not self._done:
                 self._done = True
                 self._start = None
+                self._live = None
                 if self._producer is not None:
                     await close_producer(self._producer)
         finally:

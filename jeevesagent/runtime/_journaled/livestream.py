@@ -36,6 +36,8 @@ _log = logging.getLogger("jeevesagent.runtime")
 def recorded_prefix(recorder: Recorder, state: JournaledState, stream_key: str) -> list[Any]:
     """The chunks journaled in batches for ``stream_key`` by earlier runs, in order: the
     batches that follow each other from chunk 0 (a gap ends the prefix)."""
+    if chunks_journal_key(stream_key, 0) not in state.streams:
+        return []  # no batch from chunk 0 (the common case: a first run), without a scan
     start = chunks_prefix(stream_key)
     batches: dict[int, str] = {}
     for key in state.streams:
@@ -57,23 +59,21 @@ class LiveProducer(ChunkJournal):
     """The producer of a stream step, as ``StreamStep`` pulls it: the recorded prefix first,
     then the producer's own chunks (its first ``len(prefix)`` dropped unless it asked for the
     prefix with ``current_stream_prefix()``), each new one journaled in batches. Without a
-    prefix, ``StreamStep`` pulls the producer itself around the synchronous calls of
-    :class:`ChunkJournal` (no coroutine of this class per chunk)."""
+    prefix, ``StreamStep`` pulls the producer itself, inline (see :class:`ChunkJournal`: no
+    coroutine or call of this class per chunk, unless :attr:`check` asks for one)."""
 
     __slots__ = (
         "__weakref__",
-        "_batch_from",
+        "_base",
         "_closed",
         "_dropped",
         "_error",
         "_flush_chunks",
         "_flush_interval",
+        "_flushed",
         "_key",
-        "_last_flush",
-        "_pending",
         "_prefix",
         "_producer",
-        "_pulling",
         "_recorder",
         "_replayed",
         "_state",
@@ -91,6 +91,7 @@ class LiveProducer(ChunkJournal):
         flush_interval: float,
         flush_chunks: int,
     ) -> None:
+        super().__init__()
         self._producer = producer
         self._recorder = recorder
         self._state = state
@@ -101,24 +102,27 @@ class LiveProducer(ChunkJournal):
         self._warned = False
         self._flush_interval = flush_interval
         self._flush_chunks = flush_chunks
-        self._pending: list[Any] = []  # new chunks not journaled yet
-        self._batch_from = 0 if prefix is None else len(prefix.chunks)  # offset of _pending[0]
-        self._last_flush = time.monotonic()
+        # self.chunks: the new chunks (not the prefix); the first _flushed of them are journaled
+        self._flushed = 0
+        self._base = 0 if prefix is None else len(prefix.chunks)  # chunk offset of chunks[0]
+        self.flush_at = flush_chunks
+        self.due = time.monotonic() + flush_interval
         self._timer = False  # the background flush of a stalled stream is running
         self._error: Exception | None = None  # a background flush failed: raised at next pull
         self._closed = False
-        self._pulling = False  # waiting for the producer's next chunk
 
     def __aiter__(self) -> LiveProducer:
         return self
 
     async def __anext__(self) -> Any:
+        """The next chunk, when ``StreamStep`` does not pull the producer itself (a prefix to
+        deliver first, or a step policy around each pull)."""
         prefix = self._prefix
+        if self.check:
+            self.begin_pull()
         if prefix is None:
             chunk = await self._pull()
         else:
-            if self._error is not None:
-                raise self._error
             if self._replayed < len(prefix.chunks):
                 self._replayed += 1
                 return prefix.chunks[self._replayed - 1]
@@ -128,41 +132,33 @@ class LiveProducer(ChunkJournal):
                 if prefix.asked or self._dropped >= len(prefix.chunks):
                     break
                 self._check_dropped(chunk)
-        if self.add(chunk):
+        chunks = self.chunks
+        chunks.append(chunk)
+        if len(chunks) >= self.flush_at or time.monotonic() >= self.due:
             await self.flush()
         return chunk
 
     async def _pull(self) -> Any:
-        self.begin_pull()
+        self.pulling = True
         try:
             return await anext(self._producer)
         finally:
-            self._pulling = False
+            self.pulling = False
 
     def source(self) -> AsyncIterator[Any] | None:
         return self._producer if self._prefix is None else None
 
     def begin_pull(self) -> None:
-        """While the producer's next chunk comes, chunks waiting are journaled once the flush
-        interval has passed (see :func:`_flush_stalled`)."""
+        """Raise the error of a background flush; while the producer's next chunk comes, chunks
+        waiting are journaled once the flush interval has passed (see :func:`_flush_stalled`):
+        start that, once chunks wait. Asked for again (``check``) when it ends."""
         if self._error is not None:
             raise self._error
-        self._pulling = True
-        if self._pending and not self._timer:
+        if len(self.chunks) > self._flushed and not self._timer:
             self._timer = True
+            self.check = False
             flush = functools.partial(_flush_stalled, weakref.ref(self))
             self._state.keep_running(f"stream flush {id(self)}", flush)
-
-    def end_pull(self) -> None:
-        self._pulling = False
-
-    def add(self, chunk: Any) -> bool:
-        pending = self._pending
-        pending.append(chunk)
-        return (
-            len(pending) >= self._flush_chunks
-            or time.monotonic() - self._last_flush >= self._flush_interval
-        )
 
     def _check_dropped(self, chunk: Any) -> None:
         assert self._prefix is not None
@@ -182,16 +178,24 @@ class LiveProducer(ChunkJournal):
             )
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        key = chunks_journal_key(self._key, self._batch_from)
-        self._batch_from += len(batch)
+        chunks = self.chunks
+        batch = chunks[self._flushed :]
+        key = chunks_journal_key(self._key, self._base + self._flushed)
+        self._flushed = len(chunks)
         # Counted from when the batch is taken: a pull during its write must not write another.
-        self._last_flush = time.monotonic()
+        self.flush_at = self._flushed + self._flush_chunks
+        self.due = time.monotonic() + self._flush_interval
         data = self._recorder.encode(self._state, key, batch, STREAM, "stream chunks")
         await self._recorder.record_chunks(self._state, key, data)
 
+    def _waiting(self) -> bool:
+        return len(self.chunks) > self._flushed
+
     async def aclose(self) -> None:
         self._closed = True
+        if self._prefix is None:
+            await close_producer(self._producer)
+            return
         with producing(self._prefix):
             await close_producer(self._producer)
 
@@ -204,15 +208,14 @@ async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:
     stream its consumer dropped is still collected (and its producer closed) at once."""
     live = ref()
     try:
-        while live is not None and live._pending and live._pulling and not live._closed:
-            delay = max(0.0, live._last_flush + live._flush_interval - time.monotonic())
+        while live is not None and live._waiting() and live.pulling and not live._closed:
+            delay = max(0.0, live.due - time.monotonic())
             live = None  # not held across the sleep
             await anyio.sleep(delay)
             live = ref()
             if live is None:
                 return
-            due = time.monotonic() - live._last_flush >= live._flush_interval
-            if live._pending and live._pulling and due:
+            if live._waiting() and live.pulling and time.monotonic() >= live.due:
                 try:
                     await live.flush()
                 except Exception as exc:  # not lost: the next pull raises it
@@ -222,3 +225,4 @@ async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:
         live = ref()
         if live is not None:
             live._timer = False
+            live.check = True  # the next pull starts it again (or raises its error)

@@ -229,8 +229,12 @@ class Steps:
             if not live:
                 return await open_producer(fn, args, kwargs)
             assert interval is not None
-            asked = StreamPrefix(prefix) if prefix else None
-            with producing(asked):
+            if prefix:
+                asked: StreamPrefix | None = StreamPrefix(prefix)
+                with producing(asked):
+                    producer = await open_producer(fn, args, kwargs)
+            else:
+                asked = None
                 producer = await open_producer(fn, args, kwargs)
             chunks = self.runtime.stream_flush_chunks
             return LiveProducer(producer, self.recorder, state, key, asked, interval, chunks)
