@@ -32,7 +32,7 @@ from .._journal.backend import (
 from .._journal.rows import STEP, Record, Row
 from .pglisten import CHANNEL
 from .pgschema import _NOW
-from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row
+from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row, row_args, rows_from
 
 __all__ = [
     "CLAIM",
@@ -138,7 +138,8 @@ SELECT pg_notify('{CHANNEL}', session_id) FROM up
 # A session's end with its outcome (JournalBackend.finish), in one statement, committed
 # synchronously: the release as in RELEASE and, only if it released (we held the claim), the
 # outcome rows (first writer wins). One row per notice (kind NULL: we held it) and per row
-# inserted; no row at all: fenced. $1 id, $2 owner, $3 status, $4 steps, $5-$8 the rows' columns.
+# inserted; no row at all: fenced. $1 id, $2 owner, $3 status, $4 steps, $5-$11 the rows (see
+# pgwrite.rows_from; their session ids are $1's).
 FINISH = f"""
 WITH up AS (
     UPDATE jrt_sessions
@@ -148,8 +149,7 @@ WITH up AS (
 ), ins AS (
     INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
     SELECT up.session_id, r.kind, r.key, r.value, r.created_at
-    FROM up, unnest($5::int2[], $6::text[], $7::bytea[], $8::float8[])
-        AS r(kind, key, value, created_at)
+    FROM up, {rows_from(5)} AS r
     ON CONFLICT DO NOTHING
     RETURNING kind, key
 ), n AS MATERIALIZED (SELECT pg_notify('{CHANNEL}', session_id) FROM up)
@@ -347,9 +347,7 @@ async def finish(
     """See :meth:`JournalBackend.finish`: one statement (:data:`FINISH`), one transaction."""
     if status not in SESSION_STATUSES:
         raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
-    columns = [[r.kind for r in records], [r.key for r in records]]
-    columns += [[r.data for r in records], [r.created_at for r in records]]
-    found = await pool.fetch(FINISH, session_id, owner, status, steps, *columns)
+    found = await pool.fetch(FINISH, session_id, owner, status, steps, *row_args(records))
     if not any(kind is None for kind, _ in found):
         raise Fenced({session_id})
     if any(r.kind == STREAM for r in records):
