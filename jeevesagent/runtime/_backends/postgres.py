@@ -47,6 +47,7 @@ from . import pgsessions, pgsignals
 from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
 from .pglisten import Listener
+from .pgopen import lazy_releases, opens
 from .pgschema import _NOW, _migrate, _prune, schema_statements
 from .pgwrite import STREAM_CHANNEL, Key, get_prefixed, get_row, insert_rows
 from .thread import LoopHandle
@@ -118,6 +119,9 @@ class PostgresJournalStore(JournalBackend):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
+        # Overlapping session opens, and lazy releases, share statements (see pgopen).
+        self._opens = opens()
+        self._releases = lazy_releases()
         self._listener = Listener(pool)  # signal notices: the LISTEN connection
         self._stream_listener = Listener(pool, STREAM_CHANNEL)  # opened by the first reader
 
@@ -294,7 +298,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
         return await self._run(
-            lambda: pgsessions.open_session(self._pool, session_id, owner, lease),
+            lambda: self._opens.call(self._pool, session_id, (owner, float(lease))),
             "opening the session",
             session_id,
             shield=True,
@@ -323,7 +327,7 @@ class PostgresJournalStore(JournalBackend):
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
-            lambda: self._pool.execute(pgsessions.RELEASE_LAZY, session_id, owner, status, steps),
+            lambda: self._releases.call(self._pool, session_id, (owner, status, steps)),
             "releasing the session",
             session_id,
             shield=True,
