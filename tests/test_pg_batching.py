@@ -16,6 +16,7 @@ from jeevesagent.runtime._backends.pgopen import open_many
 from jeevesagent.runtime._journal.backend import OpenedSession
 from jeevesagent.runtime._journal.rows import Record
 
+from .conftest import pg
 from .test_open_close import FINISHER, _waiting_for_a_lock
 
 
@@ -121,11 +122,11 @@ async def test_a_batched_claim_after_waiting_for_a_finishing_owner_reads_the_who
             async with anyio.create_task_group() as tg:
 
                 async def open_b() -> None:
+                    # The batch statement itself, on a connection of its own (in a thread).
                     requests = {"s": ("owner-b", 60.0), "t": ("owner-b", 60.0)}
                     found.append(
-                        await store._run(
-                            lambda: open_many(store._pool, requests),
-                            "opening",
+                        await anyio.to_thread.run_sync(
+                            pg, pg_schema_dsn, lambda conn: open_many(conn, requests)
                         )
                     )
 
