@@ -32,7 +32,7 @@ from .._journal.backend import (
 from .._journal.rows import STEP, Record, Row
 from .pglisten import CHANNEL
 from .pgschema import _NOW
-from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row
+from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row, row_args, rows_from
 
 __all__ = [
     "CLAIM",
@@ -72,8 +72,14 @@ WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
 RETURNING {SESSION_COLS}
 """
 # The claim committed asynchronously (see above: `lazy` is referenced, so it is evaluated) and,
-# when granted, the session's journal and mailbox names in the same statement, as arrays (the
-# aggregates of one query level read their rows in one order). No row: not granted.
+# when granted, the session's journal and mailbox names in the same statement: a row whose last
+# column is the sessions row with the mailbox names (an anonymous record), then, only if granted,
+# one row per journal row (last column NULL). No row at all: not granted.
+# Rows rather than arrays of the journal's columns: asyncpg decodes text[] and anonymous records
+# natively but not int2[], bytea[] or float8[], whose codecs it looks up with an introspection
+# query the first time each connection meets them -- ~10 ms on a fresh connection, so every
+# pooled connection's first open paid it, and the server's CPU with it. (Rows cost ~0.1 us more
+# per journal row to decode than arrays once a connection is warm.)
 # The last condition keeps the journal read true to the claim. Under READ COMMITTED, ON CONFLICT
 # DO UPDATE sees the newest version of the sessions row, even one committed after this statement
 # took its snapshot -- say by an owner that released the session in the transaction that wrote
@@ -95,12 +101,12 @@ c AS (
       AND s.xmin = (SELECT xmin FROM jrt_sessions WHERE session_id = $1)
     RETURNING {SESSION_COLS}
 )
-SELECT c.*, j.kinds, j.keys, j.vals, j.times, m.names FROM c,
-    LATERAL (SELECT array_agg(kind) AS kinds, array_agg(key) AS keys, array_agg(value) AS vals,
-                    array_agg(created_at) AS times
-             FROM jrt_journal WHERE session_id = $1) AS j,
-    LATERAL (SELECT array_agg(DISTINCT name ORDER BY name) AS names
-             FROM jrt_mailbox WHERE session_id = $1) AS m
+SELECT NULL::int2, NULL::text, NULL::bytea, NULL::float8, ROW(c.*, m.names)
+FROM c, LATERAL (SELECT array_agg(DISTINCT name ORDER BY name) AS names
+                 FROM jrt_mailbox WHERE session_id = $1) AS m
+UNION ALL
+SELECT kind, key, value, created_at, NULL FROM jrt_journal
+WHERE session_id = $1 AND EXISTS (SELECT FROM c)
 """
 SESSION = f"SELECT {SESSION_COLS} FROM jrt_sessions WHERE session_id = $1"
 RENEW = f"""
@@ -132,7 +138,8 @@ SELECT pg_notify('{CHANNEL}', session_id) FROM up
 # A session's end with its outcome (JournalBackend.finish), in one statement, committed
 # synchronously: the release as in RELEASE and, only if it released (we held the claim), the
 # outcome rows (first writer wins). One row per notice (kind NULL: we held it) and per row
-# inserted; no row at all: fenced. $1 id, $2 owner, $3 status, $4 steps, $5-$8 the rows' columns.
+# inserted; no row at all: fenced. $1 id, $2 owner, $3 status, $4 steps, $5-$11 the rows (see
+# pgwrite.rows_from; their session ids are $1's).
 FINISH = f"""
 WITH up AS (
     UPDATE jrt_sessions
@@ -142,8 +149,7 @@ WITH up AS (
 ), ins AS (
     INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
     SELECT up.session_id, r.kind, r.key, r.value, r.created_at
-    FROM up, unnest($5::int2[], $6::text[], $7::bytea[], $8::float8[])
-        AS r(kind, key, value, created_at)
+    FROM up, {rows_from(5)} AS r
     ON CONFLICT DO NOTHING
     RETURNING kind, key
 ), n AS MATERIALIZED (SELECT pg_notify('{CHANNEL}', session_id) FROM up)
@@ -274,8 +280,8 @@ async def claim(pool: Any, session_id: str, owner: str, lease: float) -> Session
 
 async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> OpenedSession:
     for _ in range(_OPEN_TRIES):
-        row = await pool.fetchrow(_OPEN, session_id, owner, float(lease))
-        if row is not None:
+        rows = await pool.fetch(_OPEN, session_id, owner, float(lease))
+        if rows:
             break
         # Not granted. A separate statement sees the row as it is now: held by someone else,
         # or changed after _OPEN's snapshot (see _OPEN) -- then ask again, with a new snapshot.
@@ -285,12 +291,14 @@ async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> 
     else:
         return OpenedSession(info, None, [])
     journal = SessionJournal({}, {})
-    kinds, keys, values, times, names = row[11:]
-    if kinds is not None:
-        steps, streams = journal.steps, journal.streams
-        for kind, key, value, created_at in zip(kinds, keys, values, times, strict=True):
+    steps, streams = journal.steps, journal.streams
+    head: Any = None
+    for kind, key, value, created_at, session in rows:
+        if session is None:
             (steps if kind == STEP else streams)[key] = Row(value, created_at)
-    return OpenedSession(SessionInfo(*row[:11]), journal, names or [])
+        else:
+            head = session  # the sessions row and the mailbox names
+    return OpenedSession(SessionInfo(*head[:11]), journal, head[11] or [])
 
 
 # How often open_session asks again when the sessions row changed under its snapshot: each time
@@ -339,9 +347,7 @@ async def finish(
     """See :meth:`JournalBackend.finish`: one statement (:data:`FINISH`), one transaction."""
     if status not in SESSION_STATUSES:
         raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
-    columns = [[r.kind for r in records], [r.key for r in records]]
-    columns += [[r.data for r in records], [r.created_at for r in records]]
-    found = await pool.fetch(FINISH, session_id, owner, status, steps, *columns)
+    found = await pool.fetch(FINISH, session_id, owner, status, steps, *row_args(records))
     if not any(kind is None for kind, _ in found):
         raise Fenced({session_id})
     if any(r.kind == STREAM for r in records):

@@ -43,10 +43,11 @@ from .._journal.backend import (
     SessionInfo,
     SessionJournal,
 )
-from . import pgsessions
+from . import pgsessions, pgsignals
 from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
 from .pgerrors import call_translated
-from .pglisten import CHANNEL, Listener
+from .pglisten import Listener
+from .pgopen import lazy_releases, opens
 from .pgschema import _NOW, _migrate, _prune, schema_statements
 from .pgwrite import STREAM_CHANNEL, Key, get_prefixed, get_row, insert_rows
 from .thread import LoopHandle
@@ -59,49 +60,6 @@ T = TypeVar("T")
 _CLOSE_TIMEOUT = 10.0
 
 _LOAD = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
-_SEND = f"""
-WITH ins AS (
-    INSERT INTO jrt_mailbox (session_id, name, payload, created_at) VALUES ($1, $2, $3, $4)
-    RETURNING session_id
-)
-SELECT pg_notify('{CHANNEL}', session_id) FROM ins
-"""
-# One statement: the receipt if ``key`` is already journaled; else, if the owner still holds
-# the session (its row locked FOR SHARE), move the oldest signal into the journal as ``key``
-# (``key`` NULL: only remove it from the mailbox). The journal insert has no ON CONFLICT: if a
-# concurrent transaction journals the same key first, the unique violation aborts the
-# statement, the signal stays in the mailbox, and the caller reads the receipt that won.
-# `waiting` (read only when fenced) tells whether there was anything to take.
-_TAKE = f"""
-WITH fence AS MATERIALIZED (
-    SELECT owner FROM jrt_sessions
-    WHERE session_id = $1 AND $3::text IS NOT NULL AND $4::text IS NOT NULL
-    FOR SHARE
-), ok AS MATERIALIZED (
-    SELECT $3::text IS NULL OR $4::text IS NULL
-        OR EXISTS (SELECT 1 FROM fence WHERE owner = $4) AS ok
-), existing AS MATERIALIZED (
-    SELECT value, created_at FROM jrt_journal WHERE session_id = $1 AND kind = 0 AND key = $3
-), taken AS (
-    DELETE FROM jrt_mailbox WHERE id = (
-        SELECT id FROM jrt_mailbox
-        WHERE session_id = $1 AND name = $2
-          AND (SELECT ok FROM ok) AND NOT EXISTS (SELECT 1 FROM existing)
-        ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
-    )
-    RETURNING payload, {_NOW} AS taken_at
-), ins AS (
-    INSERT INTO jrt_journal (session_id, kind, key, value, created_at)
-    SELECT $1, 0, $3, payload, taken_at FROM taken WHERE $3::text IS NOT NULL
-)
-SELECT (SELECT ok FROM ok), e.value, e.created_at, t.payload, t.taken_at,
-    EXISTS (SELECT 1 FROM jrt_mailbox WHERE session_id = $1 AND name = $2)
-FROM (SELECT 1) AS one
-LEFT JOIN existing AS e ON true
-LEFT JOIN taken AS t ON true
-"""
-_PENDING = "SELECT count(*) FROM jrt_mailbox WHERE session_id = $1"
-_PENDING_NAMES = "SELECT DISTINCT name FROM jrt_mailbox WHERE session_id = $1 ORDER BY name"
 _CLOCK = f"SELECT {_NOW}"
 # The signing sample (see JournalBackend.count_signed): $1 session, $2 the signature's magic
 # prefix, $3 the sample size.
@@ -161,6 +119,9 @@ class PostgresJournalStore(JournalBackend):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
+        # Overlapping session opens, and lazy releases, share statements (see pgopen).
+        self._opens = opens()
+        self._releases = lazy_releases()
         self._listener = Listener(pool)  # signal notices: the LISTEN connection
         self._stream_listener = Listener(pool, STREAM_CHANNEL)  # opened by the first reader
 
@@ -309,7 +270,7 @@ class PostgresJournalStore(JournalBackend):
         # One autocommitted statement: the row and the notice commit together. Shielded like
         # every write: the caller must know whether the signal was sent.
         await self._run(
-            lambda: self._pool.execute(_SEND, session_id, name, data, created_at),
+            lambda: self._pool.execute(pgsignals.SEND, session_id, name, data, created_at),
             "sending a signal",
             session_id,
             name,
@@ -320,7 +281,7 @@ class PostgresJournalStore(JournalBackend):
         self, session_id: str, name: str, key: str | None, owner: str | None
     ) -> Row | None:
         return await self._run(
-            lambda: _take(self._pool, session_id, name, key, owner),
+            lambda: pgsignals.take(self._pool, session_id, name, key, owner),
             "receiving a signal",
             session_id,
             describe_key(key) if key else None,
@@ -337,7 +298,7 @@ class PostgresJournalStore(JournalBackend):
 
     async def open_session(self, session_id: str, owner: str, lease: float) -> OpenedSession:
         return await self._run(
-            lambda: pgsessions.open_session(self._pool, session_id, owner, lease),
+            lambda: self._opens.call(self._pool, session_id, (owner, float(lease))),
             "opening the session",
             session_id,
             shield=True,
@@ -366,7 +327,7 @@ class PostgresJournalStore(JournalBackend):
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {SESSION_STATUSES}")
         await self._run(
-            lambda: self._pool.execute(pgsessions.RELEASE_LAZY, session_id, owner, status, steps),
+            lambda: self._releases.call(self._pool, session_id, (owner, status, steps)),
             "releasing the session",
             session_id,
             shield=True,
@@ -480,13 +441,17 @@ class PostgresJournalStore(JournalBackend):
 
     async def pending_signals(self, session_id: str) -> int:
         n: int = await self._run(
-            lambda: self._pool.fetchval(_PENDING, session_id), "counting signals", session_id
+            lambda: self._pool.fetchval(pgsignals.PENDING, session_id),
+            "counting signals",
+            session_id,
         )
         return n
 
     async def pending_names(self, session_id: str) -> list[str]:
         rows = await self._run(
-            lambda: self._pool.fetch(_PENDING_NAMES, session_id), "listing signals", session_id
+            lambda: self._pool.fetch(pgsignals.PENDING_NAMES, session_id),
+            "listing signals",
+            session_id,
         )
         return [row[0] for row in rows]
 
@@ -572,25 +537,3 @@ def _usable(conn: Any) -> bool:
         return not conn.is_closed()
     except Exception:  # a released pool proxy raises InterfaceError on any call
         return False
-
-
-async def _take(
-    pool: Any, session_id: str, name: str, key: str | None, owner: str | None
-) -> Row | None:
-    import asyncpg
-
-    try:
-        found = await pool.fetchrow(_TAKE, session_id, name, key, owner)
-    except asyncpg.UniqueViolationError:
-        # A concurrent taker journaled `key` first; nothing was taken. Adopt its receipt.
-        if key is None:  # cannot happen: nothing is journaled without a key
-            raise
-        return await get_row(pool, session_id, STEP, key)
-    ok, old_value, old_at, value, taken_at, waiting = found
-    if old_value is not None:
-        return Row(old_value, old_at)
-    if not ok:
-        if waiting:
-            raise Fenced({session_id})
-        return None
-    return None if value is None else Row(value, taken_at)
