@@ -237,6 +237,88 @@ async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_who
         await store.aclose()
 
 
+# Owner A of the test below, in a process of its own, whose lease has run out: records a step as
+# the store's fenced insert does (the sessions row locked FOR SHARE, then the row inserted), holds
+# that transaction open until told, then commits.
+LATE_WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import asyncpg
+
+    async def main():
+        conn = await asyncpg.connect(sys.argv[1])
+        async with conn.transaction():
+            owner = await conn.fetchval(
+                "SELECT owner FROM jrt_sessions WHERE session_id = 's' FOR SHARE"
+            )
+            assert owner == "owner-a", owner
+            await conn.execute(
+                "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
+                "VALUES ('s', 0, 's:late', '\\\\x00'::bytea, 0)"
+            )
+            print("held", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        print("committed", flush=True)
+        await conn.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_a_claim_taken_over_while_the_old_owner_writes_reads_the_old_owners_last_row(
+    pg_schema_dsn: str,
+) -> None:
+    """Postgres: owner A's lease ran out while A was recording a step (its fenced insert holds
+    the sessions row FOR SHARE). B's claim waits for that lock and is granted once A commits --
+    a lock leaves the row's xmin as it was, so the snapshot check of the claim passes -- and
+    the journal B gets must include A's row: otherwise B runs a step that A completed again."""
+    from jeevesagent.runtime import PostgresJournalStore
+
+    store = await PostgresJournalStore.connect(pg_schema_dsn, min_size=1, max_size=2)
+    try:
+        await store.init_schema()
+        first = await store.open_session("s", "owner-a", 60.0)
+        assert first.info.owner == "owner-a"
+        # A's lease runs out (as if A stalled past it); A does not know yet.
+        await anyio.to_thread.run_sync(
+            pg,
+            pg_schema_dsn,
+            lambda conn: conn.execute(
+                "UPDATE jrt_sessions SET lease_expires = 0 WHERE session_id = 's'"
+            ),
+        )
+        async with await anyio.open_process(
+            [sys.executable, "-c", LATE_WRITER, pg_schema_dsn], stdin=subprocess.PIPE
+        ) as writer:
+            assert writer.stdin is not None
+            assert writer.stdout is not None
+            out = BufferedByteReceiveStream(writer.stdout)
+            with anyio.fail_after(30):
+                assert await out.receive_until(b"\n", 100) == b"held"
+            opened: list[OpenedSession] = []
+            async with anyio.create_task_group() as tg:
+
+                async def open_b() -> None:
+                    opened.append(await store.open_session("s", "owner-b", 60.0))
+
+                tg.start_soon(open_b)
+                with anyio.fail_after(30):
+                    while not await anyio.to_thread.run_sync(  # noqa: ASYNC110 -- the server's
+                        _waiting_for_a_lock, pg_schema_dsn
+                    ):
+                        await anyio.sleep(0.01)
+                await writer.stdin.send(b"go\n")
+            with anyio.fail_after(30):
+                assert await out.receive_until(b"\n", 100) == b"committed"
+        (b,) = opened
+        assert b.info.owner == "owner-b", b.info
+        assert b.journal is not None
+        assert "s:late" in b.journal.steps, sorted(b.journal.steps)
+    finally:
+        await store.aclose()
+
+
 def _waiting_for_a_lock(dsn: str) -> bool:
     """Whether some statement of the server waits for a lock."""
     return bool(

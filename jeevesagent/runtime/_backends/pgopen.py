@@ -25,7 +25,7 @@ from .._journal.rows import STEP, Row
 from .pgerrors import driver_errors
 from .pglisten import CHANNEL
 from .pgschema import _NOW
-from .pgsessions import RELEASE_LAZY, SESSION_COLS, open_session
+from .pgsessions import RELEASE_LAZY, SESSION_COLS, load_journal, open_session, taken_over
 
 __all__ = ["MAX_BATCH", "Batcher", "lazy_releases", "open_many", "opens", "release_many"]
 
@@ -55,7 +55,8 @@ c AS (
       AND s.xmin = (SELECT x.xmin FROM jrt_sessions AS x WHERE x.session_id = s.session_id)
     RETURNING {SESSION_COLS}
 )
-SELECT c.session_id, NULL::int2, NULL::text, NULL::bytea, NULL::float8, ROW(c.*, m.names)
+SELECT c.session_id, NULL::int2, NULL::text, NULL::bytea, NULL::float8,
+       ROW(c.*, m.names, (SELECT x.owner FROM jrt_sessions AS x WHERE x.session_id = c.session_id))
 FROM c, LATERAL (SELECT array_agg(DISTINCT name ORDER BY name) AS names
                  FROM jrt_mailbox AS b WHERE b.session_id = c.session_id) AS m
 UNION ALL
@@ -122,6 +123,9 @@ async def open_many(
             heads[session_id] = head
         else:
             (journal.steps if kind == STEP else journal.streams)[key] = Row(value, created_at)
+    for sid, head in heads.items():
+        if taken_over(head[12], requests[sid][0]):  # see pgsessions.taken_over
+            journals[sid] = await load_journal(pool, sid)
     return {
         sid: OpenedSession(SessionInfo(*head[:11]), journals[sid], head[11] or [])
         for sid, head in heads.items()

@@ -36,6 +36,7 @@ from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row, row_args, rows_
 
 __all__ = [
     "CLAIM",
+    "JOURNAL",
     "RELEASE",
     "RELEASE_LAZY",
     "RENEW",
@@ -45,10 +46,12 @@ __all__ = [
     "create_session",
     "finish",
     "list_sessions",
+    "load_journal",
     "open_session",
     "request_cancel",
     "resumable",
     "suspend",
+    "taken_over",
     "wake_in",
 ]
 
@@ -85,7 +88,8 @@ RETURNING {SESSION_COLS}
 # took its snapshot -- say by an owner that released the session in the transaction that wrote
 # its last steps, which the journal read below, on the snapshot, would then miss. So the claim is
 # granted only on the version of the row that the snapshot sees (same xmin); otherwise nothing is
-# returned and `open_session` asks again, with a new snapshot.
+# returned and `open_session` asks again, with a new snapshot. The record also carries the owner
+# the snapshot sees: a claim taken over from another owner reads the journal again (taken_over).
 _OPEN = f"""
 WITH now AS (SELECT {_NOW} AS t, set_config('synchronous_commit', 'off', true) AS lazy),
 c AS (
@@ -101,7 +105,8 @@ c AS (
       AND s.xmin = (SELECT xmin FROM jrt_sessions WHERE session_id = $1)
     RETURNING {SESSION_COLS}
 )
-SELECT NULL::int2, NULL::text, NULL::bytea, NULL::float8, ROW(c.*, m.names)
+SELECT NULL::int2, NULL::text, NULL::bytea, NULL::float8,
+       ROW(c.*, m.names, (SELECT owner FROM jrt_sessions WHERE session_id = $1))
 FROM c, LATERAL (SELECT array_agg(DISTINCT name ORDER BY name) AS names
                  FROM jrt_mailbox WHERE session_id = $1) AS m
 UNION ALL
@@ -297,8 +302,33 @@ async def open_session(pool: Any, session_id: str, owner: str, lease: float) -> 
         if session is None:
             (steps if kind == STEP else streams)[key] = Row(value, created_at)
         else:
-            head = session  # the sessions row and the mailbox names
+            head = session  # the sessions row, the mailbox names, the owner it was taken from
+    if taken_over(head[12], owner):
+        journal = await load_journal(pool, session_id)
     return OpenedSession(SessionInfo(*head[:11]), journal, head[11] or [])
+
+
+# A session's journal rows, read by a statement of its own (a snapshot taken now).
+JOURNAL = "SELECT kind, key, value, created_at FROM jrt_journal WHERE session_id = $1"
+
+
+async def load_journal(pool: Any, session_id: str) -> SessionJournal:
+    journal = SessionJournal({}, {})
+    for kind, key, value, created_at in await pool.fetch(JOURNAL, session_id):
+        (journal.steps if kind == STEP else journal.streams)[key] = Row(value, created_at)
+    return journal
+
+
+def taken_over(previous: str | None, owner: str) -> bool:
+    """Whether a granted claim took the session from another owner (whose lease had run out).
+
+    Then the journal that came with the claim may lack that owner's last rows, so the caller
+    reads it again with a statement of its own. The old owner's fenced insert holds the sessions
+    row ``FOR SHARE`` while it commits; the claim waits for that lock, then is granted (a lock
+    leaves the row's ``xmin`` as it was, so _OPEN's snapshot check passes) while the claim's own
+    journal read keeps the statement's older snapshot, which misses those rows. A takeover is
+    rare; the other opens keep their one round trip."""
+    return previous is not None and previous != owner
 
 
 # How often open_session asks again when the sessions row changed under its snapshot: each time
