@@ -16,8 +16,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import pytest
@@ -28,6 +29,8 @@ from jeevesagent.runtime._journal.backend import JournalBackend, OpenedSession
 
 from .conftest import StoreFactory, pg
 from .test_crash import open_store
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -204,31 +207,9 @@ async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_who
         await store.init_schema()
         first = await store.open_session("s", "owner-a", 60.0)
         assert first.info.owner == "owner-a"
-        async with await anyio.open_process(
-            [sys.executable, "-c", FINISHER, pg_schema_dsn], stdin=subprocess.PIPE
-        ) as finisher:
-            assert finisher.stdin is not None
-            assert finisher.stdout is not None
-            out = BufferedByteReceiveStream(finisher.stdout)
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"held"
-            opened: list[OpenedSession] = []
-            async with anyio.create_task_group() as tg:
-
-                async def open_b() -> None:
-                    opened.append(await store.open_session("s", "owner-b", 60.0))
-
-                tg.start_soon(open_b)
-                # B's claim statement has its snapshot and waits for A's row lock; then A commits.
-                with anyio.fail_after(30):
-                    while not await anyio.to_thread.run_sync(  # noqa: ASYNC110 -- the server's
-                        _waiting_for_a_lock, pg_schema_dsn
-                    ):
-                        await anyio.sleep(0.01)
-                await finisher.stdin.send(b"go\n")
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"committed"
-        (b,) = opened
+        b = await open_while_a_commits(
+            pg_schema_dsn, FINISHER, lambda: store.open_session("s", "owner-b", 60.0)
+        )
         # A released it: B's claim is granted, and B must see what A committed with the release.
         assert b.info.owner == "owner-b", b.info
         assert b.journal is not None
@@ -288,35 +269,45 @@ async def test_a_claim_taken_over_while_the_old_owner_writes_reads_the_old_owner
                 "UPDATE jrt_sessions SET lease_expires = 0 WHERE session_id = 's'"
             ),
         )
-        async with await anyio.open_process(
-            [sys.executable, "-c", LATE_WRITER, pg_schema_dsn], stdin=subprocess.PIPE
-        ) as writer:
-            assert writer.stdin is not None
-            assert writer.stdout is not None
-            out = BufferedByteReceiveStream(writer.stdout)
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"held"
-            opened: list[OpenedSession] = []
-            async with anyio.create_task_group() as tg:
-
-                async def open_b() -> None:
-                    opened.append(await store.open_session("s", "owner-b", 60.0))
-
-                tg.start_soon(open_b)
-                with anyio.fail_after(30):
-                    while not await anyio.to_thread.run_sync(  # noqa: ASYNC110 -- the server's
-                        _waiting_for_a_lock, pg_schema_dsn
-                    ):
-                        await anyio.sleep(0.01)
-                await writer.stdin.send(b"go\n")
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"committed"
-        (b,) = opened
+        b = await open_while_a_commits(
+            pg_schema_dsn, LATE_WRITER, lambda: store.open_session("s", "owner-b", 60.0)
+        )
         assert b.info.owner == "owner-b", b.info
         assert b.journal is not None
         assert "s:late" in b.journal.steps, sorted(b.journal.steps)
     finally:
         await store.aclose()
+
+
+async def open_while_a_commits(dsn: str, owner_a: str, open_b: Callable[[], Awaitable[T]]) -> T:
+    """Run ``owner_a`` (a script) in a child process until it holds its transaction open, start
+    ``open_b()`` (owner B's open of session "s"), wait until B's claim statement waits for A's
+    row lock (it has taken its snapshot), then let A commit; returns what ``open_b`` returned."""
+    async with await anyio.open_process(
+        [sys.executable, "-c", owner_a, dsn], stdin=subprocess.PIPE
+    ) as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        out = BufferedByteReceiveStream(child.stdout)
+        with anyio.fail_after(30):
+            assert await out.receive_until(b"\n", 100) == b"held"
+        opened: list[T] = []
+        async with anyio.create_task_group() as tg:
+
+            async def run_b() -> None:
+                opened.append(await open_b())
+
+            tg.start_soon(run_b)
+            with anyio.fail_after(30):
+                while not await anyio.to_thread.run_sync(  # noqa: ASYNC110 -- the server's
+                    _waiting_for_a_lock, dsn
+                ):
+                    await anyio.sleep(0.01)
+            await child.stdin.send(b"go\n")
+        with anyio.fail_after(30):
+            assert await out.receive_until(b"\n", 100) == b"committed"
+    (b,) = opened
+    return b
 
 
 def _waiting_for_a_lock(dsn: str) -> bool:

@@ -5,11 +5,9 @@ waited for a finishing owner still reads that owner's last steps."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from collections.abc import Awaitable, Callable
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from jeevesagent.runtime import PostgresJournalStore
 from jeevesagent.runtime._backends.pgopen import open_many
@@ -17,7 +15,7 @@ from jeevesagent.runtime._journal.backend import OpenedSession
 from jeevesagent.runtime._journal.rows import Record
 
 from .conftest import pg
-from .test_open_close import FINISHER, _waiting_for_a_lock
+from .test_open_close import FINISHER, LATE_WRITER, open_while_a_commits
 
 
 async def _store(dsn: str) -> PostgresJournalStore:
@@ -110,36 +108,11 @@ async def test_a_batched_claim_after_waiting_for_a_finishing_owner_reads_the_who
     store = await _store(pg_schema_dsn)
     try:
         await store.open_session("s", "owner-a", 60.0)
-        async with await anyio.open_process(
-            [sys.executable, "-c", FINISHER, pg_schema_dsn], stdin=subprocess.PIPE
-        ) as finisher:
-            assert finisher.stdin is not None
-            assert finisher.stdout is not None
-            out = BufferedByteReceiveStream(finisher.stdout)
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"held"
-            found: list[dict[str, OpenedSession]] = []
-            async with anyio.create_task_group() as tg:
-
-                async def open_b() -> None:
-                    # The batch statement itself, on a connection of its own (in a thread).
-                    requests = {"s": ("owner-b", 60.0), "t": ("owner-b", 60.0)}
-                    found.append(
-                        await anyio.to_thread.run_sync(
-                            pg, pg_schema_dsn, lambda conn: open_many(conn, requests)
-                        )
-                    )
-
-                tg.start_soon(open_b)
-                with anyio.fail_after(30):
-                    while not await anyio.to_thread.run_sync(  # noqa: ASYNC110
-                        _waiting_for_a_lock, pg_schema_dsn
-                    ):
-                        await anyio.sleep(0.01)
-                await finisher.stdin.send(b"go\n")
-            with anyio.fail_after(30):
-                assert await out.receive_until(b"\n", 100) == b"committed"
-        (opened,) = found
+        # The batch statement itself, on a connection of its own (in a thread).
+        requests = {"s": ("owner-b", 60.0), "t": ("owner-b", 60.0)}
+        opened = await open_while_a_commits(
+            pg_schema_dsn, FINISHER, _open_many(pg_schema_dsn, requests)
+        )
         assert "t" in opened
         if "s" in opened:
             journal = opened["s"].journal
@@ -206,3 +179,44 @@ def test_the_batcher_falls_back_to_lone_calls_and_never_stalls() -> None:
         assert await asyncio.wait_for(b.call(None, "w", 4), 5) == "w:4:one"
 
     asyncio.run(main())
+
+
+async def test_a_batched_claim_taken_over_while_the_old_owner_writes_reads_its_last_row(
+    pg_schema_dsn: str,
+) -> None:
+    """As test_open_close's takeover test, for the batch statement: a claim taken over from an
+    owner whose lease ran out while it was recording a step includes that step."""
+    store = await _store(pg_schema_dsn)
+    try:
+        await store.open_session("s", "owner-a", 60.0)
+        await anyio.to_thread.run_sync(
+            pg,
+            pg_schema_dsn,
+            lambda conn: conn.execute(
+                "UPDATE jrt_sessions SET lease_expires = 0 WHERE session_id = 's'"
+            ),
+        )
+        requests = {"s": ("owner-b", 60.0), "t": ("owner-b", 60.0)}
+        opened = await open_while_a_commits(
+            pg_schema_dsn, LATE_WRITER, _open_many(pg_schema_dsn, requests)
+        )
+        assert set(opened) == {"s", "t"}, opened
+        journal = opened["s"].journal
+        assert journal is not None
+        assert "s:late" in journal.steps, sorted(journal.steps)
+    finally:
+        await store.aclose()
+
+
+def _open_many(
+    dsn: str, requests: dict[str, tuple[str, float]]
+) -> Callable[[], Awaitable[dict[str, OpenedSession]]]:
+    """The batch statement, run on a connection of its own (in a thread)."""
+
+    async def go() -> dict[str, OpenedSession]:
+        opened: dict[str, OpenedSession] = await anyio.to_thread.run_sync(
+            pg, dsn, lambda conn: open_many(conn, requests)
+        )
+        return opened
+
+    return go
