@@ -145,3 +145,49 @@ async def test_waiters_poll_while_the_listener_cannot_be_reopened_and_aclose_end
     finally:
         await a_store.aclose()
         await b_store.aclose()
+
+
+async def test_a_recorded_stream_row_sends_its_notice_and_a_step_row_none(
+    store_kind: str, pg_schema_dsn: str
+) -> None:
+    """Stream readers are woken by a notice on ``jrt_stream`` sent with the row (in the same
+    statement for a session's one-row write); a step row sends none. Read on a LISTEN
+    connection of the test's own, in a thread."""
+    import threading
+
+    from jeevesagent.runtime._journal.rows import STEP, STREAM, Record
+
+    store = await PostgresJournalStore.connect(pg_schema_dsn, min_size=1, max_size=2)
+    ready = threading.Event()
+    try:
+        await store.init_schema()
+        await store.open_session("s", "me", 60.0)
+
+        async def listen(conn: Any) -> list[str]:
+            got: list[str] = []
+            arrived = asyncio.Event()
+
+            def on_notice(*args: Any) -> None:
+                got.append(args[3])
+                arrived.set()
+
+            await conn.add_listener("jrt_stream", on_notice)
+            ready.set()
+            await asyncio.wait_for(arrived.wait(), 30)
+            await asyncio.sleep(0.2)  # a second notice (there must be none) would arrive now
+            return got
+
+        async with anyio.create_task_group() as tg:
+            heard: list[list[str]] = []
+
+            async def listener() -> None:
+                heard.append(await anyio.to_thread.run_sync(pg, pg_schema_dsn, listen))
+
+            tg.start_soon(listener)
+            await anyio.to_thread.run_sync(ready.wait, 30)
+            owners = {"s": "me"}
+            await store.write_rows([Record("s", STEP, "s:a", b"\x00", 1.0)], owners)
+            await store.write_rows([Record("s", STREAM, "c:s:x:0", b"\x01", 2.0)], owners)
+        assert heard == [["s"]]
+    finally:
+        await store.aclose()
