@@ -335,7 +335,8 @@ def _shown(argv: list[str]) -> list[str]:
     """The arguments a user gives ``nox -s bench-peers -- ...`` (not the virtualenvs' paths)."""
     shown, skip = [], False
     for arg in argv:
-        if skip or arg.startswith(("--dbos-python", "--langgraph-python")):
+        # The virtualenvs' pythons and --readme are what the nox session itself passes.
+        if skip or arg.startswith(("--dbos-python", "--langgraph-python", "--readme")):
             skip = not skip and "=" not in arg
             continue
         shown.append(arg)
