@@ -4,7 +4,8 @@
                                       [--small N] [--large N]
 
 Wall-clock time on a shared 2-core machine moves by 30% between runs; an instruction count
-repeats exactly for the same code and input. Each mode runs twice under ``valgrind
+repeats within about 2% for the same code and input (how often the threads contend for a lock
+still varies). Each mode runs twice under ``valgrind
 --tool=callgrind`` (all threads counted): once with ``small`` units of work, once with ``large``;
 the difference divided by ``large - small`` is the cost of one unit, without start-up and set-up.
 
