@@ -7,7 +7,9 @@
   and, found by a heuristic, no private attribute of another subpackage's classes (``store._run``);
 - every module has a docstring that says what it owns;
 - the names pickled into existing journals keep their import paths;
-- the tests call no private method of a store (they use the public contract).
+- the tests call no private method of a store (they use the public contract);
+- asyncio itself is used only by the modules of ``ASYNCIO_ALLOWED``, each behind a driver or SDK
+  that forces it (the rest goes through anyio).
 
 Every import counts, wherever it is: at module level, under ``TYPE_CHECKING``, or inside a
 function (a deferred import that dodges a cycle at import time is still a cycle in the design).
@@ -548,3 +550,38 @@ def test_the_store_classes_are_found() -> None:
 def test_tests_call_no_private_store_method() -> None:
     calls = private_store_calls_in_tests()
     assert calls == [], "tests call private store methods:\n" + "\n".join(calls)
+
+
+# The modules that may use asyncio itself, each with its reason ("Both event loops, always":
+# everything else goes through anyio, so it runs unchanged under trio).
+ASYNCIO_ALLOWED = {
+    "jeevesagent.runtime._backends.thread": "wakes an asyncio loop from the store's thread",
+    "jeevesagent.runtime._backends.pgbridge": "asyncpg's loop, in a thread under trio",
+    "jeevesagent.runtime._backends.pglisten": "asyncpg's LISTEN connection, on asyncpg's loop",
+    "jeevesagent.runtime._backends.pgopen": "batches of asyncpg calls, on asyncpg's loop",
+    "jeevesagent.runtime._backends.postgres": "asyncpg's pool and its loop",
+    "jeevesagent.runtime._dbos.bridge": "DBOS is asyncio-only (refuses trio)",
+    "jeevesagent.runtime._dbos.runtime": "DBOS is asyncio-only (refuses trio)",
+    "jeevesagent.runtime._temporal.store": "temporalio is asyncio-only (refuses trio)",
+    "jeevesagent.runtime._integrations.pydantic_ai": "pydantic-ai's durable agents run on asyncio",
+}
+
+
+def _imports_asyncio(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(
+            a.name == "asyncio" or a.name.startswith("asyncio.") for a in node.names
+        ):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "asyncio":
+            return True
+    return False
+
+
+def test_asyncio_is_used_only_behind_a_driver_or_sdk_that_forces_it() -> None:
+    using = {name for name, m in load_modules().items() if _imports_asyncio(m.tree)}
+    assert using - ASYNCIO_ALLOWED.keys() == set(), (
+        "these modules use asyncio directly; go through anyio (or, for an asyncio-only driver, "
+        "put the code behind its adapter and list it here with the reason)"
+    )
+    assert ASYNCIO_ALLOWED.keys() - using == set(), "no longer uses asyncio: drop it from the list"
