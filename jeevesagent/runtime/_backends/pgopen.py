@@ -25,7 +25,7 @@ from .._journal.rows import STEP, Row
 from .pgerrors import driver_errors
 from .pglisten import CHANNEL
 from .pgschema import _NOW
-from .pgsessions import RELEASE_LAZY, SESSION_COLS, load_journal, open_session, taken_over
+from .pgsessions import CLAIMED, RELEASE_LAZY, SESSION_COLS, load_journal, open_session, taken_over
 
 __all__ = ["MAX_BATCH", "Batcher", "lazy_releases", "open_many", "opens", "release_many"]
 
@@ -46,12 +46,7 @@ c AS (
     FROM now, unnest($1::text[], $2::text[], $3::text[]) AS r(session_id, owner, lease)
     WHERE lazy = 'off'
     ORDER BY r.session_id
-    ON CONFLICT (session_id) DO UPDATE SET
-        status = 'running', owner = EXCLUDED.owner,
-        lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
-        waiting_for = NULL, wake_at = NULL
-    WHERE (s.owner IS NULL OR s.owner = EXCLUDED.owner
-           OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at)
+    {CLAIMED}
       AND s.xmin = (SELECT x.xmin FROM jrt_sessions AS x WHERE x.session_id = s.session_id)
     RETURNING {SESSION_COLS}
 )

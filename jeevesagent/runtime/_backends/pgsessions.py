@@ -36,6 +36,7 @@ from .pgwrite import NOTIFY_STREAMS, Key, conflicts_of, get_row, row_args, rows_
 
 __all__ = [
     "CLAIM",
+    "CLAIMED",
     "JOURNAL",
     "RELEASE",
     "RELEASE_LAZY",
@@ -61,17 +62,20 @@ SESSION_COLS = (
     " cancel_requested, waiting_for, wake_at"
 )
 # A claim changes status, owner and lease only: workflow and cancel_requested stay.
+# The claim rule, shared by CLAIM, _OPEN and pgopen's batch open (the sessions table as `s`): a
+# session is granted if nobody holds it, we hold it, or its lease ran out.
+CLAIMED = """ON CONFLICT (session_id) DO UPDATE SET
+        status = 'running', owner = EXCLUDED.owner,
+        lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
+        waiting_for = NULL, wake_at = NULL
+    WHERE (s.owner IS NULL OR s.owner = EXCLUDED.owner
+           OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at)"""
 CLAIM = f"""
 WITH now AS (SELECT {_NOW} AS t)
 INSERT INTO jrt_sessions AS s
     (session_id, status, owner, lease_expires, created_at, updated_at)
 SELECT $1, 'running', $2, t + $3, t, t FROM now
-ON CONFLICT (session_id) DO UPDATE SET
-    status = 'running', owner = EXCLUDED.owner,
-    lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
-    waiting_for = NULL, wake_at = NULL
-WHERE s.owner IS NULL OR s.owner = EXCLUDED.owner
-   OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at
+{CLAIMED}
 RETURNING {SESSION_COLS}
 """
 # The claim committed asynchronously (see above: `lazy` is referenced, so it is evaluated) and,
@@ -96,12 +100,7 @@ c AS (
     INSERT INTO jrt_sessions AS s
         (session_id, status, owner, lease_expires, created_at, updated_at)
     SELECT $1, 'running', $2, t + $3, t, t FROM now WHERE lazy = 'off'
-    ON CONFLICT (session_id) DO UPDATE SET
-        status = 'running', owner = EXCLUDED.owner,
-        lease_expires = EXCLUDED.lease_expires, updated_at = EXCLUDED.updated_at,
-        waiting_for = NULL, wake_at = NULL
-    WHERE (s.owner IS NULL OR s.owner = EXCLUDED.owner
-           OR s.lease_expires IS NULL OR s.lease_expires <= EXCLUDED.updated_at)
+    {CLAIMED}
       AND s.xmin = (SELECT xmin FROM jrt_sessions WHERE session_id = $1)
     RETURNING {SESSION_COLS}
 )
