@@ -12,7 +12,7 @@ calls it, holding the per-session bookkeeping itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
@@ -205,18 +205,24 @@ class ClaimHolder:
         except StoreError as error:
             _observe.release_failed(session_id, error)
 
-    async def renew(self, session_id: str, claimed_at: float, held: Callable[[], bool]) -> None:
+    async def renew(
+        self,
+        session_id: str,
+        claimed_at: float,
+        held: Callable[[], bool],
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
         """Renew the claim every ``lease / 3`` while ``held()``; returns when it is not (or the
         store closed). A renewal that fails on a store error (a transient database or network
         failure) is retried every second or so, as long as the lease would still hold; raises
         only when the claim is known lost (another runtime took it) or the lease ran out without
-        a renewal."""
+        a renewal. Waits with ``sleep`` (the session's alarm's, which does more meanwhile)."""
         native = self.native
         retry = min(1.0, self.lease / 10)
         renewed_at = claimed_at
         wait = self.lease / 3
         while True:
-            await anyio.sleep(wait)
+            await sleep(wait)
             if native.closed or not held():
                 return  # the runtime is closing: it releases the claim
             sent = anyio.current_time()

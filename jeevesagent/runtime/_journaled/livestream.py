@@ -151,14 +151,21 @@ class LiveProducer(ChunkJournal):
     def begin_pull(self) -> None:
         """Raise the error of a background flush; while the producer's next chunk comes, chunks
         waiting are journaled once the flush interval has passed (see :func:`_flush_stalled`):
-        start that, once chunks wait. Asked for again (``check``) when it ends."""
+        arrange that, once chunks wait. Asked for again (``check``) when it ends.
+
+        The session's alarm (served by its claim heartbeat) looks at the stream when the flush
+        is due, and starts the background flush only if the pull is still under way then: a
+        stream whose producer does not stall costs no task. Without an alarm to ask, the flush
+        task starts now, and sleeps until it is due."""
         if self._error is not None:
             raise self._error
         if len(self.chunks) > self._flushed and not self._timer:
             self._timer = True
             self.check = False
-            flush = functools.partial(_flush_stalled, weakref.ref(self))
-            self._state.keep_running(f"stream flush {id(self)}", flush)
+            ref = weakref.ref(self)
+            when = anyio.current_time() + max(0.0, self.due - time.monotonic())
+            if not self._state.alarm.call_at(when, functools.partial(_look_at, ref)):
+                _start_flush(ref)
 
     def _check_dropped(self, chunk: Any) -> None:
         assert self._prefix is not None
@@ -198,6 +205,27 @@ class LiveProducer(ChunkJournal):
             return
         with producing(self._prefix):
             await close_producer(self._producer)
+
+
+def _start_flush(ref: weakref.ref[LiveProducer]) -> None:
+    live = ref()
+    if live is not None:
+        flush = functools.partial(_flush_stalled, ref)
+        live._state.keep_running(f"stream flush {id(live)}", flush)
+
+
+def _look_at(ref: weakref.ref[LiveProducer]) -> None:
+    """The session's alarm, when a stream's flush is due (or its alarm stops): start the
+    background flush if the pull is under way with chunks waiting; else the next pull asks the
+    alarm again."""
+    live = ref()
+    if live is None or live._closed:
+        return
+    if live._waiting() and live.pulling:
+        _start_flush(ref)
+    else:
+        live._timer = False
+        live.check = True
 
 
 async def _flush_stalled(ref: weakref.ref[LiveProducer]) -> None:

@@ -251,10 +251,15 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
         await self._claims.release(state.id, "interrupted", rows, state.workflow)
 
     async def _heartbeat(self, state: JournaledState, claims: ClaimHolder) -> None:
+        # It sleeps through the session's alarm: what a stream step asks of it runs meanwhile.
         try:
-            await claims.renew(
-                state.id, state.claimed_at, lambda: state.claimed and not self._closed
-            )
+            with state.alarm.serving():
+                await claims.renew(
+                    state.id,
+                    state.claimed_at,
+                    lambda: state.claimed and not self._closed,
+                    state.alarm.sleep,
+                )
         except Exception as exc:
             state.claim_error = exc
             _observe.claim_renewal_failed(state.id, exc)
@@ -277,6 +282,7 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
     def _context_entered(self, state: JournaledState, tg: TaskGroup) -> None:
         # Services of the shared state: they outlive this context if others are still open.
         if state.claimed:
+            state.alarm.kept = True
             state.keep_running("heartbeat", partial(self._heartbeat, state, self._claims))
         if self._recorder.buffered:
             state.keep_running("flusher", partial(self._recorder.flush_periodically, state))

@@ -15,6 +15,7 @@ from .._core.base import BaseRuntime, BaseSession, SessionState
 from .._core.keys import is_chunks_key, is_signal_key, is_signal_receipt, split_step_key
 from .._errors import JournalMismatchError, StoreError, Suspension
 from .._journal.rows import STEP, Record, Row
+from .alarm import SessionAlarm
 
 __all__ = ["JournaledSession", "JournaledState"]
 
@@ -55,6 +56,7 @@ class JournaledState(SessionState):
         self.claimed = False  # this runtime holds the session's claim in the store
         self.claimed_at = 0.0  # anyio.current_time() just before the claim was taken
         self.claim_error: BaseException | None = None  # the claim was lost (heartbeat)
+        self.alarm = SessionAlarm()  # served by the heartbeat while it runs
         self.receipt_next: dict[str, int] = {}  # per signal name: index of the next receipt
         self.legacy = False  # the journal holds rows imported from jeevesagent 0.9.7 ("l:" keys)
         self.workflow: str | None = None  # the workflow the session runs (from its claim)
