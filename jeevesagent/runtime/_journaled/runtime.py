@@ -37,9 +37,7 @@ from .._journal.backend import (
 )
 from .._journal.memory import InMemoryJournalStore
 from .._journal.owner import new_owner_id
-from .._policy import (
-    StepPolicy,
-)
+from .._policy import StepPolicy
 from .claims import ClaimHolder, orphaned, session_status, suspension_of
 from .recorder import Recorder
 from .signals import SignalInbox
@@ -252,14 +250,10 @@ class JournaledRuntime(BaseRuntime[JournaledState]):
 
     async def _heartbeat(self, state: JournaledState, claims: ClaimHolder) -> None:
         # It sleeps through the session's alarm: what a stream step asks of it runs meanwhile.
+        held, alarm = (lambda: state.claimed and not self._closed), state.alarm
         try:
-            with state.alarm.serving():
-                await claims.renew(
-                    state.id,
-                    state.claimed_at,
-                    lambda: state.claimed and not self._closed,
-                    state.alarm.sleep,
-                )
+            with alarm.serving():
+                await claims.renew(state.id, state.claimed_at, held, alarm.sleep)
         except Exception as exc:
             state.claim_error = exc
             _observe.claim_renewal_failed(state.id, exc)
