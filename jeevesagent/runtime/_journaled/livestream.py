@@ -3,8 +3,10 @@ stream step that is not recorded as complete. It delivers the prefix an interrup
 journaled, then the producer's chunks, and journals them in batches (``c:`` keys) -- when
 ``flush_interval`` seconds have passed since the last batch, or ``flush_chunks`` chunks are
 waiting -- never one write per chunk. A chunk is journaled by the pull of a later chunk, or, if
-the producer stalls, by a background task of the session (one per stream, only while chunks
-wait), so a reader never waits much longer than ``flush_interval`` for a delivered chunk.
+the producer stalls, by a background task of the session, started when the session's alarm (see
+``alarm.py``) finds the pull still stalled once the batch is due -- so a reader never waits much
+longer than ``flush_interval`` for a delivered chunk, and a stream that never stalls starts no
+task.
 
 The complete stream is still recorded by ``stream_step`` as one row under the step's own key
 when the producer is exhausted; the batches are only ever read as the prefix of a stream that
