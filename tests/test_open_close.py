@@ -164,28 +164,38 @@ def _refusals_allowed(store: JournalBackend) -> bool:
 
 # Owner A of the test below, in a process of its own: finishes session "s" (a step row and the
 # release in one transaction), holds that transaction open until told, then commits.
-FINISHER = textwrap.dedent(
+def _held_transaction(body: str) -> str:
+    """A child script: in one transaction on the database of argv[1], run ``body`` (statements
+    on ``conn``), print "held", wait for a line on stdin, commit, print "committed"."""
+    return textwrap.dedent(
+        """
+        import asyncio, sys
+        import asyncpg
+
+        async def main():
+            conn = await asyncpg.connect(sys.argv[1])
+            async with conn.transaction():
+        {body}
+                print("held", flush=True)
+                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            print("committed", flush=True)
+            await conn.close()
+
+        asyncio.run(main())
+        """
+    ).replace("{body}", textwrap.indent(textwrap.dedent(body).strip("\n"), " " * 8))
+
+
+FINISHER = _held_transaction(
     """
-    import asyncio, sys
-    import asyncpg
-
-    async def main():
-        conn = await asyncpg.connect(sys.argv[1])
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
-                "VALUES ('s', 0, 's:last', '\\\\x00'::bytea, 0)"
-            )
-            await conn.execute(
-                "UPDATE jrt_sessions SET status = 'completed', owner = NULL, "
-                "lease_expires = NULL WHERE session_id = 's'"
-            )
-            print("held", flush=True)
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        print("committed", flush=True)
-        await conn.close()
-
-    asyncio.run(main())
+    await conn.execute(
+        "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
+        "VALUES ('s', 0, 's:last', '\\\\x00'::bytea, 0)"
+    )
+    await conn.execute(
+        "UPDATE jrt_sessions SET status = 'completed', owner = NULL, "
+        "lease_expires = NULL WHERE session_id = 's'"
+    )
     """
 )
 
@@ -221,28 +231,16 @@ async def test_a_claim_granted_after_waiting_for_a_finishing_owner_reads_the_who
 # Owner A of the test below, in a process of its own, whose lease has run out: records a step as
 # the store's fenced insert does (the sessions row locked FOR SHARE, then the row inserted), holds
 # that transaction open until told, then commits.
-LATE_WRITER = textwrap.dedent(
+LATE_WRITER = _held_transaction(
     """
-    import asyncio, sys
-    import asyncpg
-
-    async def main():
-        conn = await asyncpg.connect(sys.argv[1])
-        async with conn.transaction():
-            owner = await conn.fetchval(
-                "SELECT owner FROM jrt_sessions WHERE session_id = 's' FOR SHARE"
-            )
-            assert owner == "owner-a", owner
-            await conn.execute(
-                "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
-                "VALUES ('s', 0, 's:late', '\\\\x00'::bytea, 0)"
-            )
-            print("held", flush=True)
-            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-        print("committed", flush=True)
-        await conn.close()
-
-    asyncio.run(main())
+    owner = await conn.fetchval(
+        "SELECT owner FROM jrt_sessions WHERE session_id = 's' FOR SHARE"
+    )
+    assert owner == "owner-a", owner
+    await conn.execute(
+        "INSERT INTO jrt_journal (session_id, kind, key, value, created_at) "
+        "VALUES ('s', 0, 's:late', '\\\\x00'::bytea, 0)"
+    )
     """
 )
 
