@@ -60,17 +60,18 @@ class _AsyncioBridge:
     the *application* opens (``trio_asyncio.open_loop()``) -- a library cannot impose that on its
     users -- and it is one more dependency that tracks private internals of both event loops.
 
-    Why not a Postgres driver that runs natively under trio (issue 14 measured the candidates):
-    psycopg 3.3 with its async connection's wait functions replaced by anyio waits saves ~160-320
-    µs per insert under trio, but ``AsyncConnection.wait()`` and ``waiting.wait_conn_async()``
-    are undocumented internals (a tight version pin and a canary test would have to guard them),
-    its pool is asyncio-only and it is LGPL; pg-purepy needs Python 3.13, breaks on a
-    notification that arrives during a query and mangles array text; triopg is unmaintained
-    and no faster than this hop. So we keep asyncpg, public APIs only, and pay the hop: on the
-    2-core machine of ``benchmarks/RESULTS.md`` a round trip between trio's thread and this one
-    costs ~50-130 µs, and a recorded step under trio about 1.4-2x the asyncio floor (the target
-    was 1.25x, ~70 µs over a ~280 µs floor: less than the hop alone; see "Trio on Postgres" in
-    ``benchmarks/RESULTS.md``, measured by ``benchmarks/bridge.py``).
+    Why not a Postgres driver that runs natively under trio for everything (issue 14 measured
+    the candidates): psycopg's ``AsyncConnection`` waits through asyncio, and making it wait
+    through anyio means replacing undocumented functions (``AsyncConnection.wait()``,
+    ``waiting.wait_conn_async()``); its pool is asyncio-only; pg-purepy needs Python 3.13, breaks
+    on a notification that arrives during a query and mangles array text; triopg is unmaintained
+    and no faster than this hop. On the 2-core machine of ``benchmarks/RESULTS.md`` a round
+    trip between trio's thread and this one costs ~50-170 µs (``benchmarks/bridge.py``), more
+    than DESIGN §5 allows a recorded step over the asyncio floor. So the one call per step --
+    the journal write -- does not come here under trio: :mod:`.pgnative` sends it over a libpq
+    connection (psycopg's documented ``psycopg.pq``) driven by anyio's socket waits in trio's
+    own loop. Everything else (opens, reads, LISTEN, the mailbox) stays on asyncpg, through
+    this bridge, public APIs only.
 
     A bridge made by :meth:`start` owns its loop and thread; :meth:`aclose` stops them.
     """

@@ -1,5 +1,6 @@
 """How the Postgres store calls asyncpg: every call goes through the asyncio bridge, and a driver
-error comes out as a :class:`StoreError` naming the action, session and step, with what to do.
+error (asyncpg's, or the libpq writer's of :mod:`.pgnative`) comes out as a :class:`StoreError`
+naming the action, session and step, with what to do.
 A lost connection also has the pool replace its idle connections, so only that one call fails.
 """
 
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 from .._errors import ErrorMatch, StoreError, driver_error
 from .pgbridge import AsyncFn, _AsyncioBridge
+from .pgnative import NativeServerError
 
 __all__ = ["call_translated", "connection_errors", "driver_errors", "store_error"]
 
@@ -20,7 +22,13 @@ T = TypeVar("T")
 def driver_errors() -> tuple[type[Exception], ...]:
     import asyncpg
 
-    return (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+    return (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,  # with the libpq writer's NativeConnectionError
+        NativeServerError,
+    )
 
 
 @functools.cache
@@ -80,11 +88,14 @@ def _hints() -> tuple[tuple[ErrorMatch, str], ...]:
             "reachable; the pool reconnects on the next call.",
         ),
         (
-            asyncpg.UndefinedTableError,
+            lambda exc: (
+                isinstance(exc, asyncpg.UndefinedTableError)
+                or (isinstance(exc, NativeServerError) and exc.sqlstate == "42P01")
+            ),
             "the journal tables do not exist. Call init_schema() once (or apply "
             "PostgresJournalStore.schema_sql()), and check the search_path.",
         ),
-        (asyncpg.PostgresError, "PostgreSQL refused the operation."),
+        ((asyncpg.PostgresError, NativeServerError), "PostgreSQL refused the operation."),
         (BaseException, "the asyncpg driver refused the call."),
     )
 

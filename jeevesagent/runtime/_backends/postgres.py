@@ -15,8 +15,10 @@ rows are locked ``FOR SHARE`` in the writing statement itself, so a concurrent c
 between the check and the write.
 
 asyncpg only runs on asyncio. Under trio the store talks to asyncpg through an asyncio loop on a
-thread of its own (:class:`_AsyncioBridge`). asyncpg itself is imported only when a store is made,
-so ``import jeevesagent.runtime`` works without it.
+thread of its own (:class:`_AsyncioBridge`) -- except for journal writes, one per step, which a
+store made by :meth:`PostgresJournalStore.connect` sends over a libpq connection driven in trio's
+own loop (:mod:`.pgnative`), with no thread hop. The drivers are imported only when a store is
+made, so ``import jeevesagent.runtime`` works without them.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from .._journal.backend import (
 )
 from . import pgsessions, pgsignals
 from .pgbridge import AsyncFn, _AsyncioBridge, require_asyncpg
-from .pgerrors import call_translated
+from .pgerrors import call_translated, driver_errors, store_error
 from .pglisten import Listener
+from .pgnative import NativeWriter, libpq_available, libpq_conninfo
 from .pgopen import lazy_releases, opens
 from .pgschema import _NOW, _migrate, _prune, schema_statements
 from .pgwrite import STREAM_CHANNEL, Key, get_prefixed, get_row, insert_rows
@@ -84,7 +87,8 @@ class PostgresJournalStore(JournalBackend):
     ``search_path`` chooses the schema (``dsn + "?search_path=myschema"`` with asyncpg).
 
     Works under asyncio and trio alike; under trio, asyncpg runs on an asyncio loop in a thread
-    of the store's own, stopped by :meth:`aclose`.
+    of the store's own, stopped by :meth:`aclose`, and a store made by :meth:`connect` sends its
+    journal writes over a libpq connection in trio's own loop instead (``libpq_writes``).
 
     ``aclose()`` closes the pool only when the store created it (``connect``); a pool you pass
     in stays yours to close, since other code may share it.
@@ -106,9 +110,11 @@ class PostgresJournalStore(JournalBackend):
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
         _connected: _AsyncioBridge | None = None,
+        _native: NativeWriter | None = None,
     ) -> None:
-        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`. (``_connected`` is
-        :meth:`connect`'s: the bridge it made ``pool`` on, handed over with the pool.)"""
+        """``codec`` and ``signing_key``: see :class:`SqliteJournalStore`. (``_connected`` and
+        ``_native`` are :meth:`connect`'s: the bridge it made ``pool`` on, handed over with the
+        pool, and the libpq connection for writes it opened.)"""
         super().__init__(codec=codec, signing_key=signing_key)
         self._pool = pool
         # A pool is driven on the asyncio loop it was created on (asyncpg keeps it as _loop).
@@ -119,6 +125,8 @@ class PostgresJournalStore(JournalBackend):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
+        # Under trio: writes over libpq in the caller's loop instead of through the bridge.
+        self._native = _native
         # Overlapping session opens, and lazy releases, share statements (see pgopen).
         self._opens = opens()
         self._releases = lazy_releases()
@@ -129,7 +137,8 @@ class PostgresJournalStore(JournalBackend):
         state = "closed" if self._closed else "open"
         pool = "owned" if self._owns_pool else "borrowed"
         via = " via=asyncio-thread" if self._bridge.owns_thread else ""
-        return f"<PostgresJournalStore {state} pool={pool}{via}>"
+        writes = " writes=libpq" if self._native is not None else ""
+        return f"<PostgresJournalStore {state} pool={pool}{via}{writes}>"
 
     @classmethod
     async def connect(
@@ -140,13 +149,30 @@ class PostgresJournalStore(JournalBackend):
         max_size: int = 10,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
+        libpq_writes: bool | None = None,
     ) -> PostgresJournalStore:
         """Open a connection pool to ``dsn``; the store owns it and closes it in ``aclose()``.
         ``codec`` and ``signing_key``: see :class:`SqliteJournalStore`.
 
-        :raises ImportError: the asyncpg driver is not installed (the ``postgres`` extra)"""
+        ``libpq_writes``: journal writes (one per recorded step) over a connection of their own
+        through libpq (psycopg's ``psycopg.pq``, part of the ``postgres`` extra), driven in the
+        caller's event loop. ``None`` (the default): under trio, when psycopg is installed --
+        otherwise each write hops to the asyncio thread that runs asyncpg and back, which costs
+        more than the insert's own client time. ``True``: always (psycopg required), ``False``:
+        never. The connection uses ``dsn`` too; query parameters that asyncpg sends as server
+        settings (``?search_path=myschema``) are passed as ``options``.
+
+        :raises ImportError: the asyncpg driver is not installed (the ``postgres`` extra), or
+            ``libpq_writes=True`` and psycopg is not"""
         require_asyncpg()
         JournalCodec(codec, signing_key)  # a bad key fails here, before anything is opened
+        if libpq_writes and not libpq_available():
+            raise ImportError(
+                "PostgresJournalStore.connect(libpq_writes=True) needs psycopg 3 with a libpq: "
+                'install it with `pip install "jeevesagent[postgres]"`, or pass '
+                "libpq_writes=None to write through asyncpg",
+                name="psycopg",
+            )
         loop = LoopHandle().asyncio_loop
         # On trio, asyncpg gets an asyncio loop in a thread of the store's own.
         bridge = _AsyncioBridge(loop) if loop is not None else _AsyncioBridge.start()
@@ -160,7 +186,21 @@ class PostgresJournalStore(JournalBackend):
         except BaseException:
             await bridge.aclose()
             raise
-        return cls(pool, codec=codec, signing_key=signing_key, _connected=bridge)
+        native = None
+        if libpq_writes or (libpq_writes is None and loop is None and libpq_available()):
+            native = NativeWriter(libpq_conninfo(dsn))
+            try:
+                try:
+                    await native.connect()  # a DSN libpq cannot use fails here, not mid-session
+                except driver_errors() as exc:
+                    action = "connecting to PostgreSQL over libpq"
+                    raise store_error(exc, action, None, None) from exc
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await call_translated(bridge, None, lambda: _close_pool(pool), "closing")
+                    await bridge.aclose()
+                raise
+        return cls(pool, codec=codec, signing_key=signing_key, _connected=bridge, _native=native)
 
     @staticmethod
     def schema_sql() -> list[str]:
@@ -231,6 +271,14 @@ class PostgresJournalStore(JournalBackend):
         sessions = {r.session_id for r in records}
         session_id = records[0].session_id if len(sessions) == 1 else None
         step = describe_key(records[0].key) if len(records) == 1 else None
+        if self._native is not None:
+            self.check_open(session_id, step)
+            try:
+                # Shielded, like the bridge's call below.
+                with anyio.CancelScope(shield=True):
+                    return await insert_rows(self._native, records, owners)
+            except driver_errors() as exc:
+                raise store_error(exc, "recording", session_id, step) from exc
         # Shielded: a caller must never walk away not knowing whether its commit happened.
         return await self._run(
             lambda: self._write_rows(records, owners), "recording", session_id, step, shield=True
@@ -492,6 +540,8 @@ class PostgresJournalStore(JournalBackend):
         with anyio.CancelScope(shield=True):
             run = functools.partial(call_translated, self._bridge, self._pool)
             try:
+                if self._native is not None:
+                    self._native.close()
                 if self._listener.active:
                     await run(self._listener.aclose, "closing the LISTEN connection")
                 if self._stream_listener.active:

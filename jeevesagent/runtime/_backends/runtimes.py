@@ -85,15 +85,23 @@ class PostgresRuntime(JournaledRuntime):
         flush_interval: float = 0.05,
         codec: str | Codec | None = None,
         signing_key: str | bytes | None = None,
+        libpq_writes: bool | None = None,
         **options: Any,
     ) -> Self:
         """Connect a pool to ``dsn`` and return a runtime that owns it. ``codec``,
-        ``signing_key``: see :class:`SqliteJournalStore`. ``options``: the other keyword options
-        of :class:`JournaledRuntime`."""
+        ``signing_key``: see :class:`SqliteJournalStore`; ``libpq_writes``: see
+        :meth:`PostgresJournalStore.connect` (by default, under trio, journal writes go over
+        libpq in trio's own loop). ``options``: the other keyword options of
+        :class:`JournaledRuntime`."""
         from .postgres import PostgresJournalStore
 
         store = await PostgresJournalStore.connect(
-            dsn, min_size=min_size, max_size=max_size, codec=codec, signing_key=signing_key
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            codec=codec,
+            signing_key=signing_key,
+            libpq_writes=libpq_writes,
         )
         try:
             return cls(
