@@ -159,3 +159,42 @@ async def test_native_store_put_step_goes_through_group_commit(store: JournalBac
     before = store.commits
     await store.put_step("s", "k", 1)
     assert store.commits == before + 1
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite", "postgres"])
+async def test_a_lone_commit_on_a_built_in_store_outlives_its_cancelled_caller(
+    store_factory: StoreFactory,
+) -> None:
+    # The committer leads a lone batch without a cancel scope of its own on these stores (their
+    # write_rows shield themselves): cancelled while the store writes, the record still commits,
+    # and the cancellation comes after it.
+    store = await store_factory.new()
+    assert store._committer._shielded
+    for n in range(5):
+        outcome: list[str] = []
+
+        async def append(n: int = n, outcome: list[str] = outcome) -> None:
+            try:
+                await store.append([record("s", f"k{n}")])
+                outcome.append("returned")
+            except anyio.get_cancelled_exc_class():
+                outcome.append("cancelled")
+                raise
+
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(append)
+                await anyio.wait_all_tasks_blocked()  # in the store's write, or done
+                scope.cancel()
+        assert outcome == ["returned"]
+        assert f"k{n}" in (await store.load_session("s")).steps
+
+
+def test_the_committer_shields_a_write_rows_not_declared_to_shield_itself() -> None:
+    assert SlowStore()._committer._shielded is False  # overrides write_rows, declares nothing
+    assert InMemoryJournalStore()._committer._shielded is True
+
+    class Declared(SlowStore):
+        write_rows_shielded = True  # declared on a class that does not define write_rows
+
+    assert Declared()._committer._shielded is False

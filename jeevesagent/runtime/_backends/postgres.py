@@ -262,6 +262,9 @@ class PostgresJournalStore(JournalBackend):
             describe_key(key),
         )
 
+    # write_rows shields its own wait (both paths): no shield of the committer's around it.
+    write_rows_shielded = True
+
     async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[Key, Row]:

@@ -391,6 +391,9 @@ class SqliteJournalStore(JournalBackend):
     async def read_session(self, session_id: str) -> SessionJournal:
         return await self._call(_load, session_id, session_id=session_id)
 
+    # write_rows waits for its thread uncancellably: no shield of the committer's around it.
+    write_rows_shielded = True
+
     async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:

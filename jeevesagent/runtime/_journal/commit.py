@@ -15,13 +15,19 @@ caller returns when its own records are committed. Nothing outlives the callers:
 always one of them, which keeps this compatible with structured concurrency.
 
 Waiting and committing are shielded from cancellation: a record handed to the queue may be
-committed by another caller at any time, so its own caller must stay to learn the outcome.
+committed by another caller at any time, so its own caller must stay to learn the outcome. A
+caller that leads a batch of its own at once (nobody else writing: every sequential session)
+skips that cancel scope -- about a third of a recorded step's CPU on the event loop -- when the
+backend's class that defines ``write_rows`` also sets ``write_rows_shielded = True``: its
+``write_rows``, once called, runs to its outcome whatever happens to the caller (it shields its
+own waits, or never waits). The built-in stores do; any other backend gets the scope.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 
@@ -79,6 +85,7 @@ class GroupCommitter:
         insert: Callable[[list[Record], Mapping[str, str] | None], Awaitable[dict[Key, Row]]],
     ) -> None:
         self._insert = insert
+        self._shielded = _shields_itself(insert)
         self._queue: deque[_Batch] = deque()  # batches waiting for their turn, in order
         self._writing = False
         self.commits = 0  # transactions issued (for tests and benchmarks)
@@ -95,6 +102,13 @@ class GroupCommitter:
         whose claim another runtime holds are refused with :class:`SessionBusyError`.
         """
         ticket = _Ticket(records, owners)
+        if self._shielded and not self._writing:
+            # Lead a batch of our own, now, with no checkpoint before the store's own shield.
+            self._writing = True
+            await self._lead(_Batch(ticket))
+            if ticket.error is not None:
+                raise ticket.error
+            return ticket.conflicts
         with anyio.CancelScope(shield=True):
             if not self._writing:
                 self._writing = True  # nobody is writing: lead a batch of our own, now
@@ -208,6 +222,16 @@ class GroupCommitter:
                 t.error.__cause__ = exc
             else:
                 t.error = exc
+
+
+def _shields_itself(insert: Callable[..., Any]) -> bool:
+    """Whether ``insert`` is a backend's ``write_rows`` declared cancel-proof by the very class
+    that defines it (a subclass that overrides ``write_rows`` must declare it again)."""
+    backend = getattr(insert, "__self__", None)
+    for cls in type(backend).__mro__ if backend is not None else ():
+        if "write_rows" in vars(cls):
+            return vars(cls).get("write_rows_shielded", False) is True
+    return False
 
 
 def _after_failure(ticket: _Ticket, session_id: str) -> StoreError:

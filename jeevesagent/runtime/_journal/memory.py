@@ -54,6 +54,9 @@ class InMemoryJournalStore(LocalBackend):
             return SessionJournal({}, {})
         return SessionJournal(dict(j.steps), dict(j.streams))
 
+    # write_rows never waits: the group committer need not shield it (see _journal/commit).
+    write_rows_shielded = True
+
     async def write_rows(
         self, records: Sequence[Record], owners: Mapping[str, str] | None = None
     ) -> dict[tuple[str, int, str], Row]:
