@@ -244,3 +244,16 @@ async def test_a_statement_the_server_refuses_leaves_the_connection_usable(
         assert await writer.execute("SELECT 1") == "SELECT 1"
     finally:
         writer.close()
+
+
+async def test_the_writer_refuses_a_second_call_at_the_same_time(pg_dsn: str) -> None:
+    writer = NativeWriter(libpq_conninfo(pg_dsn))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.execute, "SELECT pg_sleep(0.2)")
+            await anyio.sleep(0.05)
+            with pytest.raises(RuntimeError, match="one at a time"):
+                await writer.execute("SELECT 1")
+        assert await writer.execute("SELECT 1") == "SELECT 1"  # the first call was unharmed
+    finally:
+        writer.close()

@@ -144,28 +144,53 @@ def _column(oid: int, value: bytes | None) -> Any:
     raise TypeError(f"the libpq writer cannot read a result column of type oid {oid}")
 
 
-def _readable_now(fd: int) -> bool:
-    """Whether ``fd`` has something to read, without waiting."""
+class _Libpq:
+    """What this module uses of psycopg, imported once, when the first writer connects."""
+
+    def __init__(self) -> None:
+        from psycopg import OperationalError, pq
+
+        self.connect = pq.PGconn.connect
+        self.operational_error = OperationalError
+        self.ok = pq.ConnStatus.OK
+        self.results_ok = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
+        self.sqlstate = pq.DiagnosticField.SQLSTATE
+
+
+_libpq: _Libpq | None = None
+
+
+def _poller(fd: int) -> Any:
+    """Something whose ``poll(0)`` says, without waiting, whether ``fd`` has input (the
+    connection's own, registered once)."""
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - Windows
+        return poller
+
+    class _Select:  # pragma: no cover - Windows has no poll()
+        @staticmethod
+        def poll(timeout: int) -> list[int]:
+            return [fd] if select.select([fd], [], [], timeout)[0] else []
+
+    return _Select()
 
 
 class NativeWriter:
     """One libpq connection for the store's journal writes, in the caller's event loop.
 
-    Not for concurrent use: the group committer makes one write at a time, and a lock makes
-    sure. Any failure but a server's refusal of a statement drops the connection (its protocol
-    state is unknown); the next call connects again.
+    One call at a time (the group committer makes one write at a time; a second concurrent call
+    is a bug and raises). Any failure but a server's refusal of a statement drops the connection
+    (its protocol state is unknown); the next call connects again.
     """
 
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._pg: Any = None  # psycopg.pq.PGconn
+        self._fd = -1
+        self._poll: Any = None
         self._prepared: dict[str, bytes] = {}
-        self._lock = anyio.Lock()
+        self._busy = False
 
     def __repr__(self) -> str:
         return f"<NativeWriter {'connected' if self._pg is not None else 'idle'}>"
@@ -176,12 +201,11 @@ class NativeWriter:
 
     async def connect(self) -> None:
         """Open the connection now (it is otherwise opened by the first call)."""
-        async with self._lock:
-            await self._ensure()
+        await self._connection()
 
-    async def _ensure(self) -> Any:
-        from psycopg import pq
-
+    async def _connection(self) -> Any:
+        global _libpq
+        lib = _libpq
         pg = self._pg
         if pg is not None:
             # Idle, it has nothing to read unless the server ended it (a restart, an idle
@@ -189,31 +213,35 @@ class NativeWriter:
             # that now, without waiting, so that a connection which died while idle is replaced
             # before anything is sent on it (asyncpg's pool does the same), and only a failure
             # during a call fails the call.
+            assert lib is not None
             try:
-                while pg.status == pq.ConnStatus.OK and _readable_now(pg.socket):
+                while pg.status == lib.ok and self._poll.poll(0):
                     pg.consume_input()  # raises at the end of the stream
-            except Exception:  # psycopg.OperationalError: the server closed it
+            except lib.operational_error:  # the server closed it
                 pass
-            if pg.status == pq.ConnStatus.OK:
+            if pg.status == lib.ok:
                 return pg
             self.close()
+        if lib is None:
+            lib = _libpq = _Libpq()
+        conninfo = self._conninfo.encode()
 
         def connect() -> Any:  # blocking (it may resolve a host name): in a worker thread
-            pg = pq.PGconn.connect(self._conninfo.encode())
-            if pg.status != pq.ConnStatus.OK:
+            pg = lib.connect(conninfo)
+            if pg.status != lib.ok:
                 message = pg.error_message.decode(errors="replace").strip()
                 pg.finish()
                 raise NativeConnectionError(message)
             pg.nonblocking = 1
             return pg
 
-        self._pg = await anyio.to_thread.run_sync(connect)
-        self._prepared = {}
-        return self._pg
+        pg = await anyio.to_thread.run_sync(connect)
+        self._pg, self._fd, self._poll, self._prepared = pg, pg.socket, _poller(pg.socket), {}
+        return pg
 
     def close(self) -> None:
         """Close the connection (idempotent; a later call would open a new one)."""
-        pg, self._pg = self._pg, None
+        pg, self._pg, self._poll = self._pg, None, None
         if pg is not None:
             pg.finish()
 
@@ -237,13 +265,18 @@ class NativeWriter:
 
     async def _run(self, sql: str, args: Sequence[Any]) -> Any:
         # Encoded before anything is sent: a parameter it cannot send leaves the connection as is.
-        encoded = [_param(arg) for arg in args]
-        values, formats = [v for v, _ in encoded], [f for _, f in encoded]
-        from psycopg import OperationalError
-
-        async with self._lock:
+        values: list[bytes | None] = []
+        formats: list[int] = []
+        for arg in args:
+            value, fmt = _param(arg)
+            values.append(value)
+            formats.append(fmt)
+        if self._busy:
+            raise RuntimeError("NativeWriter: a call is already in progress (one at a time)")
+        self._busy = True
+        try:
+            pg = await self._connection()
             try:
-                pg = await self._ensure()
                 name = self._prepared.get(sql)
                 if name is None:
                     name = f"jrt_{len(self._prepared)}".encode()
@@ -254,18 +287,18 @@ class NativeWriter:
                 return await self._result(pg)
             except NativeServerError:
                 raise  # the connection is fine: the server refused this statement
-            except OperationalError as exc:  # libpq: sending, flushing or reading failed
-                self.close()
-                raise NativeConnectionError(str(exc)) from exc
-            except BaseException:
+            except BaseException as exc:
                 self.close()  # unknown protocol state: never reuse it
+                assert _libpq is not None
+                if isinstance(exc, _libpq.operational_error):  # sending or reading failed
+                    raise NativeConnectionError(str(exc)) from exc
                 raise
+        finally:
+            self._busy = False
 
     async def _result(self, pg: Any) -> Any:
         """Send what is queued, then read the command's results; return its last one."""
-        from psycopg import pq
-
-        fd = pg.socket
+        fd = self._fd
         while pg.flush():
             await anyio.wait_writable(fd)
         last = None
@@ -279,8 +312,9 @@ class NativeWriter:
             last = result
         if last is None:
             raise NativeConnectionError("the server sent no result")
-        if last.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        assert _libpq is not None
+        if last.status not in _libpq.results_ok:
             message = last.error_message.decode(errors="replace").strip()
-            sqlstate = last.error_field(pq.DiagnosticField.SQLSTATE)
+            sqlstate = last.error_field(_libpq.sqlstate)
             raise NativeServerError(message, sqlstate.decode() if sqlstate else None)
         return last
