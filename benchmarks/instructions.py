@@ -195,6 +195,11 @@ def _child(workload: str, mode: str, n: int, loop: str) -> None:
 
 
 def _count(workload: str, mode: str, n: int, loop: str) -> int:
+    return callgrind_count([__file__, "--child", workload, mode, str(n), loop])
+
+
+def callgrind_count(args: list[str]) -> int:
+    """Instructions that ``python *args`` executes, all threads, counted by callgrind."""
     with tempfile.TemporaryDirectory(prefix="jeevesagent-cg-") as out:
         result = subprocess.run(
             [
@@ -202,12 +207,7 @@ def _count(workload: str, mode: str, n: int, loop: str) -> int:
                 "--tool=callgrind",
                 f"--callgrind-out-file={out}/cg.out",
                 sys.executable,
-                __file__,
-                "--child",
-                workload,
-                mode,
-                str(n),
-                loop,
+                *args,
             ],
             capture_output=True,
             text=True,

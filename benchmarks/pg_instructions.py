@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -83,22 +80,9 @@ async def _run(mode: str, dsn: str, n: int) -> None:
 
 
 def _count(mode: str, loop: str, dsn: str, n: int) -> int:
-    with tempfile.TemporaryDirectory(prefix="jeevesagent-cg-") as out:
-        result = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}/cg.out",
-                *(sys.executable, __file__, "--child", mode, loop, dsn, str(n)),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{result.stderr}")
-    return int(found.group(1))
+    from instructions import callgrind_count
+
+    return callgrind_count([__file__, "--child", mode, loop, dsn, str(n)])
 
 
 def main(argv: list[str]) -> None:
@@ -109,7 +93,6 @@ def main(argv: list[str]) -> None:
     p.add_argument("--small", type=int, default=50)
     p.add_argument("--large", type=int, default=250)
     a = p.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from stores import postgres_dsn
 
     with postgres_dsn(True, lambda m: print(m, file=sys.stderr)) as dsn:
@@ -129,4 +112,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     main(sys.argv[1:])
