@@ -270,18 +270,16 @@ class PostgresJournalStore(JournalBackend):
     ) -> dict[Key, Row]:
         if not records:
             return {}
-        # A batch may span sessions (group commit): name the session and step only if unique.
-        sessions = {r.session_id for r in records}
-        session_id = records[0].session_id if len(sessions) == 1 else None
-        step = describe_key(records[0].key) if len(records) == 1 else None
         if self._native is not None:
-            self.check_open(session_id, step)
+            if self._closed:
+                self.check_open(*_named(records))
             try:
                 # Shielded, like the bridge's call below.
                 with anyio.CancelScope(shield=True):
                     return await insert_rows(self._native, records, owners)
             except driver_errors() as exc:
-                raise store_error(exc, "recording", session_id, step) from exc
+                raise store_error(exc, "recording", *_named(records)) from exc
+        session_id, step = _named(records)
         # Shielded: a caller must never walk away not knowing whether its commit happened.
         return await self._run(
             lambda: self._write_rows(records, owners), "recording", session_id, step, shield=True
@@ -583,6 +581,15 @@ async def _load_rows(pool: Any, session_id: str) -> SessionJournal:
     for kind, key, value, created_at in await pool.fetch(_LOAD, session_id):
         (journal.steps if kind == STEP else journal.streams)[key] = Row(value, created_at)
     return journal
+
+
+def _named(records: Sequence[Record]) -> tuple[str | None, str | None]:
+    """The session and step an error about writing ``records`` names: a batch may span sessions
+    (group commit), so each only if it is the only one."""
+    session_id = records[0].session_id
+    if any(r.session_id != session_id for r in records):
+        return None, None
+    return session_id, describe_key(records[0].key) if len(records) == 1 else None
 
 
 def _usable(conn: Any) -> bool:
