@@ -5,9 +5,12 @@ it fails only the caller whose record failed (and that session's later records).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from jeevesagent.runtime import JournaledRuntime, StoreError
@@ -153,6 +156,77 @@ async def test_a_cancelled_caller_still_learns_its_record_was_committed() -> Non
             scope.cancel()
             store.gate.set()
     assert ("s", "k") in store.step_keys()
+
+
+async def test_cancelled_waiting_callers_still_see_their_batch_through_then_are_cancelled() -> None:
+    # A caller waiting for its batch's outcome (a follower) or for its batch's turn (the leader
+    # of a queued batch) enters no cancel scope unless cancelled. Cancelled, each still waits:
+    # the follower returns its outcome, the queued leader commits its whole batch (other callers'
+    # records too), and both are cancelled at their next checkpoint.
+    store = SlowStore()
+    outcome: dict[str, list[str]] = {}
+
+    async def append(key: str) -> None:
+        seen = outcome.setdefault(key, [])
+        try:
+            await store.append([record(key, key)])
+            seen.append("returned")
+            await anyio.lowlevel.checkpoint()
+            seen.append("went on")
+        except anyio.get_cancelled_exc_class():
+            seen.append("cancelled")
+            raise
+
+    async def cancellable(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as inner:
+                inner.start_soon(append, "q1")  # leads batch 2, waits for its turn
+                await anyio.wait_all_tasks_blocked()
+                inner.start_soon(append, "q2")  # joins batch 2, waits for its outcome
+                await anyio.wait_all_tasks_blocked()
+                task_status.started(scope)
+
+    with anyio.fail_after(10):  # a cancelled queued leader that left would hang the others
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(append, "x1")  # leads batch 1, waits on the gate
+            await anyio.wait_all_tasks_blocked()
+            scope = await tg.start(cancellable)
+            tg.start_soon(append, "q3")  # joins batch 2 too, not cancelled
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+            await anyio.wait_all_tasks_blocked()
+            waiting = [*outcome["q1"], *outcome["q2"]]  # nothing yet: still waiting, shielded
+            store.gate.set()
+    assert waiting == []
+    assert store.batches == [["x1"], ["q1", "q2", "q3"]]
+    assert outcome == {
+        "x1": ["returned", "went on"],
+        "q1": ["returned", "cancelled"],
+        "q2": ["returned", "cancelled"],
+        "q3": ["returned", "went on"],
+    }
+    assert {k for _, k in store.step_keys()} == {"x1", "q1", "q2", "q3"}
+
+
+def test_asyncio_task_cancel_of_a_waiting_caller_comes_after_its_outcome() -> None:
+    # asyncio's own Task.cancel() is edge-triggered: a waiting caller that took it in would lose
+    # it if it only returned. It waits for its batch's outcome, then raises it.
+    async def main() -> None:
+        store = SlowStore()
+        leader = asyncio.create_task(store.append([record("s", "x1")]))
+        await asyncio.sleep(0.01)
+        follower = asyncio.create_task(store.append([record("t", "t1")]))
+        await asyncio.sleep(0.01)
+        follower.cancel()
+        await asyncio.sleep(0.01)
+        assert not follower.done()  # still waiting for the outcome
+        store.gate.set()
+        await leader
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+        assert {k for _, k in store.step_keys()} == {"x1", "t1"}
+
+    asyncio.run(main())
 
 
 async def test_native_store_put_step_goes_through_group_commit(store: JournalBackend) -> None:

@@ -16,15 +16,18 @@ always one of them, which keeps this compatible with structured concurrency.
 
 Waiting and committing are shielded from cancellation: a record handed to the queue may be
 committed by another caller at any time, so its own caller must stay to learn the outcome. A
-caller that leads a batch of its own at once (nobody else writing: every sequential session)
-skips that cancel scope -- about a third of a recorded step's CPU on the event loop -- when the
-backend's class that defines ``write_rows`` also sets ``write_rows_shielded = True``: its
-``write_rows``, once called, runs to its outcome whatever happens to the caller (it shields its
-own waits, or never waits). The built-in stores do; any other backend gets the scope.
+waiting caller enters a shielded cancel scope only once a cancellation has reached it (see
+:func:`_wait_for`). A leader commits inside one, except when the backend's class that defines
+``write_rows`` also sets ``write_rows_shielded = True``: its ``write_rows``, once called, runs to
+its outcome whatever happens to the caller (it shields its own waits, or never waits). The
+built-in stores do; any other backend gets the scope. An anyio cancel scope costs more than a
+third of a recorded step's CPU on the event loop, so neither path pays one when nothing is
+cancelled.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -102,34 +105,36 @@ class GroupCommitter:
         whose claim another runtime holds are refused with :class:`SessionBusyError`.
         """
         ticket = _Ticket(records, owners)
-        if self._shielded and not self._writing:
-            # Lead a batch of our own, now, with no checkpoint before the store's own shield.
-            self._writing = True
-            await self._lead(_Batch(ticket))
-            if ticket.error is not None:
-                raise ticket.error
-            return ticket.conflicts
-        with anyio.CancelScope(shield=True):
-            if not self._writing:
-                self._writing = True  # nobody is writing: lead a batch of our own, now
-                await self._lead(_Batch(ticket))
+        pending: BaseException | None = None  # a cancellation to deliver once done
+        if not self._writing:
+            self._writing = True  # nobody is writing: lead a batch of our own, now
+            await self._lead_shielded(_Batch(ticket))
+        else:
+            last = self._queue[-1] if self._queue else None
+            if last is not None and last.count + len(records) <= MAX_BATCH:
+                last.tickets.append(ticket)  # join the batch waiting for its turn
+                last.count += len(records)
+                if last.done is None:
+                    last.done = anyio.Event()
+                pending = await _wait_for(last.done)
             else:
-                last = self._queue[-1] if self._queue else None
-                if last is not None and last.count + len(records) <= MAX_BATCH:
-                    last.tickets.append(ticket)  # join the batch waiting for its turn
-                    last.count += len(records)
-                    if last.done is None:
-                        last.done = anyio.Event()
-                    await last.done.wait()
-                else:
-                    batch = _Batch(ticket)
-                    batch.turn = anyio.Event()
-                    self._queue.append(batch)
-                    await batch.turn.wait()
-                    await self._lead(batch)
+                batch = _Batch(ticket)
+                batch.turn = anyio.Event()
+                self._queue.append(batch)
+                pending = await _wait_for(batch.turn)
+                await self._lead_shielded(batch)  # the batch's callers wait on us: lead it
+        if pending is not None:
+            raise pending
         if ticket.error is not None:
             raise ticket.error
         return ticket.conflicts
+
+    async def _lead_shielded(self, batch: _Batch) -> None:
+        if self._shielded:  # the store's write runs to its outcome by itself
+            await self._lead(batch)
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._lead(batch)
 
     async def _lead(self, batch: _Batch) -> None:
         if self._queue and self._queue[0] is batch:
@@ -222,6 +227,30 @@ class GroupCommitter:
                 t.error.__cause__ = exc
             else:
                 t.error = exc
+
+
+async def _wait_for(event: anyio.Event) -> BaseException | None:
+    """Wait until ``event`` is set, whatever cancellation arrives meanwhile (a batch's outcome, or
+    its turn, concerns records its caller handed over and other callers' records too); return a
+    cancellation still to deliver, if any.
+
+    The shielded cancel scope is entered only once a cancellation has arrived: one around every
+    wait cost ~30k instructions per step of 50 concurrent sessions (``python
+    benchmarks/instructions.py --workload concurrent``), ~15% of the round. A cancellation by an
+    anyio or trio cancel scope is level-triggered (documented: it comes again at the caller's next
+    checkpoint, just as after a shielded wait), which ``current_effective_deadline()`` being
+    ``-inf`` tells, so this one instance is not kept. Any other (asyncio's own ``Task.cancel()``,
+    edge-triggered) would be lost: it is returned, for the caller to raise once done.
+    """
+    try:
+        await event.wait()
+        return None
+    except anyio.get_cancelled_exc_class() as exc:
+        with anyio.CancelScope(shield=True):
+            await event.wait()
+        if anyio.current_effective_deadline() == -math.inf:
+            return None  # still cancelled: it is raised again at the next checkpoint
+        return exc
 
 
 def _shields_itself(insert: Callable[..., Any]) -> bool:
