@@ -144,6 +144,23 @@ async def bench_record(store: BenchStore, opts: Options, report: StoreReport) ->
             Target("ratio", "<=", limit, f"≤ {limit:g}x floor"),
         )
     )
+    if "fenced" in s:
+        fenced = Stat(s["fenced"], "µs/row")
+        report.lines += [
+            Line(
+                "record floor with the fence: the store's fenced insert, raw, over its libpq "
+                "connection in this loop (ratio: fenced / raw insert floor)",
+                fenced,
+                floor,
+                fenced.median / floor.median,
+            ),
+            Line(
+                "record vs the fenced floor (ratio: record / fenced insert)",
+                rec,
+                fenced,
+                rec.median / fenced.median,
+            ),
+        ]
 
 
 async def bench_replay(store: BenchStore, opts: Options, report: StoreReport) -> None:

@@ -318,6 +318,32 @@ class PostgresBench:
 
         return await self._on_asyncio(go)
 
+    async def floor_fenced(self, journal: str, rows: list[JournalRow]) -> float:
+        """µs per row: the store's own fenced insert (its sessions row locked ``FOR SHARE`` in
+        the statement, the row inserted only if ``owner`` matches), raw, over the libpq
+        connection the store writes with, in this event loop -- what a recorded step costs
+        before any runtime code."""
+        from jeevesagent.runtime._backends.pgnative import NativeWriter, libpq_conninfo
+        from jeevesagent.runtime._backends.pgwrite import _INSERT_ONE_FENCED
+
+        writer = NativeWriter(libpq_conninfo(self._dsn_for(journal)))
+        try:
+            now = time.time()
+            session_id = rows[0][0]
+            await writer.execute(
+                "INSERT INTO jrt_sessions (session_id, status, owner, lease_expires, created_at,"
+                " updated_at) VALUES ($1, 'running', 'bench', $2, $3, $3)",
+                session_id,
+                now + 3600.0,
+                now,
+            )
+            start = time.perf_counter_ns()
+            for row in rows:
+                await writer.execute(_INSERT_ONE_FENCED, *row, "bench")
+            return (time.perf_counter_ns() - start) / len(rows) / 1000
+        finally:
+            writer.close()
+
     async def floor_stream(self, journal: str, collect: Callable[[], Awaitable[bytes]]) -> float:
         import asyncpg
 

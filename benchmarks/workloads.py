@@ -136,9 +136,15 @@ async def record_round(store: BenchStore, cfg: Config) -> dict[str, float]:
     async with store.journal() as journal:
         settle()
         floor = await store.floor_insert(journal, floor_rows("floor", cfg.steps))
+    got = {"floor": floor}
+    fenced = getattr(store, "floor_fenced", None)  # Postgres: the store's own statement, raw
+    if fenced is not None:
+        async with store.journal() as journal:
+            settle()
+            got["fenced"] = await fenced(journal, floor_rows("fenced", cfg.steps))
     async with store.journal() as journal, _runtime(store, journal) as rt:
-        record = await record_steps(rt, "bench", cfg.steps)
-    return {"floor": floor, "record": record}
+        got["record"] = await record_steps(rt, "bench", cfg.steps)
+    return got
 
 
 # -- 2. replay -----------------------------------------------------------------------------------
