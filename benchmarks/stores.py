@@ -99,6 +99,10 @@ class BenchStore(Protocol):
         then one raw insert+commit of it, on a connection that has already written once."""
         ...
 
+    async def floor_group_commit(self, journal: str, sessions: int, steps: int) -> float:
+        """steps/s of :func:`least_group_commit` on this store's raw driver."""
+        ...
+
     async def populate(self, journal: str, n: int) -> float:
         """Insert ``n`` rows of other sessions, fast; return the seconds it took."""
         ...
@@ -127,6 +131,52 @@ def _sqlite_insert_one(conn: sqlite3.Connection, row: JournalRow) -> None:
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(_SQLITE_INSERT, row)
     conn.execute("COMMIT")
+
+
+def _sqlite_insert_many(conn: sqlite3.Connection, rows: list[JournalRow]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(_SQLITE_INSERT, rows)
+    conn.execute("COMMIT")
+
+
+async def least_group_commit(
+    commit: Callable[[list[JournalRow]], Awaitable[object]], sessions: int, steps: int
+) -> float:
+    """steps/s of the least group commit can do in Python, on a raw driver: ``sessions`` tasks
+    each pickle a step's result per step and hand its row to a shared batch; a caller that finds
+    nobody writing commits batches (``commit(rows)``: one transaction) until none is left, the
+    others wait on an ``anyio.Event``. No session is opened or closed, no argument fingerprinted,
+    no journal key built, nothing fenced: what is left is the event loop's and the driver's work
+    per step -- the ceiling group commit can reach on this machine, loop and driver."""
+    pending: list[tuple[JournalRow, anyio.Event]] = []
+    writing = False
+
+    async def write(row: JournalRow) -> None:
+        nonlocal writing
+        done = anyio.Event()
+        pending.append((row, done))
+        if writing:
+            await done.wait()
+            return
+        writing = True
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            await commit([r for r, _ in batch])
+            for _, waiting in batch:
+                waiting.set()
+        writing = False
+
+    async def one(j: int) -> None:
+        for i in range(steps):
+            value = pickle.dumps({"i": i, "text": "hello", "ok": True}, pickle.HIGHEST_PROTOCOL)
+            await write((f"g{j}", 0, f"s{i}", value, time.time()))
+
+    start = time.perf_counter_ns()
+    async with anyio.create_task_group() as tg:
+        for j in range(sessions):
+            tg.start_soon(one, j)
+    return sessions * steps / ((time.perf_counter_ns() - start) / 1e9)
 
 
 def _sqlite_read_one(conn: sqlite3.Connection, session_id: str, key: str) -> bytes:
@@ -202,6 +252,19 @@ class SqliteBench:
         finally:
             await anyio.to_thread.run_sync(conn.close, limiter=limiter)
         return elapsed / 1000
+
+    async def floor_group_commit(self, journal: str, sessions: int, steps: int) -> float:
+        limiter = anyio.CapacityLimiter(1)
+        conn = await anyio.to_thread.run_sync(_sqlite_connect, journal, limiter=limiter)
+
+        async def commit(rows: list[JournalRow]) -> None:
+            await anyio.to_thread.run_sync(_sqlite_insert_many, conn, rows, limiter=limiter)
+
+        try:
+            await commit([("warm", 0, "warm", b"", time.time())])
+            return await least_group_commit(commit, sessions, steps)
+        finally:
+            await anyio.to_thread.run_sync(conn.close, limiter=limiter)
 
     async def floor_read(self, journal: str, session_id: str) -> float:
         limiter = anyio.CapacityLimiter(1)
@@ -356,6 +419,23 @@ class PostgresBench:
                 start = time.perf_counter_ns()
                 await conn.execute(sql, sid, 1, "stream", await collect(), time.time())
                 return (time.perf_counter_ns() - start) / 1000
+            finally:
+                await conn.close()
+
+        return await self._on_asyncio(go)
+
+    async def floor_group_commit(self, journal: str, sessions: int, steps: int) -> float:
+        import asyncpg
+
+        async def go() -> float:
+            conn = await asyncpg.connect(self._dsn_for(journal))
+            sql = "INSERT INTO jrt_journal VALUES ($1, $2, $3, $4, $5)"
+            try:
+                # executemany: one transaction per batch (asyncpg >= 0.22), pipelined.
+                await conn.executemany(sql, [("warm", 0, "warm", b"", time.time())])
+                return await least_group_commit(
+                    lambda rows: conn.executemany(sql, rows), sessions, steps
+                )
             finally:
                 await conn.close()
 

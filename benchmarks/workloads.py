@@ -177,6 +177,9 @@ async def concurrent_round(store: BenchStore, cfg: Config) -> dict[str, float]:
     async with store.journal() as journal:
         settle()
         floor_us = await store.floor_insert(journal, floor_rows("floor", cfg.steps))
+    async with store.journal() as journal:
+        settle()
+        least = await store.floor_group_commit(journal, cfg.sessions, cfg.steps_per_session)
     total = cfg.sessions * cfg.steps_per_session
     before = Calls.step
 
@@ -193,7 +196,7 @@ async def concurrent_round(store: BenchStore, cfg: Config) -> dict[str, float]:
                 tg.start_soon(one_session, rt, j)
         elapsed = now_ns() - start
     _expect("concurrent: step function calls", Calls.step - before, total)
-    return {"floor": 1e6 / floor_us, "concurrent": total / (elapsed / 1e9)}
+    return {"floor": 1e6 / floor_us, "least": least, "concurrent": total / (elapsed / 1e9)}
 
 
 # -- 4. stream -----------------------------------------------------------------------------------
