@@ -169,6 +169,9 @@ async def results(config: dict[str, Any]) -> None:
 
 def main() -> None:
     global LOG
+    # Ctrl-C must reach this worker whatever its parent ignores: a shell runs background jobs
+    # (a CI lane started with `&`) with SIGINT ignored, and children inherit that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     config = json.loads(sys.argv[1])
     LOG = config.get("log", "")
     mode = {"serve": serve, "result": results}[config["mode"]]
