@@ -442,8 +442,9 @@ in the statement) sent raw over the libpq connection the store writes with, in t
 test; for concurrent sessions, a ceiling -- the least group commit in Python on the raw driver
 (50 tasks pickle a value per step into a shared batch that one of them commits; no session,
 fingerprint, journal key or fence; on Postgres on asyncio, in a worker thread under trio).
-Every record and concurrent round uses a fresh journal; replay opens a new runtime on the recorded journal; the scale rounds
-record a new session into one journal pre-filled with other sessions' rows. A stream round
+Every record and concurrent round uses a fresh journal; replay opens a new runtime on the
+recorded journal; the scale rounds record a new session into one journal pre-filled with other
+sessions' rows. A stream round
 first records one step in the new runtime (reported as "first step of a new runtime"), so the
 stream's time does not include a new connection's one-time costs. A serve round runs the same
 registered workflow (5 steps like record's) as 1,000 sessions four ways, each on a fresh
